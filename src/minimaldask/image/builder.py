@@ -28,6 +28,7 @@ from minimaldask.image.prune import SITE, prune
 from minimaldask.image.recipe import (
     FLAVORS,
     LAYERS,
+    NO_BYTECODE,
     NUMERIC,
     WHEEL_EXCLUDE,
     Target,
@@ -185,7 +186,7 @@ class _Platform:
         self._minimaldask()
         self._system_files(runtime + numeric_debs + extra_debs, wheels)
         for stage in self.stages.values():
-            prune(stage)
+            prune(stage, opts.flavor)
         self._compile()
         image = self._image()
         seconds = time.monotonic() - start
@@ -293,9 +294,10 @@ class _Platform:
             for dirpath, dirnames, filenames in os.walk(stage):
                 dirnames.sort()
                 for name in sorted(filenames):
-                    if name.endswith(".py"):
-                        path = os.path.join(dirpath, name)
-                        pairs.append((path, "/" + os.path.relpath(path, stage)))
+                    path = os.path.join(dirpath, name)
+                    rel = os.path.relpath(path, stage)
+                    if name.endswith(".py") and not rel.startswith(NO_BYTECODE):
+                        pairs.append((path, "/" + rel))
         pairs.sort(key=lambda p: p[1])
         command, home = self._host_python()
         jobs = max(1, min(4, os.cpu_count() or 1))

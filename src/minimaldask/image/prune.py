@@ -7,7 +7,7 @@ import glob
 import os
 import shutil
 
-from minimaldask.image.recipe import PRUNE_DIRS, PRUNE_GLOBS, PRUNE_SITE_FILES
+from minimaldask.image.recipe import PRUNE_DIRS, PRUNE_FLAVOR_GLOBS, PRUNE_GLOBS, PRUNE_SITE_FILES
 
 __all__ = ["prune"]
 
@@ -35,10 +35,10 @@ def _bokeh_sources(root: str) -> list[str]:
     return out
 
 
-def prune(root: str) -> int:
+def prune(root: str, flavor: str) -> int:
     """Prune the tree at ``root`` (one layer's staging directory); return bytes removed."""
     removed = 0
-    for pattern in PRUNE_GLOBS:
+    for pattern in PRUNE_GLOBS + PRUNE_FLAVOR_GLOBS[flavor]:
         for path in sorted(glob.glob(os.path.join(root, pattern))):
             if os.path.lexists(path):
                 removed += _remove(path)

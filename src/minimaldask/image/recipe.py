@@ -47,12 +47,16 @@ UNSUPPORTED = {
     ("linux/arm/v7", "dataframe"): "pyarrow has no armv7 wheel on PyPI and no Debian package",
 }
 
-#: Wheels left out although a requirement declares them: the dashboard does
-#: not use pillow (bokeh declares it for image export), and pandas only where
-#: a flavor asks for it.
+#: Wheels left out although a requirement declares them. bokeh declares
+#: pillow (image export), contourpy (contour plots), xyzservices (map tiles)
+#: and narwhals (data frames as data sources): the dashboard uses none of
+#: them. pandas and its dependencies only where a flavor asks for them.
 WHEEL_EXCLUDE = {
-    "default": frozenset({"pillow", "pandas", "contourpy", "python-dateutil", "pytz", "tzdata"}),
-    "dataframe": frozenset({"pillow", "contourpy"}),
+    "default": frozenset(
+        {"pillow", "contourpy", "xyzservices", "narwhals", "pandas", "python-dateutil", "pytz",
+         "tzdata"}
+    ),
+    "dataframe": frozenset({"pillow", "contourpy", "xyzservices"}),
 }
 
 #: Python distributions of the numeric-libraries layer (the rest is the dask layer).
@@ -105,6 +109,8 @@ PRUNE_GLOBS = (
     "usr/lib/*/gconv",
     "usr/lib/*/audit",
     "usr/lib/binfmt.d",
+    # glibc's vector math library: nothing in the image links it.
+    "usr/lib/*/libmvec*",
     "usr/lib/python3/dist-packages/*/include",
     "usr/lib/python3/dist-packages/numpy/_core/include",
     "usr/lib/python3/dist-packages/numpy/_core/lib",
@@ -117,7 +123,10 @@ PRUNE_GLOBS = (
     "usr/lib/python3/dist-packages/bokeh/server/static/js/compiler.js",
     "usr/lib/python3/dist-packages/bokeh/sampledata",
     "usr/lib/python3/dist-packages/bokeh/sphinxext",
+    # LaTeX rendering: the dashboard has no MathText, so bokeh never sends it.
+    "usr/lib/python3/dist-packages/bokeh/server/static/js/bokeh-mathjax.min.js",
     "usr/lib/python3/dist-packages/numpy/distutils",
+    "usr/lib/python3/dist-packages/numpy/f2py",
     "usr/lib/python3/dist-packages/pip/_vendor/distlib/*.exe",
     "usr/lib/python3.*/idlelib",
     "usr/lib/python3.*/tkinter",
@@ -126,6 +135,8 @@ PRUNE_GLOBS = (
     "usr/lib/python3.*/ensurepip",
     "usr/lib/python3.*/lib2to3",
     "usr/lib/python3.*/pydoc_data",
+    "usr/lib/python3.*/_pydecimal.py",
+    "usr/lib/python3.*/__phello__",
     "usr/lib/python3.*/test",
     "usr/lib/python3.*/config-*",
     "usr/lib/python3.*/EXTERNALLY-MANAGED",
@@ -145,6 +156,17 @@ PRUNE_GLOBS = (
     "etc/ssl",
     "var",
 )
+
+#: Paths removed from flavors that cannot use them.
+PRUNE_FLAVOR_GLOBS = {
+    # dask.dataframe needs pandas and pyarrow, which only the dataframe flavor has.
+    "default": ("usr/lib/python3/dist-packages/dask/dataframe",),
+    "dataframe": (),
+}
+
+#: Trees left without bytecode. pip runs only when EXTRA_PIP_PACKAGES is set,
+#: once per start; its bytecode would add 2 MB (gzip) to every image.
+NO_BYTECODE = ("usr/lib/python3/dist-packages/pip/",)
 
 #: File names removed anywhere below site-packages (fnmatch patterns).
 PRUNE_SITE_FILES = (
