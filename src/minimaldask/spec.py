@@ -222,7 +222,9 @@ class Resources:
 
 def default_image_tag() -> str:
     """The image tag that matches this client: ``<dask version>-py<major.minor>``."""
-    return f"{importlib.metadata.version("dask")}-py{sys.version_info.major}.{sys.version_info.minor}"
+    return (
+        f"{importlib.metadata.version('dask')}-py{sys.version_info.major}.{sys.version_info.minor}"
+    )
 
 
 @dataclass(frozen=True)
