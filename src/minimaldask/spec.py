@@ -7,6 +7,7 @@ that names the option, the value given and what would be valid.
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import re
 import shlex
@@ -15,8 +16,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import dask
-import distributed
 from dask.utils import parse_timedelta
 
 from minimaldask import config
@@ -35,7 +34,9 @@ _QUALIFIED_NAME = re.compile(
     r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
 # A Kubernetes quantity: a decimal number with an optional suffix.
-_QUANTITY = re.compile(r"^(?P<num>[0-9]+(\.[0-9]*)?|\.[0-9]+)(?P<suffix>[a-zA-Z]*|[eE][-+]?[0-9]+)$")
+_QUANTITY = re.compile(
+    r"^(?P<num>[0-9]+(\.[0-9]*)?|\.[0-9]+)(?P<suffix>[a-zA-Z]*|[eE][-+]?[0-9]+)$"
+)
 _SUFFIXES = {
     "": 1.0,
     "n": 1e-9,
@@ -54,9 +55,7 @@ _SUFFIXES = {
     "Pi": 2.0**50,
     "Ei": 2.0**60,
 }
-_QUANTITY_HELP = (
-    "a Kubernetes quantity such as '500m' or '2' for cpu, '512Mi' or '4Gi' for memory"
-)
+_QUANTITY_HELP = "a Kubernetes quantity such as '500m' or '2' for cpu, '512Mi' or '4Gi' for memory"
 
 
 def _invalid(option: str, value: Any, valid: str) -> ValueError:
@@ -113,7 +112,11 @@ def split_packages(value: str | Iterable[str] | None, option: str) -> tuple[str,
 
 def parse_timeout(value: Any, option: str, allow_none: bool = True) -> float | None:
     """Seconds from ``"30 minutes"``, ``"90s"``, ``120`` or ``None`` (off)."""
-    if value is None or value is False or (isinstance(value, str) and value.lower() in ("", "off", "none")):
+    if (
+        value is None
+        or value is False
+        or (isinstance(value, str) and value.lower() in ("", "off", "none"))
+    ):
         if allow_none:
             return None
         raise _invalid(option, value, "a timeout is required here, such as '120s' or '5 minutes'")
@@ -207,7 +210,9 @@ class Resources:
         out: dict[str, str] = {}
         for name, quantity in value.items():
             if not isinstance(name, str) or not _QUALIFIED_NAME.match(name):
-                raise _invalid(option, name, "resource names look like 'cpu', 'memory' or 'nvidia.com/gpu'")
+                raise _invalid(
+                    option, name, "resource names look like 'cpu', 'memory' or 'nvidia.com/gpu'"
+                )
             if quantity is None:
                 continue
             parse_quantity(quantity, f"{option}[{name!r}]")
@@ -217,7 +222,9 @@ class Resources:
 
 def default_image_tag() -> str:
     """The image tag that matches this client: ``<dask version>-py<major.minor>``."""
-    return f"{dask.__version__}-py{sys.version_info.major}.{sys.version_info.minor}"
+    return (
+        f"{importlib.metadata.version('dask')}-py{sys.version_info.major}.{sys.version_info.minor}"
+    )
 
 
 @dataclass(frozen=True)
@@ -314,14 +321,18 @@ class ClusterSpec:
             raise _invalid("backend", backend, f"expected one of {', '.join(map(repr, BACKENDS))}")
         expose = config.get("expose", expose)
         if expose not in EXPOSE_MODES:
-            raise _invalid("expose", expose, f"expected one of {', '.join(map(repr, EXPOSE_MODES))}")
+            raise _invalid(
+                "expose", expose, f"expected one of {', '.join(map(repr, EXPOSE_MODES))}"
+            )
         pull_policy = config.get("image.pull-policy", image_pull_policy)
         if pull_policy not in PULL_POLICIES:
             raise _invalid(
                 "image_pull_policy", pull_policy, f"expected one of {', '.join(PULL_POLICIES)}"
             )
         if image is None:
-            image = f"{config.get('image.repository')}:{config.get('image.tag') or default_image_tag()}"
+            image = (
+                f"{config.get('image.repository')}:{config.get('image.tag') or default_image_tag()}"
+            )
         elif not isinstance(image, str) or not image.strip() or any(c.isspace() for c in image):
             raise _invalid("image", image, "expected an image reference such as 'repo/name:tag'")
 
@@ -495,7 +506,7 @@ def _options(option: str, value: str | Iterable[str] | None) -> tuple[str, ...]:
 def client_versions() -> dict[str, str]:
     """The versions an image must match: dask, distributed and Python (major.minor)."""
     return {
-        "dask": dask.__version__,
-        "distributed": distributed.__version__,
+        "dask": importlib.metadata.version("dask"),
+        "distributed": importlib.metadata.version("distributed"),
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
     }

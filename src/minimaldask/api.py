@@ -1,0 +1,55 @@
+"""The article's functions: start_dask_cluster, delete_dask_cluster, and list_clusters.
+
+They accept the article's space-separated package strings as well as lists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+from minimaldask import config
+from minimaldask.backends import ClusterInfo, backend_class
+from minimaldask.cluster import MinimalCluster
+from minimaldask.spec import BACKENDS, ClusterSpec
+
+
+def start_dask_cluster(
+    namespace: str = "default",
+    pip_packages: str | Iterable[str] = "",
+    apk_packages: str | Iterable[str] = "",
+    **options: Any,
+) -> MinimalCluster:
+    """Start a cluster (or attach to the running one of that name) and return its handle.
+
+    >>> cluster = start_dask_cluster(namespace="default", pip_packages="camelcase")  # doctest: +SKIP
+    >>> client = distributed.Client(cluster)  # doctest: +SKIP
+    """
+    return MinimalCluster(
+        namespace=namespace, pip_packages=pip_packages, apk_packages=apk_packages, **options
+    )
+
+
+def delete_dask_cluster(
+    namespace: str = "default",
+    name: str | None = None,
+    backend: str | None = None,
+    timeout: float = 120,
+) -> bool:
+    """Delete a cluster and wait until it is gone.
+
+    Returns False when there was no such cluster (which is not an error).
+    """
+    spec = ClusterSpec.from_options(name=name, namespace=namespace, backend=backend)
+    cls = backend_class(spec.backend)
+    return asyncio.run(cls.delete(spec.name, spec.namespace, timeout))
+
+
+def list_clusters(namespace: str | None = None, backend: str | None = None) -> list[ClusterInfo]:
+    """The running clusters of a backend (default: the configured one) in ``namespace``."""
+    backend = config.get("backend", backend)
+    if backend not in BACKENDS:
+        raise ValueError(f"invalid backend={backend!r}: expected one of {', '.join(BACKENDS)}")
+    namespace = config.get("namespace", namespace)
+    return asyncio.run(backend_class(backend).list_clusters(namespace))

@@ -1,0 +1,93 @@
+"""What a backend does for a MinimalCluster: start, scale, close, logs, list, delete.
+
+A backend owns where the scheduler and workers run (processes on this
+machine, pods in Kubernetes). The cluster owns the dask side: which workers
+to retire, moving their data first, the client-facing API.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from minimaldask.spec import ClusterSpec
+
+#: Counts the workers the scheduler has connected and running.
+WorkerCounter = Callable[[], Awaitable[int]]
+#: Reports progress to the user (one line per call).
+Logger = Callable[[str], None]
+
+
+@dataclass
+class ClusterInfo:
+    """What ``list_clusters`` reports about one cluster."""
+
+    name: str
+    namespace: str
+    backend: str
+    scheduler_address: str = ""
+    workers: int = 0
+    requested_workers: int = 0
+    created: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(abc.ABC):
+    """Runs the scheduler and workers of one cluster."""
+
+    #: Name used for ``backend=...``.
+    name: ClassVar[str]
+    #: Whether retired workers are closed by the scheduler (True) or removed
+    #: by the backend after retirement (False, e.g. pods that would restart).
+    close_retired: ClassVar[bool] = True
+
+    def __init__(self, spec: ClusterSpec, log: Logger) -> None:
+        self.spec = spec
+        self.log = log
+        #: Names of the workers asked for (started or starting).
+        self.requested: set[str] = set()
+
+    @abc.abstractmethod
+    async def start(self, attach_only: bool = False) -> str:
+        """Create the cluster, or attach to a running one of the same name.
+
+        Returns the scheduler address as this client reaches it, once the
+        scheduler answers. With ``attach_only``, raise
+        :class:`~minimaldask.exceptions.ClusterNotFoundError` instead of creating.
+        """
+
+    @abc.abstractmethod
+    async def wait_for_workers(self, n: int, count: WorkerCounter, timeout: float) -> None:
+        """Wait until ``count()`` reaches ``n``; fail fast when a worker cannot start."""
+
+    @abc.abstractmethod
+    async def scale(self, n: int, remove: list[str]) -> None:
+        """Run ``n`` workers; the names in ``remove`` (already retired) are the ones to go."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Delete the cluster: every process or object it has. Idempotent."""
+
+    async def disconnect(self) -> None:  # noqa: B027  (optional hook)
+        """Release what this client holds (a port-forward), leaving the cluster running."""
+
+    @abc.abstractmethod
+    async def logs(self) -> dict[str, str]:
+        """Logs of the scheduler and workers as the backend sees them (process, pod)."""
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """Dashboard URL as this client reaches it, if the backend knows it better than dask."""
+        return None
+
+    @classmethod
+    @abc.abstractmethod
+    async def delete(cls, name: str, namespace: str, timeout: float) -> bool:
+        """Delete the named cluster and wait until it is gone. False if there was none."""
+
+    @classmethod
+    @abc.abstractmethod
+    async def list_clusters(cls, namespace: str) -> list[ClusterInfo]:
+        """The clusters of this backend in ``namespace``."""

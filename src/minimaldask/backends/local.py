@@ -1,0 +1,339 @@
+"""The local backend: scheduler and workers as processes on this machine.
+
+They are started through the same entrypoint as the container image, so both
+backends share one contract. Each process runs in its own session so that a
+Ctrl-C in the client's terminal does not tear the cluster down half-way; a
+client that dies anyway leaves nothing behind for long: the scheduler shuts
+itself down after ``idle_timeout`` and workers exit ``death_timeout`` after
+losing it.
+
+The cluster's state (addresses, process ids) lives in a directory per cluster
+name, so another process can reconnect to it or delete it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from distributed.core import rpc
+
+from minimaldask.backends.base import Backend, ClusterInfo, Logger, WorkerCounter
+from minimaldask.exceptions import ClusterNotFoundError, ClusterStartError
+from minimaldask.spec import ClusterSpec
+
+_LOG_TAIL_LINES = 20
+
+
+def state_root() -> Path:
+    """Directory holding one sub-directory per local cluster of this user."""
+    return Path(tempfile.gettempdir()) / f"minimaldask-{os.getuid()}" / "local"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as dead.
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG) != (0, 0):
+            return False
+    return True
+
+
+def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class LocalBackend(Backend):
+    """Processes on this machine, started through ``minimaldask.entrypoint``."""
+
+    name = "local"
+    close_retired = True
+
+    def __init__(self, spec: ClusterSpec, log: Logger) -> None:
+        super().__init__(spec, log)
+        self.dir = state_root() / spec.name
+        self.address = ""
+        self.dashboard_port = 0
+        self.pids: dict[str, int] = {}
+        self._counter = 0
+        self._created = time.time()
+
+    # -- state shared between processes -------------------------------------------------
+
+    def _save(self) -> None:
+        state = {
+            "name": self.spec.name,
+            "address": self.address,
+            "dashboard_port": self.dashboard_port,
+            "pids": self.pids,
+            "counter": self._counter,
+            "created": self._created,
+        }
+        tmp = self.dir / "state.json.tmp"
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.dir / "state.json")
+
+    @staticmethod
+    def _load(directory: Path) -> dict[str, Any] | None:
+        try:
+            state: dict[str, Any] = json.loads((directory / "state.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return state
+
+    # -- processes ------------------------------------------------------------------------
+
+    def _spawn(self, role: str, env: dict[str, str]) -> int:
+        log = open(self.dir / f"{role}.log", "ab")  # noqa: SIM115  (owned by the child)
+        with log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "minimaldask.entrypoint"],
+                env={**os.environ, **self.spec.env, **env},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.dir,
+            )
+        self.pids[role] = proc.pid
+        return proc.pid
+
+    def _package_env(self) -> dict[str, str]:
+        env = {"MINIMALDASK_PREFIX": str(self.dir / "packages")}
+        if self.spec.pip_packages:
+            env["EXTRA_PIP_PACKAGES"] = shlex.join(self.spec.pip_packages)
+        if self.spec.os_packages:
+            env["EXTRA_OS_PACKAGES"] = shlex.join(self.spec.os_packages)
+        return env
+
+    def _start_scheduler(self) -> None:
+        spec = self.spec
+        port, self.dashboard_port = _free_port(), _free_port()
+        arguments = [
+            "--host", "127.0.0.1",
+            "--dashboard-address", f"127.0.0.1:{self.dashboard_port}",
+            "--scheduler-file", str(self.dir / "scheduler.json"),
+        ]  # fmt: skip
+        if spec.idle_timeout:
+            arguments += ["--idle-timeout", f"{spec.idle_timeout}s"]
+        self._spawn(
+            "scheduler",
+            {
+                **self._package_env(),
+                "PORT": str(port),
+                "ARGUMENTS": shlex.join([*arguments, *spec.scheduler_options]),
+            },
+        )
+        self.address = f"tcp://127.0.0.1:{port}"
+
+    def _start_worker(self) -> str:
+        spec = self.spec
+        self._counter += 1
+        name = f"{spec.name}-worker-{self._counter}"
+        arguments = [
+            "--name", name,
+            "--nthreads", str(spec.nthreads),
+            "--death-timeout", f"{spec.death_timeout}s",
+            "--host", "127.0.0.1",
+            "--no-dashboard",
+        ]  # fmt: skip
+        if spec.memory_limit:
+            arguments += ["--memory-limit", str(spec.memory_limit)]
+        self._spawn(
+            name,
+            {
+                **self._package_env(),
+                "WORKER": "1",
+                "DASK_SCHEDULER_ADDRESS": self.address,
+                "ARGUMENTS": shlex.join([*arguments, *spec.worker_options]),
+            },
+        )
+        self.requested.add(name)
+        return name
+
+    async def _stop(self, names: list[str], grace: float) -> None:
+        """SIGTERM the named processes (whole sessions), SIGKILL what is left after ``grace``."""
+        pids = {n: self.pids[n] for n in names if n in self.pids}
+        for pid in pids.values():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while any(_alive(p) for p in pids.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for pid in pids.values():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        while any(_alive(p) for p in pids.values()):
+            await asyncio.sleep(0.05)
+        for n in names:
+            self.pids.pop(n, None)
+
+    def _failure(self, role: str, what: str) -> ClusterStartError:
+        return ClusterStartError(
+            f"{what}. Last lines of its log ({self.dir / (role + '.log')}):\n"
+            f"{_tail(self.dir / (role + '.log'))}"
+        )
+
+    # -- Backend API ----------------------------------------------------------------------
+
+    async def start(self, attach_only: bool = False) -> str:
+        """Attach to a running local cluster of this name, or start one."""
+        state = self._load(self.dir)
+        if state and await self._answers(state["address"]):
+            self.address = state["address"]
+            self.dashboard_port = state["dashboard_port"]
+            self.pids = state["pids"]
+            self._counter = state["counter"]
+            self._created = state["created"]
+            self.requested = {n for n in self.pids if n != "scheduler"}
+            self.log(f"Attached to the running local cluster {self.spec.name!r} at {self.address}")
+            return self.address
+        if attach_only:
+            raise ClusterNotFoundError(
+                f"no local cluster named {self.spec.name!r} is running; start one with "
+                f"MinimalCluster(name={self.spec.name!r}, backend='local')"
+            )
+        if state:  # a dead cluster's leftovers
+            self.pids = state["pids"]
+            await self._stop(list(self.pids), grace=1)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        self._created = time.time()
+        self.log(f"Starting a local scheduler and {self.spec.workers} worker(s)")
+        self._start_scheduler()
+        self._save()
+        deadline = time.monotonic() + self.spec.startup_timeout
+        while not await self._answers(self.address):
+            if not _alive(self.pids["scheduler"]):
+                raise self._failure("scheduler", "The scheduler exited during start-up")
+            if time.monotonic() > deadline:
+                raise self._failure(
+                    "scheduler",
+                    f"The scheduler did not answer within startup_timeout={self.spec.startup_timeout:g}s",
+                )
+            await asyncio.sleep(0.2)
+        for _ in range(self.spec.workers):
+            self._start_worker()
+        self._save()
+        return self.address
+
+    async def _answers(self, address: str) -> bool:
+        try:
+            async with rpc(address, timeout=2) as r:
+                await asyncio.wait_for(r.identity(), 3)
+        except (OSError, asyncio.TimeoutError):
+            return False
+        return True
+
+    async def wait_for_workers(self, n: int, count: WorkerCounter, timeout: float) -> None:
+        """Wait for ``n`` connected workers; a worker process that exits fails the wait."""
+        deadline = time.monotonic() + timeout
+        while (connected := await count()) < n:
+            for name in sorted(self.requested):
+                if name in self.pids and not _alive(self.pids[name]):
+                    raise self._failure(name, f"Worker {name} exited during start-up")
+            if time.monotonic() > deadline:
+                raise ClusterStartError(
+                    f"{connected} of {n} workers connected within {timeout:g}s. "
+                    f"Worker logs are in {self.dir}"
+                )
+            await asyncio.sleep(0.2)
+
+    async def scale(self, n: int, remove: list[str]) -> None:
+        """Start or stop worker processes; ``remove`` were retired by the scheduler."""
+        gone = [name for name in remove if name in self.requested]
+        # Retired workers close themselves; give them time to exit cleanly.
+        await self._stop(gone, grace=self.spec.death_timeout)
+        self.requested.difference_update(gone)
+        while len(self.requested) < n:
+            self._start_worker()
+        self._save()
+
+    async def close(self) -> None:
+        """Ask the scheduler to close everything, then make sure every process is gone."""
+        if self.address:
+            with contextlib.suppress(OSError, asyncio.TimeoutError):
+                async with rpc(self.address, timeout=3) as r:
+                    await asyncio.wait_for(r.terminate(), 10)
+        workers = [n for n in self.pids if n != "scheduler"]
+        await self._stop(workers, grace=10)
+        await self._stop(["scheduler"], grace=10)
+        self.requested.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    async def logs(self) -> dict[str, str]:
+        """The output of each process."""
+        out = {}
+        for path in sorted(self.dir.glob("*.log")):
+            out[f"process {path.stem}"] = path.read_text(errors="replace")
+        return out
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """The scheduler's dashboard on this machine."""
+        return f"http://127.0.0.1:{self.dashboard_port}/status" if self.dashboard_port else None
+
+    @classmethod
+    async def delete(cls, name: str, namespace: str, timeout: float) -> bool:
+        """Stop the named local cluster; False if none was running."""
+        directory = state_root() / name
+        state = cls._load(directory)
+        if state is None:
+            return False
+        backend = cls(ClusterSpec.from_options(name=name, backend="local"), log=lambda _: None)
+        backend.address = state["address"]
+        backend.pids = state["pids"]
+        backend.dir = directory
+        await asyncio.wait_for(backend.close(), timeout)
+        return True
+
+    @classmethod
+    async def list_clusters(cls, namespace: str) -> list[ClusterInfo]:
+        """Local clusters whose scheduler process is alive."""
+        out = []
+        root = state_root()
+        for directory in sorted(root.iterdir()) if root.exists() else []:
+            state = cls._load(directory)
+            if not state or not _alive(state["pids"].get("scheduler", -1)):
+                continue
+            workers = [n for n in state["pids"] if n != "scheduler"]
+            out.append(
+                ClusterInfo(
+                    name=state["name"],
+                    namespace="-",
+                    backend="local",
+                    scheduler_address=state["address"],
+                    requested_workers=len(workers),
+                    workers=sum(_alive(state["pids"][n]) for n in workers),
+                    created=state["created"],
+                )
+            )
+        return out

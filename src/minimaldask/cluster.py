@@ -1,0 +1,214 @@
+"""MinimalCluster: a dask cluster manager over the kubernetes and local backends.
+
+The async methods (``_start``, ``_scale``, ``_close``) hold the logic; the
+sync API is derived from them with ``self.sync``, as in distributed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from typing import Any
+
+from distributed.core import Status, rpc
+from distributed.deploy.cluster import Cluster
+from distributed.utils import Logs
+
+from minimaldask.backends import backend_class
+from minimaldask.spec import ClusterSpec
+
+
+class MinimalCluster(Cluster):
+    """A dask cluster that exists for as long as you need it.
+
+    Options are those of :meth:`minimaldask.spec.ClusterSpec.from_options`
+    (``name``, ``namespace``, ``workers``, ``backend``, ``image``,
+    ``pip_packages``, ``os_packages``, ``apk_packages``, ``env``,
+    ``resources``, ``idle_timeout``, ...), all validated before anything
+    starts; defaults come from dask config (``minimaldask.*``).
+
+    Starting a cluster whose name is already running attaches to it.
+
+    Parameters
+    ----------
+    shutdown_on_close:
+        Delete the cluster on :meth:`close` (default). ``False`` only
+        disconnects, leaving it to run (and to end itself when idle).
+    asynchronous, loop, quiet:
+        As for every dask cluster manager.
+
+    Examples
+    --------
+    >>> from distributed import Client
+    >>> with MinimalCluster(workers=3, backend="local") as cluster:  # doctest: +SKIP
+    ...     client = Client(cluster)
+    ...     cluster.scale(1)
+
+    """
+
+    def __init__(
+        self,
+        *,
+        shutdown_on_close: bool = True,
+        asynchronous: bool = False,
+        loop: Any = None,
+        quiet: bool = False,
+        _attach_only: bool = False,
+        **options: Any,
+    ) -> None:
+        self.spec = ClusterSpec.from_options(**options)
+        self.shutdown_on_close = shutdown_on_close
+        self._attach_only = _attach_only
+        self._started_at = time.time()
+        super().__init__(asynchronous=asynchronous, loop=loop, quiet=quiet, name=self.spec.name)
+        self._backend = backend_class(self.spec.backend)(self.spec, self._log)
+        if not self.asynchronous:
+            self._loop_runner.start()
+            self.sync(self._start)
+
+    @classmethod
+    def from_name(
+        cls, name: str, namespace: str | None = None, backend: str | None = None, **kwargs: Any
+    ) -> MinimalCluster:
+        """Reconnect to a running cluster; closing the handle leaves the cluster running."""
+        kwargs.setdefault("shutdown_on_close", False)
+        return cls(name=name, namespace=namespace, backend=backend, _attach_only=True, **kwargs)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def __await__(self) -> Generator[Any, None, MinimalCluster]:
+        async def _() -> MinimalCluster:
+            if self.status == Status.created:
+                await self._start()
+            return self
+
+        return _().__await__()
+
+    async def _start(self) -> None:
+        if self.status != Status.created:
+            return
+        self.status = Status.starting
+        spec = self.spec
+        try:
+            address = await self._backend.start(attach_only=self._attach_only)
+            self.scheduler_comm = rpc(address)
+            await super()._start()
+            if not self._attach_only:
+                if len(self._backend.requested) != spec.workers:
+                    await self._scale(spec.workers)
+                self._log(f"Waiting for {spec.workers} worker(s) to connect")
+                await self._backend.wait_for_workers(
+                    spec.workers, self._count_workers, spec.startup_timeout
+                )
+        except BaseException as e:
+            await self._abort(e)
+            raise
+        self._log(
+            f"Cluster {spec.name!r} ({spec.backend}) is ready: {self.scheduler_address}, "
+            f"dashboard {self.dashboard_link}"
+        )
+
+    async def _abort(self, error: BaseException) -> None:
+        """Clean up after a failed start, unless the user asked to keep the objects."""
+        if self._attach_only:
+            await self._backend.disconnect()
+        elif self.spec.keep_on_failure:
+            self._log(f"Start failed; keeping cluster {self.spec.name!r} (keep_on_failure=True)")
+            await self._backend.disconnect()
+        else:
+            self._log(f"Start failed; removing what was created for {self.spec.name!r}")
+            await self._backend.close()
+        self.status = Status.closed
+        if self.scheduler_comm:
+            await self.scheduler_comm.close_rpc()
+
+    @property
+    def _scheduler(self) -> Any:
+        if self.scheduler_comm is None:
+            raise RuntimeError(f"cluster {self.spec.name!r} is not connected to its scheduler")
+        return self.scheduler_comm
+
+    async def _count_workers(self) -> int:
+        info = await self._scheduler.identity()
+        return sum(1 for w in info["workers"].values() if w.get("status") == Status.running.name)
+
+    async def _close(self) -> None:
+        if self.status == Status.closed:
+            return
+        if self.status in (Status.running, Status.starting):
+            if self.shutdown_on_close:
+                await self._backend.close()
+                self._log(f"Cluster {self.spec.name!r} deleted")
+            else:
+                await self._backend.disconnect()
+        await super()._close()
+
+    # -- scaling ------------------------------------------------------------------------------
+
+    def scale(self, n: int) -> Any:
+        """Run ``n`` workers. Scaling down retires workers first, so their data moves."""
+        return self.sync(self._scale, n)
+
+    async def _scale(self, n: int) -> None:
+        self.spec = self.spec.with_workers(n)
+        requested = set(self._backend.requested)
+        remove: list[str] = []
+        if n < len(requested):
+            excess = len(requested) - n
+            connected = {w["name"] for w in self.scheduler_info["workers"].values()}
+            # Workers that never connected hold nothing: they go first.
+            remove = sorted(requested - connected)[:excess]
+            if len(remove) < excess:
+                chosen = await self._scheduler.workers_to_close(
+                    n=excess - len(remove), attribute="name"
+                )
+                await self._retire([str(w) for w in chosen])
+                remove += [str(w) for w in chosen]
+        await self._backend.scale(n, remove)
+
+    async def _retire(self, names: list[str]) -> None:
+        if not names:
+            return
+        self._log(f"Retiring {', '.join(names)} (moving their data first)")
+        close = self._backend.close_retired
+        await self._scheduler.retire_workers(names=names, close_workers=close, remove=close)
+
+    def scale_down(self, workers: list[str]) -> Any:
+        """Remove these (already retired) workers: called by dask's Adaptive."""
+        return self.sync(self._scale_down, workers)
+
+    async def _scale_down(self, workers: list[str]) -> None:
+        remaining = len(self._backend.requested - set(workers))
+        self.spec = self.spec.with_workers(remaining)
+        await self._backend.scale(remaining, list(workers))
+
+    @property
+    def plan(self) -> set[str]:
+        """Names of the workers asked for."""
+        return set(self._backend.requested)
+
+    @property
+    def requested(self) -> set[str]:
+        """Names of the workers asked for."""
+        return set(self._backend.requested)
+
+    # -- information ----------------------------------------------------------------------------
+
+    @property
+    def dashboard_link(self) -> str:
+        """Dashboard URL as this client reaches it."""
+        return self._backend.dashboard_link or super().dashboard_link
+
+    async def _get_logs(
+        self, cluster: bool = True, scheduler: bool = True, workers: bool = True
+    ) -> Logs:
+        logs = await super()._get_logs(cluster=cluster, scheduler=scheduler, workers=workers)
+        if scheduler or workers:
+            logs.update(await self._backend.logs())
+        return logs  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return (
+            f"MinimalCluster({self.spec.name!r}, backend={self.spec.backend!r}, "
+            f"{self.scheduler_address!r}, workers={len(self.scheduler_info['workers'])})"
+        )

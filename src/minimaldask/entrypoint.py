@@ -1,0 +1,199 @@
+"""The container entrypoint: environment variables in, a dask scheduler or worker out.
+
+The contract is the article's, done right:
+
+``WORKER``
+    Set (to anything but ``""``, ``0``, ``false`` or ``no``): run a worker;
+    otherwise a scheduler.
+``PORT``
+    The scheduler's port (default 8786).
+``DASHBOARD_PORT``
+    The scheduler's dashboard port (default 8787).
+``ARGUMENTS``
+    Extra options for ``dask scheduler`` / ``dask worker``, split like a shell
+    would; they come last, so they override ours.
+``DASK_SCHEDULER_ADDRESS``
+    Where workers find the scheduler (default ``master-node:$PORT``, the
+    article's Service name).
+``EXTRA_PIP_PACKAGES``
+    Installed at start with pip into a writable prefix
+    (``MINIMALDASK_PREFIX``, default ``$TMPDIR/minimaldask``), so it works as
+    a non-root user on a read-only root filesystem.
+``EXTRA_OS_PACKAGES``
+    Debian packages, fetched and unpacked at start into the same prefix.
+``EXTRA_APK_PACKAGES``
+    Alpine packages; only where ``apk`` exists.
+
+The process replaces itself with dask (``exec``), so SIGTERM reaches dask and
+shutdown is graceful. A bad value stops it with exit status 2 and one line
+naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+DEFAULT_PORT = 8786
+DEFAULT_DASHBOARD_PORT = 8787
+DEFAULT_SCHEDULER_HOST = "master-node"
+_FALSE = ("", "0", "false", "no", "off")
+
+
+class EntrypointError(Exception):
+    """A bad environment: the message is the one line the user sees."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the entrypoint will do: packages to install, then the command to exec."""
+
+    role: str
+    argv: list[str]
+    pip_packages: list[str] = field(default_factory=list)
+    os_packages: list[str] = field(default_factory=list)
+    apk_packages: list[str] = field(default_factory=list)
+    prefix: str = ""
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise EntrypointError(
+            f"{name}={raw!r} is not a port number; use 1-65535, e.g. {name}={default}"
+        )
+    return int(raw)
+
+
+def _split(env: Mapping[str, str], name: str) -> list[str]:
+    try:
+        return shlex.split(env.get(name, ""))
+    except ValueError as e:
+        raise EntrypointError(f"{name} could not be split like a shell would: {e}") from None
+
+
+def plan(env: Mapping[str, str]) -> Plan:
+    """Build the plan from an environment. Pure: raises :class:`EntrypointError`."""
+    port = _port(env, "PORT", DEFAULT_PORT)
+    arguments = _split(env, "ARGUMENTS")
+    worker = env.get("WORKER", "").strip().lower() not in _FALSE
+    python = [sys.executable, "-m"]
+    if worker:
+        address = (
+            env.get("DASK_SCHEDULER_ADDRESS", "").strip() or f"{DEFAULT_SCHEDULER_HOST}:{port}"
+        )
+        if any(c.isspace() for c in address):
+            raise EntrypointError(
+                f"DASK_SCHEDULER_ADDRESS={address!r} is not an address; use host:port or tcp://host:port"
+            )
+        argv = [*python, "distributed.cli.dask_worker", address, *arguments]
+    else:
+        dashboard = _port(env, "DASHBOARD_PORT", DEFAULT_DASHBOARD_PORT)
+        argv = [
+            *python,
+            "distributed.cli.dask_scheduler",
+            "--port",
+            str(port),
+            "--dashboard-address",
+            f":{dashboard}",
+            *arguments,
+        ]
+    prefix = env.get("MINIMALDASK_PREFIX", "").strip() or os.path.join(
+        env.get("TMPDIR", "") or tempfile.gettempdir(), "minimaldask"
+    )
+    return Plan(
+        role="worker" if worker else "scheduler",
+        argv=argv,
+        pip_packages=_split(env, "EXTRA_PIP_PACKAGES"),
+        os_packages=_split(env, "EXTRA_OS_PACKAGES"),
+        apk_packages=_split(env, "EXTRA_APK_PACKAGES"),
+        prefix=prefix,
+    )
+
+
+def _prepend(env: dict[str, str], name: str, path: str) -> None:
+    env[name] = path + (os.pathsep + env[name] if env.get(name) else "")
+
+
+def site_packages(prefix: str) -> str:
+    """Where ``pip install --prefix`` puts modules for this Python."""
+    v = sys.version_info
+    return os.path.join(prefix, "lib", f"python{v.major}.{v.minor}", "site-packages")
+
+
+def install_pip(packages: Sequence[str], prefix: str, env: dict[str, str]) -> None:
+    """Install ``packages`` with pip into ``prefix`` and put them on the paths in ``env``.
+
+    Packages the image already has are kept, not installed again.
+    """
+    print(f"minimaldask: installing EXTRA_PIP_PACKAGES: {' '.join(packages)}", flush=True)
+    cmd = [
+        sys.executable, "-m", "pip", "install", "--disable-pip-version-check",
+        "--no-input", "--no-warn-script-location", "--prefix", prefix, *packages,
+    ]  # fmt: skip
+    pip_env = {**env, "PIP_CACHE_DIR": os.path.join(prefix, "pip-cache")}
+    result = subprocess.run(cmd, env=pip_env, capture_output=True, text=True)
+    if result.returncode != 0:
+        errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+        reason = errors[0] if errors else (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise EntrypointError(
+            f"EXTRA_PIP_PACKAGES={' '.join(packages)!r} could not be installed: {reason}"
+        )
+    _prepend(env, "PYTHONPATH", site_packages(prefix))
+    _prepend(env, "PATH", os.path.join(prefix, "bin"))
+
+
+def install_apk(packages: Sequence[str]) -> None:
+    """Install Alpine packages with apk, which only an Alpine image has."""
+    if shutil.which("apk") is None:
+        raise EntrypointError(
+            "EXTRA_APK_PACKAGES is set but this image is not Alpine (there is no apk); "
+            "it is Debian-based: list Debian package names in EXTRA_OS_PACKAGES instead"
+        )
+    print(f"minimaldask: installing EXTRA_APK_PACKAGES: {' '.join(packages)}", flush=True)
+    result = subprocess.run(["apk", "add", "--no-cache", *packages], capture_output=True, text=True)
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise EntrypointError(f"EXTRA_APK_PACKAGES could not be installed: {reason}")
+
+
+def prepare(p: Plan, env: dict[str, str]) -> None:
+    """Install the extra packages the plan asks for, updating ``env`` for the dask process."""
+    if p.apk_packages:
+        install_apk(p.apk_packages)
+    if p.os_packages or p.pip_packages:
+        os.makedirs(p.prefix, exist_ok=True)
+    # OS packages first: pip packages may need their libraries.
+    if p.os_packages:
+        raise EntrypointError(
+            "EXTRA_OS_PACKAGES is not supported by this build of minimaldask; "
+            "use an image built by `minimaldask image build`"
+        )
+    if p.pip_packages:
+        install_pip(p.pip_packages, p.prefix, env)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the entrypoint: validate, install extras, exec dask. Never returns on success."""
+    env = dict(os.environ)
+    try:
+        p = plan(env)
+        prepare(p, env)
+    except EntrypointError as e:
+        print(f"minimaldask-entrypoint: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    extra = list(argv if argv is not None else sys.argv[1:])
+    print(f"minimaldask: starting the {p.role}: {shlex.join(p.argv[2:] + extra)}", flush=True)
+    os.execve(p.argv[0], p.argv + extra, env)
+
+
+if __name__ == "__main__":
+    main()
