@@ -200,7 +200,8 @@ class _Platform:
     def _wheels(self) -> tuple[list[Wheel], set[str]]:
         opts, tgt = self.opts, self.tgt
         versions = {
-            name: upstream_version(pkg.version) for name, pkg in self.archive.packages.items()
+            name: upstream_version(pkg.version)
+            for name, pkg in self.archive.packages.items()
             if name.startswith("python3-")
         }
         base = [f"dask=={opts.dask}", f"distributed=={opts.dask}", *FLAVORS[opts.flavor]]
@@ -330,7 +331,9 @@ class _Platform:
         else:
             host_tgt = target(host, self.tgt.python)
             archive = Archive(
-                self.mirror, host_tgt.suite, host_tgt.arch,
+                self.mirror,
+                host_tgt.suite,
+                host_tgt.arch,
                 os.path.join(self.opts.cache_dir, "debian"),
             ).load()
             pkgs = archive.resolve(host_tgt.runtime_debs)
@@ -393,7 +396,11 @@ class _Platform:
                     f"MINIMALDASK_PREFIX={PREFIX}",
                 ],
                 "Entrypoint": [
-                    "/usr/bin/tini", "--", "/usr/bin/python3", "-m", "minimaldask.entrypoint",
+                    "/usr/bin/tini",
+                    "--",
+                    "/usr/bin/python3",
+                    "-m",
+                    "minimaldask.entrypoint",
                 ],
                 "WorkingDir": HOME,
                 "ExposedPorts": {"8786/tcp": {}, "8787/tcp": {}},
@@ -476,4 +483,3 @@ def build(opts: BuildOptions, log: Callable[[str], None] = _log) -> BuildResult:
     annotations = _labels(opts, _iso(opts.source_date_epoch))
     index = oci.index_blob([r.image for r in results], annotations)
     return BuildResult(opts, results, index, annotations)
-

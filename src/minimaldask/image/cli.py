@@ -49,7 +49,9 @@ def _mirror_setting() -> str | None:
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
     """Add ``image build`` to a ``minimaldask`` argument parser's subcommands."""
-    image = subparsers.add_parser("image", help="build the minimaldask container image")
+    image: argparse.ArgumentParser = subparsers.add_parser(
+        "image", help="build the minimaldask container image"
+    )
     image_sub = image.add_subparsers(dest="image_command", required=True)
     p = image_sub.add_parser(
         "build",
@@ -77,7 +79,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="DIR", help="write an OCI image layout to DIR")
     p.add_argument("--docker-archive", metavar="FILE", help="write a tar for 'docker load'")
     p.add_argument(
-        "--push", action="append", default=[], metavar="REF",
+        "--push",
+        action="append",
+        default=[],
+        metavar="REF",
         help="push to a registry (repeatable for more tags): host[:port]/repository:tag",
     )
     p.add_argument("--insecure", action="store_true", help="push over plain http")
@@ -108,7 +113,9 @@ def print_table(result: BuildResult) -> None:
         img = plat.image
         print(f"\n{img.platform}  (built in {plat.seconds:.1f} s)")
         print(f"  {'layer':<12} {'compressed':>11} {'unpacked':>11}  digest")
-        for name, blob, size in zip(img.layer_names, img.layers, img.uncompressed_sizes):
+        for name, blob, size in zip(
+            img.layer_names, img.layers, img.uncompressed_sizes, strict=False
+        ):
             print(f"  {name:<12} {_mb(len(blob.data))} {_mb(size)}  {blob.digest[:19]}")
         total = sum(img.uncompressed_sizes)
         print(f"  {'total':<12} {_mb(plat.compressed)} {_mb(total)}")
@@ -181,12 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m minimaldask.image``."""
     parser = argparse.ArgumentParser(prog="python -m minimaldask.image")
     sub = parser.add_subparsers(dest="command", required=True)
-    image = register(sub)
+    register(sub)
     # Accept both "python -m minimaldask.image build" and "... image build".
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] != ["image"]:
         args_list = ["image", *args_list]
-    del image
     args = parser.parse_args(args_list)
     status: int = args.func(args)
     return status

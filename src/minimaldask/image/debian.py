@@ -23,14 +23,13 @@ import subprocess
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from minimaldask.exceptions import MinimalDaskError
 from minimaldask.image.debfile import unpack_deb
 
 __all__ = [
-    "ARCHES",
     "IMAGE_RECORD",
     "Archive",
     "DebianError",
@@ -40,13 +39,6 @@ __all__ = [
     "parse_depends",
     "parse_stanzas",
 ]
-
-#: Debian architecture and GNU triplet of each OCI platform.
-ARCHES: dict[str, tuple[str, str]] = {
-    "linux/amd64": ("amd64", "x86_64-linux-gnu"),
-    "linux/arm64": ("arm64", "aarch64-linux-gnu"),
-    "linux/arm/v7": ("armhf", "arm-linux-gnueabihf"),
-}
 
 #: Where an image records its Debian suite, architecture, archive and packages.
 IMAGE_RECORD = "/etc/minimaldask-image.json"
@@ -238,9 +230,7 @@ def _clearsigned_text(inrelease: str) -> str:
     if not head.startswith("-----BEGIN PGP SIGNED MESSAGE-----") or not sep:
         raise DebianError("InRelease is not a clear-signed message")
     body, _, _ = rest.partition("\n-----BEGIN PGP SIGNATURE-----")
-    return "\n".join(
-        line[2:] if line.startswith("- ") else line for line in body.split("\n")
-    )
+    return "\n".join(line[2:] if line.startswith("- ") else line for line in body.split("\n"))
 
 
 def _keyring() -> str | None:
@@ -416,7 +406,10 @@ def _read_record() -> dict[str, object]:
 
 
 def install_runtime_packages(
-    names: list[str], prefix: str, archive_url: str | None = None
+    names: list[str],
+    prefix: str,
+    archive_url: str | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Fetch Debian packages and unpack them into ``prefix``, usable without root.
 
@@ -426,12 +419,14 @@ def install_runtime_packages(
     image are not fetched again. Returns the environment to set so that the
     programs, libraries and Python modules of the packages are found:
     ``PATH``, ``LD_LIBRARY_PATH`` and ``PYTHONPATH``, each with the prefix's
-    directories first and the current value after.
+    directories first and the current value (from ``environ``, default
+    ``os.environ``) after.
     """
+    environ = os.environ if environ is None else environ
     record = _read_record()
     debian = record["debian"]
     assert isinstance(debian, dict)
-    url = archive_url or os.environ.get("MINIMALDASK_DEBIAN_MIRROR") or str(debian["archive"])
+    url = archive_url or environ.get("MINIMALDASK_DEBIAN_MIRROR") or str(debian["archive"])
     root = os.path.join(prefix, "os")
     archive = Archive(url, str(debian["suite"]), str(debian["arch"]), os.path.join(prefix, "cache"))
     archive.load()
@@ -446,6 +441,6 @@ def install_runtime_packages(
     }
     env = {}
     for key, dirs in additions.items():
-        current = os.environ.get(key)
+        current = environ.get(key)
         env[key] = os.pathsep.join(dirs + ([current] if current else []))
     return env

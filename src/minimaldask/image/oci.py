@@ -136,8 +136,7 @@ def compress(data: bytes, compression: str) -> bytes:
             import zstandard
         except ImportError as e:
             raise OCIError(
-                "--compression zstd needs the zstandard package:"
-                " pip install 'minimaldask[image]'"
+                "--compression zstd needs the zstandard package: pip install 'minimaldask[image]'"
             ) from e
         return bytes(zstandard.ZstdCompressor(level=19).compress(data))
     raise OCIError(f"unknown compression {compression!r}: choose gzip or zstd")
@@ -182,9 +181,7 @@ def index_blob(images: list[Image], annotations: Mapping[str, str]) -> Blob:
     body = {
         "schemaVersion": 2,
         "mediaType": INDEX,
-        "manifests": [
-            img.manifest.descriptor(platform=img.platform_dict) for img in images
-        ],
+        "manifests": [img.manifest.descriptor(platform=img.platform_dict) for img in images],
         "annotations": dict(annotations),
     }
     return Blob(INDEX, canonical_json(body))
@@ -219,9 +216,7 @@ def write_layout(directory: str, images: list[Image], index: Blob, ref_name: str
             "schemaVersion": 2,
             "mediaType": INDEX,
             "manifests": [
-                index.descriptor(
-                    annotations={"org.opencontainers.image.ref.name": ref_name}
-                )
+                index.descriptor(annotations={"org.opencontainers.image.ref.name": ref_name})
             ],
         }
         with open(os.path.join(tmp, "index.json"), "wb") as f:

@@ -16,9 +16,7 @@ SITE = "usr/lib/python3/dist-packages"
 
 def _remove(path: str) -> int:
     if os.path.isdir(path) and not os.path.islink(path):
-        size = sum(
-            os.lstat(os.path.join(d, f)).st_size for d, _, fs in os.walk(path) for f in fs
-        )
+        size = sum(os.lstat(os.path.join(d, f)).st_size for d, _, fs in os.walk(path) for f in fs)
         shutil.rmtree(path)
         return size
     size = os.lstat(path).st_size

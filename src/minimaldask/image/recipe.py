@@ -16,8 +16,8 @@ __all__ = [
     "NUMERIC",
     "PLATFORMS",
     "PYTHONS",
-    "Target",
     "WHEEL_EXCLUDE",
+    "Target",
     "target",
 ]
 
@@ -53,16 +53,22 @@ UNSUPPORTED = {
 #: them. pandas and its dependencies only where a flavor asks for them.
 WHEEL_EXCLUDE = {
     "default": frozenset(
-        {"pillow", "contourpy", "xyzservices", "narwhals", "pandas", "python-dateutil", "pytz",
-         "tzdata"}
+        {
+            "pillow",
+            "contourpy",
+            "xyzservices",
+            "narwhals",
+            "pandas",
+            "python-dateutil",
+            "pytz",
+            "tzdata",
+        }
     ),
     "dataframe": frozenset({"pillow", "contourpy", "xyzservices"}),
 }
 
 #: Python distributions of the numeric-libraries layer (the rest is the dask layer).
-NUMERIC = frozenset(
-    {"numpy", "pandas", "pyarrow", "python-dateutil", "pytz", "tzdata", "six"}
-)
+NUMERIC = frozenset({"numpy", "pandas", "pyarrow", "python-dateutil", "pytz", "tzdata", "six"})
 
 #: PyPI name -> Debian package, used where PyPI has no wheel for the platform.
 DEBIAN_FALLBACK = {
@@ -219,9 +225,7 @@ class Target:
 def target(platform: str, python: str) -> Target:
     """Return the build target of a platform and Python version, or raise ValueError."""
     if platform not in PLATFORMS:
-        raise ValueError(
-            f"unknown platform {platform!r}: choose from {', '.join(PLATFORMS)}"
-        )
+        raise ValueError(f"unknown platform {platform!r}: choose from {', '.join(PLATFORMS)}")
     if python not in PYTHONS:
         raise ValueError(f"unsupported Python {python!r}: choose from {', '.join(PYTHONS)}")
     arch, triplet, wheel_arch, pythons = PLATFORMS[platform]

@@ -254,9 +254,7 @@ def image_platforms(ref: str, insecure: bool = False) -> list[str]:
     client = Client(parsed.registry, insecure)
     media, data = client.get_json(parsed, parsed.tag)
     if media in INDEX_TYPES or "manifests" in data:
-        return sorted(
-            _platform_of(m) for m in data.get("manifests", []) if "platform" in m
-        )
+        return sorted(_platform_of(m) for m in data.get("manifests", []) if "platform" in m)
     config = json.loads(client.get_blob(parsed, data["config"]["digest"]))
     plat = {"platform": {k: config.get(k) for k in ("os", "architecture", "variant")}}
     return [_platform_of(plat)]
