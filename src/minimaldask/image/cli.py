@@ -79,6 +79,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="DIR", help="write an OCI image layout to DIR")
     p.add_argument("--docker-archive", metavar="FILE", help="write a tar for 'docker load'")
     p.add_argument(
+        "--rootfs",
+        metavar="DIR",
+        help="unpack the image's files into DIR (for a Dockerfile's FROM scratch stage)",
+    )
+    p.add_argument(
         "--push",
         action="append",
         default=[],
@@ -133,9 +138,9 @@ def run_build(args: argparse.Namespace) -> int:
         dask_version = args.dask or importlib.metadata.version("dask")
         for ref in args.push:
             registry.check(ref, insecure=args.insecure)
-        if args.docker_archive and len(platforms) != 1:
+        if (args.docker_archive or args.rootfs) and len(platforms) != 1:
             raise MinimalDaskError(
-                "--docker-archive holds one platform: pass exactly one --platform"
+                "--docker-archive and --rootfs hold one platform: pass exactly one --platform"
             )
         opts = BuildOptions(
             platforms=platforms,
@@ -155,13 +160,15 @@ def run_build(args: argparse.Namespace) -> int:
             oci.write_layout(args.output, [p.image for p in result.platforms], result.index, tag)
         if args.docker_archive:
             oci.write_docker_archive(args.docker_archive, result.platforms[0].image, [tag])
+        if args.rootfs:
+            oci.write_rootfs(args.rootfs, result.platforms[0].image)
         for ref in args.push:
             _push(ref, result, args.insecure)
     except MinimalDaskError as e:
         print(f"minimaldask image build: error: {e}", file=sys.stderr)
         return 1
     print_table(result)
-    for path in filter(None, [args.output, args.docker_archive]):
+    for path in filter(None, [args.output, args.docker_archive, args.rootfs]):
         print(f"wrote {path}")
     return 0
 

@@ -31,6 +31,7 @@ __all__ = [
     "layer_tar",
     "write_docker_archive",
     "write_layout",
+    "write_rootfs",
 ]
 
 INDEX = "application/vnd.oci.image.index.v1+json"
@@ -221,6 +222,38 @@ def write_layout(directory: str, images: list[Image], index: Blob, ref_name: str
         }
         with open(os.path.join(tmp, "index.json"), "wb") as f:
             f.write(canonical_json(top))
+        if os.path.exists(directory):
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _decompress(blob: Blob) -> bytes:
+    if blob.media_type.endswith("+zstd"):
+        import zstandard
+
+        return bytes(zstandard.ZstdDecompressor().decompressobj().decompress(blob.data))
+    return gzip.decompress(blob.data)
+
+
+def write_rootfs(directory: str, image: Image) -> None:
+    """Unpack an image's layers, in order, into ``directory`` (a root filesystem).
+
+    Owners are kept when running as root (a Dockerfile's build stage), so that
+    ``COPY --from=build /rootfs /`` gives the same files as the image.
+    """
+    tmp = directory.rstrip("/") + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        for layer in image.layers:
+            with tarfile.open(fileobj=io.BytesIO(_decompress(layer)), mode="r:") as tar:
+                if hasattr(tarfile, "tar_filter"):
+                    tar.extractall(tmp, numeric_owner=True, filter="tar")
+                else:  # Python without extraction filters; the layer is our own
+                    tar.extractall(tmp, numeric_owner=True)
         if os.path.exists(directory):
             shutil.rmtree(directory)
         os.replace(tmp, directory)
