@@ -5,6 +5,9 @@ import socket
 import subprocess
 import time
 import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
 
 # Every extension module of the image, imported: a missing library or a
 # broken shared object shows here, on every platform.

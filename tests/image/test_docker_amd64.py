@@ -110,7 +110,7 @@ def test_extra_pip_and_os_packages_are_installed_at_start(cluster):
 
 
 def test_sigterm_stops_a_worker_gracefully(cluster):
-    net, client, _ = cluster
+    net, _, _ = cluster
     name = f"{net.name}-worker-1"
     start = time.monotonic()
     docker("kill", "--signal", "TERM", name)
