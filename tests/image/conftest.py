@@ -9,19 +9,18 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import dask
 import pytest
+from dockerutil import build_cli
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(
     os.environ.get("MINIMALDASK_TEST_CACHE", "~/.cache/minimaldask/test-images")
 ).expanduser()
-EPOCH = "1700000000"
 
 
 def source_hash() -> str:
@@ -55,17 +54,6 @@ class Built:
     def tag(self):
         slug = self.platform.replace("/", "-")
         return f"minimaldask-test:{slug}-{self.flavor}-{self.directory.name[:8]}"
-
-
-def build_cli(*args, env=None, timeout=900):
-    """Run `python -m minimaldask.image build ARGS`."""
-    return subprocess.run(
-        [sys.executable, "-m", "minimaldask.image", "build", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH, **(env or {})},
-    )
 
 
 def build_image(platform, flavor="default"):

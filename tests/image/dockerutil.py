@@ -3,11 +3,25 @@
 import os
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+EPOCH = "1700000000"
+
+
+def build_cli(*args, env=None, timeout=900):
+    """Run `python -m minimaldask.image build ARGS` with a fixed SOURCE_DATE_EPOCH."""
+    return subprocess.run(
+        [sys.executable, "-m", "minimaldask.image", "build", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH, **(env or {})},
+    )
+
 
 # Every extension module of the image, imported: a missing library or a
 # broken shared object shows here, on every platform.
