@@ -29,6 +29,7 @@ from minimaldask.image.recipe import (
     FLAVORS,
     LAYERS,
     NO_BYTECODE,
+    NO_WHEEL,
     NUMERIC,
     WHEEL_EXCLUDE,
     Target,
@@ -205,10 +206,11 @@ class _Platform:
             if name.startswith("python3-")
         }
         base = [f"dask=={opts.dask}", f"distributed=={opts.dask}", *FLAVORS[opts.flavor]]
-        wheels = resolve(base + list(opts.pip), tgt, versions)
+        known_missing = NO_WHEEL.get(tgt.arch, ())
+        wheels = resolve(base + list(opts.pip), tgt, versions, known_missing)
         extras: set[str] = set()
         if opts.pip:
-            known = {w.name for w in resolve(base, tgt, versions)}
+            known = {w.name for w in resolve(base, tgt, versions, known_missing)}
             extras = {w.name for w in wheels if w.name not in known}
         asked = {canonical(re.split(r"[<>=!~\[; ]", p, maxsplit=1)[0]) for p in opts.pip}
         exclude = WHEEL_EXCLUDE[opts.flavor] - asked

@@ -13,6 +13,7 @@ __all__ = [
     "DEBIAN_FALLBACK",
     "FLAVORS",
     "LAYERS",
+    "NO_WHEEL",
     "NUMERIC",
     "PLATFORMS",
     "PYTHONS",
@@ -85,6 +86,15 @@ DEBIAN_FALLBACK = {
     "lz4": "python3-lz4",
     "cytoolz": "python3-cytoolz",
 }
+
+#: Distributions PyPI has no wheel of, per Debian architecture: taken from
+#: Debian from the start (pip's resolver cannot say which one is missing when
+#: several are needed deep in the tree). Others are found as pip reports them.
+NO_WHEEL = {
+    "armhf": (
+        "numpy", "pandas", "pillow", "contourpy", "psutil", "msgpack", "pyyaml", "tornado",
+    ),
+}  # fmt: skip
 
 #: Layers, in order, from the one that changes least.
 LAYERS = ("runtime", "numeric", "dask", "minimaldask", "extras")
