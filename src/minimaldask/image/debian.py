@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from minimaldask.exceptions import MinimalDaskError
-from minimaldask.image.debfile import unpack_deb
+from minimaldask.image.debfile import apply_alternatives, unpack_deb
 
 __all__ = [
     "IMAGE_RECORD",
@@ -434,6 +434,7 @@ def install_runtime_packages(
         print(f"minimaldask: unpacking {pkg.name} {pkg.version} into {root}", flush=True)
         unpack_deb(archive.fetch(pkg), root)
     triplet = str(debian["triplet"])
+    apply_alternatives(root, triplet)
     additions = {
         "PATH": [f"{root}/usr/local/bin", f"{root}/usr/bin", f"{root}/usr/sbin"],
         "LD_LIBRARY_PATH": [f"{root}/usr/lib/{triplet}", f"{root}/usr/lib"],
