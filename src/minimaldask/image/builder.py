@@ -91,6 +91,7 @@ class PlatformResult:
     seconds: float
     debian: list[Package]
     from_debian: dict[str, str]
+    signature: str
 
     @property
     def compressed(self) -> int:
@@ -202,6 +203,7 @@ class _Platform:
             seconds,
             runtime + numeric_debs + extra_debs,
             {w.name: w.debian for w in wheels if w.debian},
+            self.archive.signature,
         )
 
     def _wheels(self) -> tuple[list[Wheel], set[str]]:
@@ -485,6 +487,7 @@ def build(opts: BuildOptions, log: Callable[[str], None] = _log) -> BuildResult:
                 result = _Platform(opts, tgt, work, mirror).run()
             except MinimalDaskError as e:
                 raise BuildError(f"{tgt.platform}: {e}") from e
+        log(f"  {tgt.platform}: Debian {tgt.suite} InRelease {result.signature}")
         for name, deb in sorted(result.from_debian.items()):
             log(f"  {tgt.platform}: {name} from Debian {tgt.suite} ({deb}): no wheel on the index")
         results.append(result)
