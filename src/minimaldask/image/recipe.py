@@ -138,14 +138,12 @@ PRUNE_GLOBS = (
     "usr/lib/python3/dist-packages/numpy/_pyinstaller",
     "usr/lib/python3/dist-packages/numpy/random/_examples",
     "usr/lib/python3/dist-packages/pyarrow/src",
-    # Arrow Flight RPC and Substrait plans: dask.dataframe uses neither.
+    # Arrow Flight RPC: dask.dataframe does not use it (Substrait stays:
+    # pyarrow's Acero engine links it).
     "usr/lib/python3/dist-packages/pyarrow/libarrow_flight.so*",
     "usr/lib/python3/dist-packages/pyarrow/libarrow_python_flight.so*",
     "usr/lib/python3/dist-packages/pyarrow/_flight*.so",
     "usr/lib/python3/dist-packages/pyarrow/flight.py",
-    "usr/lib/python3/dist-packages/pyarrow/libarrow_substrait.so*",
-    "usr/lib/python3/dist-packages/pyarrow/_substrait*.so",
-    "usr/lib/python3/dist-packages/pyarrow/substrait.py",
     "usr/lib/python3/dist-packages/pyarrow/includes",
     "usr/lib/python3/dist-packages/bokeh/server/static/js/lib",
     "usr/lib/python3/dist-packages/bokeh/server/static/js/compiler.js",
