@@ -176,6 +176,112 @@ class Usage:
         }
 
 
+#: Annotations on the scheduler Deployment that store the adaptive bounds.
+ADAPT_MINIMUM = "minimaldask.dask.org/adapt-minimum"
+ADAPT_MAXIMUM = "minimaldask.dask.org/adapt-maximum"
+
+
+@dataclass
+class AdaptivePolicy:
+    """How eagerly the janitor scales: bounds, cool-down, step size."""
+
+    minimum: int
+    maximum: int
+    #: No scale-down sooner than this after any scaling.
+    cooldown: float = 30.0
+    #: Workers connected for less than this are never retired.
+    min_worker_age: float = 20.0
+    #: At most this fraction of the workers (and at least one) goes per step.
+    max_fraction: float = 0.5
+
+
+class AdaptiveScaler:
+    """Follows the scheduler's adaptive target by scaling the worker Deployment.
+
+    Scaling up patches replicas. Scaling down lets the scheduler choose and
+    retire workers (their data moves first; a worker whose data has nowhere
+    to go is kept), gives their pods the lowest pod-deletion-cost so the
+    ReplicaSet removes exactly those, then lowers replicas.
+    """
+
+    def __init__(self, scheduler: Any, api: KubernetesAPI, worker_deployment: str) -> None:
+        self.scheduler = scheduler
+        self.api = api
+        self.deployment = worker_deployment
+        self.policy: AdaptivePolicy | None = None
+        self.replicas: int | None = None
+        self.last_change = 0.0
+        self.joined: dict[str, float] = {}
+
+    async def replicas_now(self) -> int:
+        """Replicas asked of the worker Deployment (read once, then tracked)."""
+        if self.replicas is None:
+            deployment = await self.api.get_deployment(self.deployment)
+            self.replicas = int(deployment["spec"].get("replicas") or 0)
+        return self.replicas
+
+    async def set_replicas(self, n: int) -> None:
+        """Patch replicas and remember when."""
+        await self.api.set_replicas(self.deployment, n)
+        logger.info("minimaldask adapt: %s replicas %s -> %s", self.deployment, self.replicas, n)
+        self.replicas = n
+        self.last_change = time.time()
+
+    def target(self) -> int:
+        """The scheduler's wish, within the bounds."""
+        assert self.policy is not None
+        wish = int(self.scheduler.adaptive_target())
+        return max(self.policy.minimum, min(self.policy.maximum, wish))
+
+    async def step(self) -> None:
+        """One decision: up now, down after the cool-down and in bounded steps."""
+        policy = self.policy
+        if policy is None:
+            return
+        replicas = await self.replicas_now()
+        target = self.target()
+        now = time.time()
+        if target > replicas:
+            await self.set_replicas(target)
+            return
+        if target == replicas or now - self.last_change < policy.cooldown:
+            return
+        if replicas > len(self.scheduler.workers):
+            # Pods still starting go first (the ReplicaSet prefers them anyway).
+            await self.set_replicas(max(target, len(self.scheduler.workers)))
+            return
+        step = max(1, int(replicas * policy.max_fraction))
+        wanted = min(replicas - target, step)
+        old_enough = {
+            ws.name
+            for ws in self.scheduler.workers.values()
+            if now - self.joined.get(ws.address, now) >= policy.min_worker_age
+            and ws.status.name == "running"
+        }
+        chosen = [
+            str(name)
+            for name in self.scheduler.workers_to_close(
+                n=len(self.scheduler.workers), attribute="name"
+            )
+            if str(name) in old_enough
+        ][:wanted]
+        if not chosen:
+            return
+        retired = await self.scheduler.retire_workers(
+            names=chosen, close_workers=False, remove=False, stimulus_id=f"minimaldask-adapt-{now}"
+        )
+        names = [str(info.get("name")) for info in retired.values()]
+        if not names:
+            logger.info(
+                "minimaldask adapt: the scheduler kept %s (their data had nowhere to go)", chosen
+            )
+            self.last_change = now
+            return
+        for name in names:
+            await self.api.annotate_pod(name, {DELETION_COST: "-1000"})
+        await self.set_replicas(replicas - len(names))
+
+
 class Janitor(SchedulerPlugin):
     """Ends the cluster when idle, without clients, or too old; runs adaptive scaling."""
 
@@ -207,6 +313,7 @@ class Janitor(SchedulerPlugin):
         self.ready_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self.scheduler: Any = None
+        self.scaler: AdaptiveScaler | None = None
 
     @classmethod
     def from_environment(cls) -> Janitor:
@@ -230,6 +337,10 @@ class Janitor(SchedulerPlugin):
         self.scheduler = scheduler
         scheduler.handlers[HEARTBEAT] = self.heartbeat
         scheduler.handlers[USAGE] = self.report_usage
+        scheduler.handlers[ADAPT] = self.adapt
+        if self.api is not None:
+            self.scaler = AdaptiveScaler(scheduler, self.api, f"{self.cluster_name}-worker")
+            await self._restore_adapt_bounds()
         self.usage.started = time.time()
         self.last_client = time.time()
         for address, ws in scheduler.workers.items():
@@ -254,12 +365,16 @@ class Janitor(SchedulerPlugin):
     def add_worker(self, scheduler: Any, worker: str) -> None:
         """Count the worker's time from now."""
         self.usage.add(worker, scheduler.workers[worker].nthreads)
+        if self.scaler:
+            self.scaler.joined[worker] = time.time()
         if self.ready_at is None:
             self.ready_at = time.time()
 
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         """Stop counting the worker's time."""
         self.usage.remove(worker)
+        if self.scaler:
+            self.scaler.joined.pop(worker, None)
 
     def add_client(self, scheduler: Any, client: str) -> None:
         """A client arrived: the no-client clock stops."""
@@ -283,6 +398,47 @@ class Janitor(SchedulerPlugin):
             "idle_since": self.scheduler.idle_since if self.scheduler else None,
             **self.usage.report(),
         }
+
+    def adapt(
+        self,
+        minimum: int | None = None,
+        maximum: int | None = None,
+        cooldown: float | None = None,
+        min_worker_age: float | None = None,
+    ) -> dict[str, Any]:
+        """Set the adaptive bounds (``maximum=None`` turns adaptive scaling off)."""
+        if self.scaler is None:
+            raise RuntimeError(
+                "adaptive scaling in the scheduler needs the Kubernetes API (the cluster's "
+                "service account); this scheduler has none"
+            )
+        if maximum is None:
+            self.scaler.policy = None
+            return {"adapt": None}
+        policy = AdaptivePolicy(minimum=int(minimum or 0), maximum=int(maximum))
+        if cooldown is not None:
+            policy.cooldown = float(cooldown)
+        if min_worker_age is not None:
+            policy.min_worker_age = float(min_worker_age)
+        self.scaler.policy = policy
+        self.scaler.replicas = None  # the client may have scaled: read again
+        logger.info("minimaldask adapt: %s", policy)
+        return {"adapt": vars(policy)}
+
+    async def _restore_adapt_bounds(self) -> None:
+        """Adaptive bounds survive a scheduler restart: they live in annotations."""
+        assert self.api is not None
+        try:
+            deployment = await self.api.get_deployment(f"{self.cluster_name}-scheduler")
+        except Exception as e:
+            logger.warning("minimaldask janitor: cannot read adaptive bounds: %s", e)
+            return
+        annotations = deployment["metadata"].get("annotations") or {}
+        if ADAPT_MAXIMUM in annotations:
+            self.adapt(
+                minimum=int(annotations.get(ADAPT_MINIMUM, 0)),
+                maximum=int(annotations[ADAPT_MAXIMUM]),
+            )
 
     def report_usage(self) -> dict[str, float]:
         """Worker-seconds, core-seconds, peak workers and lifetime so far."""
@@ -330,6 +486,11 @@ class Janitor(SchedulerPlugin):
                 continue
             if reason:
                 await self.end(*reason)
+            elif self.scaler is not None:
+                try:
+                    await self.scaler.step()
+                except Exception as e:
+                    logger.error("minimaldask adapt: step failed: %s", e)
 
     async def end(self, timeout: str, reason: str) -> None:
         """End the cluster: tell every client why, then delete (or close) it."""
