@@ -64,7 +64,7 @@ USER_NAMESPACE = "minimaldask-e2e"
 APT_PACKAGES = {  # package -> a file it installs
     "containerd": "/usr/bin/containerd",
     "runc": "/usr/sbin/runc",
-    "containernetworking-plugins": "/usr/lib/cni/bridge",
+    "containernetworking-plugins": "/usr/lib/cni/firewall",
     "docker-registry": "/usr/bin/docker-registry",
     "iptables": "/usr/sbin/iptables",
     "conntrack": "/usr/sbin/conntrack",
@@ -698,6 +698,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
              "ipam": {"type": "host-local", "dataDir": str(STATE / "cni-ipam"),
                       "ranges": [[{"subnet": NODE_POD_CIDR}]], "routes": [{"dst": "0.0.0.0/0"}]}},
             {"type": "portmap", "capabilities": {"portMappings": True}},
+            # Accepts the pods' traffic in the FORWARD chain, whose policy may be DROP
+            # (Docker sets that), as it is on many real nodes.
+            {"type": "firewall", "backend": "iptables"},
         ]}, indent=1))
     write(conf / "kubelet.json", json.dumps({
         "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
