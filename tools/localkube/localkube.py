@@ -420,7 +420,7 @@ def check_running(name: str) -> None:
         raise LocalkubeError(f"{name} exited\n{log_tail(name)}")
 
 
-def stop(name: str, timeout: float = 15) -> None:
+def stop(name: str, timeout: float = 10) -> None:
     pid = pid_of(name)
     if pid is None:
         (PIDS / f"{name}.pid").unlink(missing_ok=True)
