@@ -28,7 +28,6 @@ import struct
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -420,20 +419,22 @@ def check_running(name: str) -> None:
         raise LocalkubeError(f"{name} exited\n{log_tail(name)}")
 
 
-def stop(name: str, timeout: float = 10) -> None:
-    pid = pid_of(name)
-    if pid is None:
-        (PIDS / f"{name}.pid").unlink(missing_ok=True)
-        return
-    os.kill(pid, signal.SIGTERM)
+def stop_all(names: list[str], timeout: float = 10) -> None:
+    """SIGTERM the components together; SIGKILL those still there after timeout seconds."""
+    pids = {name: pid_of(name) for name in names}
+    for name, pid in pids.items():
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while pid_of(name) is not None and time.monotonic() < deadline:
+    while any(pid_of(n) for n in names) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if pid_of(name) is not None:
-        say(f"{name} (pid {pid}) ignored SIGTERM for {timeout:.0f}s; killing it")
-        os.kill(pid, signal.SIGKILL)
-        wait_for(f"{name} (pid {pid}) to die after SIGKILL", 10, lambda: pid_of(name) is None)
-    (PIDS / f"{name}.pid").unlink(missing_ok=True)
+    for name, pid in pids.items():
+        if pid is not None and pid_of(name) is not None:
+            say(f"{name} (pid {pid}) still running {timeout:.0f}s after SIGTERM; killing it")
+            os.kill(pid, signal.SIGKILL)
+            wait_for(f"{name} (pid {pid}) to die after SIGKILL", 10, lambda n=name: pid_of(n) is None)
+    for name in names:
+        (PIDS / f"{name}.pid").unlink(missing_ok=True)
 
 
 def processes() -> dict[int, str]:
@@ -869,9 +870,14 @@ def setup_host() -> None:
 
 def up(timeout_scale: float = 1.0) -> None:
     require_root()
-    if is_up():
-        say(f"already up; kubeconfig: {ADMIN_KUBECONFIG}")
-        return
+    if all(pid_of(n) for n in COMPONENTS):
+        # Running: give a busy cluster time to answer before calling it broken.
+        try:
+            wait_for("the running cluster to be healthy", 60 * timeout_scale, is_up)
+            say(f"already up; kubeconfig: {ADMIN_KUBECONFIG}")
+            return
+        except LocalkubeError as e:
+            say(f"{e}; restarting it")
     if STATE.exists() or RUN.exists():
         say("found leftovers of an earlier run that is not healthy; taking them down first")
         down()
@@ -1100,11 +1106,11 @@ def down() -> None:
     require_root()
     t0 = time.monotonic()
     # The kubelet first, so that it does not restart what we stop next.
-    for name in ["kubelet", "kube-proxy", "kube-scheduler", "kube-controller-manager", "kube-apiserver",
-                 "etcd", "registry"]:
-        stop(name)
+    stop_all(["kubelet"])
+    stop_all(["kube-proxy", "kube-scheduler", "kube-controller-manager", "kube-apiserver"])
+    stop_all(["etcd", "registry"])
     kill_cgroup_processes()
-    stop("containerd")
+    stop_all(["containerd"])
     our_sock = str(CONTAINERD_SOCK)
     shims = [pid for pid, cmd in processes().items() if "containerd-shim" in cmd and our_sock in cmd]
     for pid in shims:
