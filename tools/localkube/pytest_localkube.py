@@ -175,8 +175,9 @@ def pytest_runtest_makereport(item, call):
             report.sections.append(("localkube", f"could not write cluster logs: {e}"))
 
 
-def dump_artifacts(nodeid: str, namespace: str | None) -> Path:
-    out = ARTIFACTS / re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid)[-150:]
+def dump_artifacts(nodeid: str, namespace: str | None, root: Path | None = None) -> Path:
+    """Write component logs, and the namespace's events, objects and pod logs; return the directory."""
+    out = (root or ARTIFACTS) / re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid)[-150:]
     out.mkdir(parents=True, exist_ok=True)
     for log in sorted(localkube.LOGS.glob("*.log")):
         lines = log.read_text(errors="replace").splitlines()[-3000:]
