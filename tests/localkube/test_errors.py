@@ -43,3 +43,10 @@ def test_failure_artifacts_hold_component_logs_and_the_namespace_events_and_pod_
     assert "Scheduled" in (out / "events.txt").read_text()
     assert "probe serving on :8080" in (out / "talker.log").read_text()
     assert "talker" in (out / "describe.txt").read_text()
+
+
+@pytest.mark.kube
+def test_up_refuses_ports_that_are_taken(localkube_cluster):
+    # the running cluster holds them all
+    with pytest.raises(localkube.LocalkubeError, match=r"port 127\.0\.0\.1:2379, which localkube needs, is taken"):
+        localkube.check_ports_free()

@@ -880,6 +880,24 @@ def check_address_plan() -> None:
                         "edit the address plan at the top of localkube.py")
 
 
+# What up listens on (etcd, registry, API server, kubelet, kube-proxy, controller-manager, scheduler).
+PORTS = [("127.0.0.1", 2379), ("127.0.0.1", 2380), ("127.0.0.1", 2381), ("127.0.0.1", 5000),
+         (NODE_IP, APISERVER_PORT), (NODE_IP, 10250), ("127.0.0.1", 10248), ("127.0.0.1", 10249),
+         ("127.0.0.1", 10256), ("127.0.0.1", 10257), ("127.0.0.1", 10259)]
+
+
+def check_ports_free() -> None:
+    """Fail early, naming the holder, rather than let a component die (or, for the
+    registry, talk to someone else's registry on the same port)."""
+    listening = run(["ss", "-Hltnp"]).stdout.splitlines()
+    for addr, port in PORTS:
+        for line in listening:
+            local = line.split()[3]
+            host, _, lport = local.rpartition(":")
+            if lport == str(port) and host.strip("[]") in (addr, "0.0.0.0", "*", "::"):
+                raise LocalkubeError(f"port {addr}:{port}, which localkube needs, is taken: {line.strip()}")
+
+
 def setup_host() -> None:
     saved = {k: read_sysctl(k) for k in SYSCTLS}
     write(STATE / "saved-sysctls.json", json.dumps(saved, indent=1))
@@ -919,6 +937,7 @@ def up(timeout_scale: float = 1.0) -> None:
     with stage("build (cached after the first time)", timings):
         ensure_built()
     check_address_plan()
+    check_ports_free()
     for d in (STATE, RUN):
         d.mkdir(parents=True)
         d.chmod(0o700)
