@@ -1,0 +1,425 @@
+"""The Kubernetes backend: the scheduler and workers as pods of two Deployments.
+
+Only :mod:`minimaldask.kube` talks to the API; this module decides what to ask
+it: pre-flight checks, apply, waits with one deadline for the whole start,
+how this client reaches the scheduler, and which pods go on scale-down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from distributed.core import rpc
+from kr8s.asyncio.portforward import PortForward
+
+from minimaldask import kube
+from minimaldask.backends.base import Backend, ClusterInfo, Logger, WorkerCounter
+from minimaldask.exceptions import ClusterNotFoundError, ClusterStartError, ImageMismatchError
+from minimaldask.manifests import (
+    LABEL_INSTANCE,
+    cluster_objects,
+    label_selector,
+    owned,
+    scheduler_address,
+    scheduler_host,
+    scheduler_name,
+    worker_deployment,
+    worker_name,
+)
+from minimaldask.spec import ClusterSpec, client_versions, default_image_tag
+
+#: pod-deletion-cost of a retired worker: lower than any other pod's (default 0).
+RETIRED_COST = -1_000_000
+#: Seconds a scale-down may take until the retired pods are terminating.
+SCALE_TIMEOUT = 60
+
+
+def _in_kubernetes() -> bool:
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+def _timestamp(value: str | None) -> float | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+class KubernetesBackend(Backend):
+    """Pods in a namespace: Service and Deployment ``NAME-scheduler``, Deployment ``NAME-worker``."""
+
+    name = "kubernetes"
+    close_retired = False
+
+    def __init__(self, spec: ClusterSpec, log: Logger) -> None:
+        super().__init__(spec, log)
+        self._api: Any = None
+        self._owner: dict[str, Any] | None = None
+        self._forwards: list[PortForward] = []
+        self._dashboard: str | None = None
+        self._forwarded = ""
+        self._deadline = 0.0
+        #: The cluster ran before this handle; a failed start must not delete it.
+        self.preexisting = False
+        self._ready = False
+        #: One line saying where the start is; the CLI displays it live.
+        self.progress = ""
+
+    async def _connect(self) -> Any:
+        if self._api is None:
+            self._api = await kube.connect()
+        return self._api
+
+    def _say(self, line: str) -> None:
+        if line != self.progress:
+            self.progress = line
+            self.log(line)
+
+    # -- pre-flight -------------------------------------------------------------------------
+
+    async def preflight(self) -> None:
+        """Refuse, before anything is created, what cannot work."""
+        spec = self.spec
+        if spec.apk_packages:
+            raise ValueError(
+                f"invalid apk_packages={' '.join(spec.apk_packages)!r}: the minimaldask image "
+                "is Debian-based and has no apk; list the Debian names of these packages in "
+                "os_packages=... instead"
+            )
+        api = await self._connect()
+        await kube.check_namespace(api, spec.namespace)
+        await kube.check_access(api, spec.namespace, port_forward=self._mode() == "port-forward")
+        await self._check_image(api)
+
+    async def _check_image(self, api: Any) -> None:
+        """The image's labels must record this client's versions; its platforms the nodes'."""
+        try:
+            from minimaldask.image import registry  # type: ignore[import-not-found, attr-defined, unused-ignore]
+        except ImportError:
+            self.log("Image check skipped: this build of minimaldask has no image registry client")
+            return
+        ref = self.spec.image
+        try:
+            versions = await asyncio.to_thread(registry.image_versions, ref)
+        except Exception as e:  # any failure to read: the check is skipped, and said so
+            self.log(f"Image check skipped: cannot read the labels of {ref} ({e})")
+            return
+        mine = client_versions()
+        differ = {
+            k: (versions.get(k), v) for k, v in mine.items() if versions.get(k) not in (None, v)
+        }
+        if differ:
+            what = ", ".join(
+                f"{k} {theirs} in the image, {ours} here" for k, (theirs, ours) in differ.items()
+            )
+            repository = ref.rsplit(":", 1)[0] if ":" in ref.rsplit("/", 1)[-1] else ref
+            raise ImageMismatchError(
+                f"image {ref} does not match this client: {what}. Use the image built for this "
+                f"client (image={repository + ':' + default_image_tag()!r}, the default), or run "
+                f"the client with the image's versions"
+            )
+        nodes = await kube.node_architectures(api)
+        if nodes is None:
+            self.log("Platform check skipped: this user may not list nodes")
+            return
+        try:
+            platforms = set(await asyncio.to_thread(registry.image_platforms, ref))
+        except Exception as e:
+            self.log(f"Platform check skipped: cannot read the platforms of {ref} ({e})")
+            return
+        missing = {n for n in nodes if not any(p == n or p.startswith(n + "/") for p in platforms)}
+        if missing:
+            raise ImageMismatchError(
+                f"image {ref} has no build for the nodes' platform(s) {', '.join(sorted(missing))} "
+                f"(it has {', '.join(sorted(platforms))}); build it with "
+                f"`minimaldask image build --platform {','.join(sorted(missing))}`"
+            )
+
+    # -- start ------------------------------------------------------------------------------
+
+    def _mode(self) -> str:
+        if self.spec.expose == "port-forward" and _in_kubernetes():
+            return "none"
+        return self.spec.expose
+
+    async def start(self, attach_only: bool = False) -> str:
+        """Apply the cluster's objects (or find them), then connect to the scheduler."""
+        spec = self.spec
+        self._deadline = time.monotonic() + spec.startup_timeout
+        api = await self._connect()
+        existing = await kube.get(api, "Deployment", spec.namespace, scheduler_name(spec))
+        self.preexisting = existing is not None
+        if attach_only:
+            if existing is None:
+                raise ClusterNotFoundError(
+                    f"no cluster named {spec.name!r} in namespace {spec.namespace!r}; "
+                    f"start one with MinimalCluster(name={spec.name!r}, namespace={spec.namespace!r})"
+                )
+            self._owner = existing
+            await self._read_ports()
+        else:
+            await self.preflight()
+            replicas = spec.workers
+            if existing is not None:
+                workers = await kube.get(api, "Deployment", spec.namespace, worker_name(spec))
+                # The cluster retires workers itself before lowering replicas.
+                replicas = ((workers or {}).get("spec") or {}).get("replicas", spec.workers)
+                self._say(f"Updating the running cluster {spec.name!r} in {spec.namespace!r}")
+            else:
+                self._say(f"Creating cluster {spec.name!r} in namespace {spec.namespace!r}")
+            await self._apply(replicas)
+        return await self._wait_for_scheduler()
+
+    async def _read_ports(self) -> None:
+        """Take the ports of a running cluster from its Service (they may not be the defaults)."""
+        service = await kube.get(
+            self._api, "Service", self.spec.namespace, scheduler_name(self.spec)
+        )
+        ports = {
+            p.get("name"): p.get("port")
+            for p in ((service or {}).get("spec") or {}).get("ports", [])
+        }
+        self.spec = replace(
+            self.spec,
+            port=ports.get("tcp-comm", self.spec.port),
+            dashboard_port=ports.get("http-dashboard", self.spec.dashboard_port),
+        )
+
+    async def _apply(self, replicas: int) -> None:
+        objects = cluster_objects(self.spec)
+        owner = await kube.update_or_deploy(objects[0], self._api)
+        self._owner = owner
+        for obj in cluster_objects(self.spec.with_workers(replicas), owner)[1:]:
+            await kube.update_or_deploy(obj, self._api)
+
+    def _remaining(self) -> float:
+        return self._deadline - time.monotonic()
+
+    async def _wait_for_scheduler(self) -> str:
+        spec, api = self.spec, self._api
+        selector = label_selector(spec.name, "scheduler")
+        while True:
+            pods = await kube.check_pods(api, spec.namespace, scheduler_name(spec), selector)
+            running = [
+                p
+                for p in pods
+                if (p.get("status") or {}).get("phase") == "Running"
+                and not p["metadata"].get("deletionTimestamp")
+            ]
+            states = ", ".join(kube.pod_phase(p) for p in pods) or "no pod yet"
+            self._say(f"Waiting for the scheduler ({states})")
+            if running:
+                address = await self._address(running[0])
+                if address and await _answers(address):
+                    return address
+            if self._remaining() < 0:
+                raise ClusterStartError(
+                    f"the scheduler of {spec.name!r} did not answer within "
+                    f"startup_timeout={spec.startup_timeout:g}s (pods: {states})."
+                    + await self._scheduler_log_tail(pods)
+                )
+            await asyncio.sleep(kube.POLL)
+
+    async def _scheduler_log_tail(self, pods: list[dict[str, Any]]) -> str:
+        if not pods:
+            return ""
+        name = pods[0]["metadata"]["name"]
+        try:
+            log = await kube.pod_log(self._api, self.spec.namespace, name, tail=kube.LOG_TAIL)
+        except Exception as e:
+            return f" Its log could not be read: {e}"
+        return f" Last lines of its log:\n{log.rstrip()}"
+
+    async def _address(self, pod: dict[str, Any]) -> str | None:
+        """The scheduler's address as this client reaches it, setting up what that needs."""
+        spec, mode = self.spec, self._mode()
+        if mode == "none":
+            self._dashboard = f"http://{scheduler_host(spec)}:{spec.dashboard_port}/status"
+            return scheduler_address(spec)
+        if mode == "port-forward":
+            if not self._forwards:
+                pod_name = pod["metadata"]["name"]
+                comm, comm_port = await kube.port_forward(
+                    self._api, spec.namespace, pod_name, spec.port
+                )
+                self._forwards.append(comm)
+                dash, dash_port = await kube.port_forward(
+                    self._api, spec.namespace, pod_name, spec.dashboard_port
+                )
+                self._forwards.append(dash)
+                self._forwarded = f"tcp://127.0.0.1:{comm_port}"
+                self._dashboard = f"http://127.0.0.1:{dash_port}/status"
+            return self._forwarded
+        service = await kube.get(self._api, "Service", spec.namespace, scheduler_name(spec))
+        ports = {p["name"]: p for p in ((service or {}).get("spec") or {}).get("ports", [])}
+        if mode == "nodeport":
+            host = (pod.get("status") or {}).get("hostIP")
+            comm, dash = ports.get("tcp-comm", {}), ports.get("http-dashboard", {})
+            if not host or not comm.get("nodePort"):
+                return None
+            self._dashboard = f"http://{host}:{dash.get('nodePort')}/status"
+            return f"tcp://{host}:{comm['nodePort']}"
+        ingress = (((service or {}).get("status") or {}).get("loadBalancer") or {}).get(
+            "ingress"
+        ) or []
+        if not ingress:
+            self._say("Waiting for the load balancer's address")
+            return None
+        host = ingress[0].get("ip") or ingress[0].get("hostname")
+        self._dashboard = f"http://{host}:{spec.dashboard_port}/status"
+        return f"tcp://{host}:{spec.port}"
+
+    async def wait_for_workers(self, n: int, count: WorkerCounter, timeout: float) -> None:
+        """Wait until the scheduler counts ``n`` workers; fail fast when a worker pod cannot run."""
+        spec = self.spec
+        deadline = min(time.monotonic() + timeout, self._deadline or float("inf"))
+        selector = label_selector(spec.name, "worker")
+        while True:
+            connected = await count()
+            pods = await kube.check_pods(self._api, spec.namespace, worker_name(spec), selector)
+            live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+            self.requested = {p["metadata"]["name"] for p in live}
+            if connected >= n:
+                break
+            states: dict[str, int] = {}
+            for p in live:
+                states[kube.pod_phase(p)] = states.get(kube.pod_phase(p), 0) + 1
+            summary = ", ".join(f"{v} {k}" for k, v in sorted(states.items())) or "no pod yet"
+            self._say(f"{connected} of {n} workers connected (pods: {summary})")
+            if time.monotonic() > deadline:
+                raise ClusterStartError(
+                    f"{connected} of {n} workers connected to {spec.name!r} within "
+                    f"startup_timeout={spec.startup_timeout:g}s (worker pods: {summary}); "
+                    "raise startup_timeout=... if the cluster is merely slow"
+                )
+            await asyncio.sleep(kube.POLL)
+        self._ready = True
+        self._say(f"{connected} of {n} workers connected")
+
+    # -- scale ------------------------------------------------------------------------------
+
+    async def scale(self, n: int, remove: list[str]) -> None:
+        """Mark the retired pods with the lowest deletion cost, then lower (or raise) replicas."""
+        spec, api = self.spec, await self._connect()
+        gone = [name for name in remove if name in self.requested]
+        await kube.set_deletion_cost(api, spec.namespace, gone, RETIRED_COST)
+        if self._owner is None:
+            self._owner = await kube.get(api, "Deployment", spec.namespace, scheduler_name(spec))
+        self.spec = spec.with_workers(n)
+        await kube.update_or_deploy(owned(worker_deployment(self.spec), self._owner), api)
+        selector = label_selector(spec.name, "worker")
+        deadline = time.monotonic() + SCALE_TIMEOUT
+        while True:
+            pods = await kube.list_objects(api, "Pod", spec.namespace, selector)
+            live = {
+                p["metadata"]["name"] for p in pods if not p["metadata"].get("deletionTimestamp")
+            }
+            if not (live & set(gone)) and len(live) <= n:
+                break
+            if time.monotonic() > deadline:
+                raise ClusterStartError(
+                    f"scaling {spec.name!r} to {n}: after {SCALE_TIMEOUT}s these pods are still "
+                    f"running: {', '.join(sorted(live))}"
+                )
+            await asyncio.sleep(kube.POLL)
+        self.requested = live
+
+    # -- end --------------------------------------------------------------------------------
+
+    async def disconnect(self) -> None:
+        """Stop this client's port-forwards; the cluster keeps running."""
+        for forward in self._forwards:
+            with contextlib.suppress(Exception):
+                await forward.stop()
+        self._forwards.clear()
+
+    async def close(self) -> None:
+        """Delete every object of the cluster and wait until they are gone.
+
+        A start that failed on a cluster that was already running leaves it running.
+        """
+        await self.disconnect()
+        if self.preexisting and not self._ready:
+            self.log(f"Leaving the running cluster {self.spec.name!r} as it was")
+            return
+        await self.delete(self.spec.name, self.spec.namespace, self.spec.startup_timeout)
+        self.requested.clear()
+
+    async def logs(self) -> dict[str, str]:
+        """The log of every pod of the cluster."""
+        api, ns = await self._connect(), self.spec.namespace
+        pods = await kube.list_objects(api, "Pod", ns, label_selector(self.spec.name))
+        out = {}
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            out[f"pod {name}"] = await kube.pod_log(api, ns, name)
+        return out
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """The dashboard as this client reaches it (through its port-forward by default)."""
+        return self._dashboard
+
+    @classmethod
+    async def delete(cls, name: str, namespace: str, timeout: float) -> bool:
+        """Delete cluster ``name`` and wait until none of its objects is left."""
+        api = await kube.connect()
+        spec = ClusterSpec.from_options(name=name, namespace=namespace, backend="kubernetes")
+        objects = [
+            ("Deployment", scheduler_name(spec)),
+            ("Deployment", worker_name(spec)),
+            ("Service", scheduler_name(spec)),
+        ]
+        return await kube.delete_cluster(api, namespace, name, objects, timeout)
+
+    @classmethod
+    async def list_clusters(cls, namespace: str) -> list[ClusterInfo]:
+        """The clusters in ``namespace``, found by their scheduler Deployments' labels."""
+        api = await kube.connect()
+        schedulers = await kube.list_objects(
+            api,
+            "Deployment",
+            namespace,
+            "app.kubernetes.io/name=minimaldask,app.kubernetes.io/component=scheduler",
+        )
+        workers = {
+            d["metadata"]["labels"].get(LABEL_INSTANCE): d
+            for d in await kube.list_objects(
+                api,
+                "Deployment",
+                namespace,
+                "app.kubernetes.io/name=minimaldask,app.kubernetes.io/component=worker",
+            )
+        }
+        out = []
+        for d in schedulers:
+            name = d["metadata"]["labels"].get(LABEL_INSTANCE, "")
+            w = workers.get(name) or {}
+            spec = ClusterSpec.from_options(name=name, namespace=namespace, backend="kubernetes")
+            out.append(
+                ClusterInfo(
+                    name=name,
+                    namespace=namespace,
+                    backend="kubernetes",
+                    scheduler_address=scheduler_address(spec),
+                    workers=int((w.get("status") or {}).get("readyReplicas") or 0),
+                    requested_workers=int((w.get("spec") or {}).get("replicas") or 0),
+                    created=_timestamp(d["metadata"].get("creationTimestamp")),
+                    details={"scheduler_ready": bool((d.get("status") or {}).get("readyReplicas"))},
+                )
+            )
+        return out
+
+
+async def _answers(address: str) -> bool:
+    try:
+        async with rpc(address, timeout=2) as r:
+            await asyncio.wait_for(r.identity(), 3)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    return True
