@@ -16,7 +16,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import dask
 from dask.utils import parse_timedelta
 
 from minimaldask import config
@@ -223,7 +222,9 @@ class Resources:
 
 def default_image_tag() -> str:
     """The image tag that matches this client: ``<dask version>-py<major.minor>``."""
-    return f"{dask.__version__}-py{sys.version_info.major}.{sys.version_info.minor}"
+    return (
+        f"{importlib.metadata.version('dask')}-py{sys.version_info.major}.{sys.version_info.minor}"
+    )
 
 
 @dataclass(frozen=True)
@@ -505,7 +506,7 @@ def _options(option: str, value: str | Iterable[str] | None) -> tuple[str, ...]:
 def client_versions() -> dict[str, str]:
     """The versions an image must match: dask, distributed and Python (major.minor)."""
     return {
-        "dask": dask.__version__,
+        "dask": importlib.metadata.version("dask"),
         "distributed": importlib.metadata.version("distributed"),
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
     }
