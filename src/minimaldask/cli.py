@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="minimaldask-demo", help="cluster name")
     p.add_argument("-v", "--verbose", action="store_true", help="show start-up progress")
     p.set_defaults(func=demo)
+
+    from minimaldask import kube_cli
+
+    kube_cli.register(sub)
     return parser
 
 

@@ -299,6 +299,7 @@ class KubernetesBackend(Backend):
                 )
             await asyncio.sleep(kube.POLL)
         self._ready = True
+        self._deadline = 0.0
         self._say(f"{connected} of {n} workers connected")
 
     # -- scale ------------------------------------------------------------------------------
