@@ -1,0 +1,1225 @@
+#!/usr/bin/env python3
+"""localkube: a real one-node Kubernetes cluster, built from the registries.
+
+Usage: localkube.py up | down | status | env | build | push-image
+
+Standard library only: it runs before the project is installed.
+See README.md next to this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import functools
+import gzip
+import hashlib
+import io
+import ipaddress
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+K8S_VERSION = "v1.33.13"
+ETCD_VERSION = "v3.5.21"  # what k8s.io/kubernetes v1.33.13 requires
+COREDNS_VERSION = "v1.14.7"
+PAUSE_VERSION = "3.10"
+
+HERE = Path(__file__).resolve().parent
+RECIPE = HERE / "recipe"
+CACHE_ROOT = Path(os.environ.get("LOCALKUBE_CACHE", "/var/cache/localkube"))
+STATE = Path(os.environ.get("LOCALKUBE_STATE", "/var/lib/localkube"))
+RUN = Path(os.environ.get("LOCALKUBE_RUN", "/run/localkube"))
+
+NODE_NAME = "localkube"
+NODE_IFACE = "localkube0"  # portless bridge carrying the node IP
+NODE_IP = "10.243.0.1"
+BRIDGE = "localkube-br0"  # pods' bridge, made by the CNI bridge plugin
+POD_CIDR = "10.244.0.0/16"
+NODE_POD_CIDR = "10.244.0.0/24"
+SERVICE_CIDR = "10.96.0.0/16"
+KUBERNETES_SERVICE_IP = "10.96.0.1"
+DNS_SERVICE_IP = "10.96.0.10"
+CLUSTER_DOMAIN = "cluster.local"
+APISERVER_PORT = 6443
+REGISTRY_LISTEN = "127.0.0.1:5000"
+REGISTRY = "localhost:5000"  # the name pods use in image references
+USER_NAME = "minimaldask-e2e"  # the namespace-only user (client certificate CN)
+USER_NAMESPACE = "minimaldask-e2e"
+
+APT_PACKAGES = {  # package -> a file it installs
+    "containerd": "/usr/bin/containerd",
+    "runc": "/usr/sbin/runc",
+    "containernetworking-plugins": "/usr/lib/cni/firewall",
+    "docker-registry": "/usr/bin/docker-registry",
+    "iptables": "/usr/sbin/iptables",
+    "conntrack": "/usr/sbin/conntrack",
+    "openssl": "/usr/bin/openssl",
+    "iproute2": "/usr/sbin/ip",
+}
+CNI_BIN_DIR = "/usr/lib/cni"
+
+# Kernel settings that up (or the kubelet, kube-proxy, CNI plugins) change;
+# down puts back the values saved before up.
+SYSCTLS = [
+    "net/ipv4/ip_forward",
+    "net/ipv4/conf/all/route_localnet",
+    "net/bridge/bridge-nf-call-iptables",
+    "net/bridge/bridge-nf-call-ip6tables",
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
+    "net/netfilter/nf_conntrack_max",
+    "net/ipv6/conf/all/forwarding",
+]
+# Directories outside STATE and RUN that the components create when missing;
+# down removes those that did not exist before up.
+FOREIGN_DIRS = ["/run/netns", "/var/lib/cni", "/var/log/pods", "/var/log/containers",
+                "/usr/libexec/kubernetes", "/var/lib/kubelet", "/etc/cni", "/run/containerd"]
+
+COMPONENTS = ["etcd", "registry", "containerd", "kube-apiserver",
+              "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"]
+K8S_BINARIES = ["kube-apiserver", "kube-controller-manager", "kube-scheduler",
+                "kubelet", "kube-proxy", "kubectl"]
+
+CONTAINERD_SOCK = RUN / "containerd" / "containerd.sock"
+PKI = STATE / "pki"
+LOGS = STATE / "logs"
+PIDS = RUN / "pids"
+ADMIN_KUBECONFIG = STATE / "admin.kubeconfig"
+USER_KUBECONFIG = STATE / "user.kubeconfig"
+
+
+class LocalkubeError(Exception):
+    """A step of localkube failed; the message says which and what to look at."""
+
+
+# ----------------------------------------------------------------- helpers
+
+def say(msg: str) -> None:
+    print(f"[localkube {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@contextlib.contextmanager
+def stage(name: str, timings: dict | None = None):
+    start = time.monotonic()
+    say(f"{name} ...")
+    yield
+    took = time.monotonic() - start
+    if timings is not None:
+        timings[name] = round(took, 1)
+    say(f"{name}: done in {took:.1f}s")
+
+
+def run(cmd, *, check=True, input=None, timeout=120, env=None, cwd=None):
+    """Run a command, with a deadline; raise LocalkubeError carrying its output."""
+    cmd = [str(c) for c in cmd]
+    try:
+        proc = subprocess.run(cmd, input=input, capture_output=True, text=True,
+                              timeout=timeout, env=env, cwd=cwd)
+    except subprocess.TimeoutExpired as e:
+        raise LocalkubeError(f"`{shlex.join(cmd)}` did not finish within {timeout}s") from e
+    except FileNotFoundError as e:
+        raise LocalkubeError(f"`{cmd[0]}` is not installed: {e}") from e
+    if check and proc.returncode != 0:
+        raise LocalkubeError(
+            f"`{shlex.join(cmd)}` failed with exit code {proc.returncode}:\n"
+            f"{(proc.stdout + proc.stderr).strip()[-3000:]}")
+    return proc
+
+
+def wait_for(what: str, timeout: float, probe, hint=None, interval: float = 0.5):
+    """Call probe() until it returns a true value; raise after timeout seconds.
+
+    hint: a callable giving text for the error (e.g. a log tail), called only on failure.
+    """
+    deadline = time.monotonic() + timeout
+    last = "no attempt finished"
+    while True:
+        try:
+            result = probe()
+            if result:
+                return result
+            last = f"not yet ({result!r})"
+        except Exception as e:  # the probe's failure is the reason we report
+            last = f"{type(e).__name__}: {e}"
+        if time.monotonic() >= deadline:
+            extra = ""
+            if hint is not None:
+                try:
+                    extra = "\n" + hint()
+                except Exception as e:
+                    extra = f"\n(no more details: {e})"
+            raise LocalkubeError(f"{what}: not ready after {timeout:.0f}s; last check: {last}{extra}")
+        time.sleep(interval)
+
+
+def log_tail(component: str, lines: int = 30) -> str:
+    path = LOGS / f"{component}.log"
+    if not path.exists():
+        return f"(no log at {path})"
+    text = path.read_text(errors="replace").splitlines()[-lines:]
+    return f"last lines of {path}:\n" + "\n".join(text)
+
+
+def write(path: Path, text: str | bytes, mode: int = 0o644) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, str):
+        text = text.encode()
+    path.write_bytes(text)
+    path.chmod(mode)
+    return path
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise LocalkubeError("localkube must run as root (it runs a kubelet and containerd)")
+
+
+# ----------------------------------------------------------------- packages
+
+def ensure_packages() -> None:
+    missing = [pkg for pkg, path in APT_PACKAGES.items() if not Path(path).exists()]
+    if not missing:
+        return
+    say(f"installing Debian packages: {' '.join(missing)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    # A policy-rc.d that says 101 keeps the packages' services (a system
+    # containerd, a system registry) from starting: localkube runs its own.
+    policy = Path("/usr/sbin/policy-rc.d")
+    made_policy = not policy.exists()
+    if made_policy:
+        write(policy, "#!/bin/sh\nexit 101\n", 0o755)
+    try:
+        run(["apt-get", "update"], timeout=600, env=env)
+        run(["apt-get", "install", "-y", "--no-install-recommends", *missing],
+            timeout=1200, env=env)
+    finally:
+        if made_policy:
+            policy.unlink()
+
+
+# ----------------------------------------------------------------- build
+
+def go_version() -> str:
+    return run(["go", "env", "GOVERSION"]).stdout.strip()
+
+
+def recipe_hash() -> str:
+    h = hashlib.sha256()
+    for path in sorted(RECIPE.rglob("*")):
+        if path.is_file():
+            h.update(str(path.relative_to(RECIPE)).encode() + b"\0" + path.read_bytes() + b"\0")
+    h.update(f"{K8S_VERSION} {ETCD_VERSION} {COREDNS_VERSION} {go_version()} "
+             f"{' '.join(go_ldflags())}".encode())
+    return h.hexdigest()[:12]
+
+
+def go_ldflags() -> list[str]:
+    major, minor = K8S_VERSION[1:].split(".")[:2]
+    flags = ["-s", "-w"]
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [f"-X={pkg}.gitVersion={K8S_VERSION}", f"-X={pkg}.gitMajor={major}",
+                  f"-X={pkg}.gitMinor={minor}", f"-X={pkg}.gitTreeState=clean",
+                  f"-X={pkg}.buildDate=1970-01-01T00:00:00Z"]
+    return flags
+
+
+@functools.lru_cache(maxsize=None)
+def build_dir() -> Path:
+    return CACHE_ROOT / f"{K8S_VERSION}-{recipe_hash()}"
+
+
+def bin_path(name: str) -> Path:
+    return build_dir() / "bin" / name
+
+
+def ensure_built() -> Path:
+    """Build every Go binary once per machine (per version and recipe)."""
+    out = build_dir()
+    if (out / "complete").exists():
+        return out
+    if shutil.which("go") is None:
+        raise LocalkubeError("`go` is not on PATH; localkube builds Kubernetes with it")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "bin").mkdir(parents=True)
+    env = dict(os.environ, GOTOOLCHAIN="local", CGO_ENABLED="0",
+               GOCACHE=str(CACHE_ROOT / "go-build"),
+               GOFLAGS="-mod=readonly -buildvcs=false")
+    timings: dict[str, float] = {}
+    ld = "-ldflags=" + " ".join(go_ldflags())
+    builds = [
+        ("kubernetes", RECIPE / "kubernetes",
+         ["go", "build", "-trimpath", ld, "-o", f"{tmp}/bin/",
+          *[f"k8s.io/kubernetes/cmd/{b}" for b in K8S_BINARIES]]),
+        ("etcd", RECIPE / "kubernetes",
+         ["go", "build", "-trimpath", "-ldflags=-s -w", "-o", f"{tmp}/bin/etcd",
+          "go.etcd.io/etcd/server/v3"]),
+        ("coredns", RECIPE / "coredns",
+         ["go", "build", "-trimpath", "-ldflags=-s -w", "-o", f"{tmp}/bin/coredns", "."]),
+        ("pause and probe", RECIPE / "images",
+         ["go", "build", "-trimpath", "-ldflags=-s -w", "-o", f"{tmp}/bin/", "./pause", "./probe"]),
+    ]
+    say(f"building {K8S_VERSION} into {out} (first time on this machine)")
+    for name, cwd, cmd in builds:
+        with stage(f"build {name}", timings):
+            run(cmd, cwd=cwd, env=env, timeout=3600)
+    write(tmp / "timings.json", json.dumps(timings, indent=1))
+    write(tmp / "complete", f"{K8S_VERSION} built {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+    tmp.rename(out)
+    return out
+
+
+# ----------------------------------------------------------------- PKI
+
+OPENSSL_CNF = """\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+[ca]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,keyCertSign,cRLSign,digitalSignature
+subjectKeyIdentifier = hash
+[leaf]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = {eku}
+{san}
+"""
+
+
+def _openssl_cnf(eku="serverAuth,clientAuth", sans=()) -> str:
+    san = ("subjectAltName = " + ",".join(sans)) if sans else ""
+    path = PKI / "openssl.cnf.tmp"
+    write(path, OPENSSL_CNF.format(eku=eku, san=san), 0o600)
+    return str(path)
+
+
+def make_ca(name: str, cn: str) -> None:
+    key, crt = PKI / f"{name}.key", PKI / f"{name}.crt"
+    run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key])
+    run(["openssl", "req", "-x509", "-new", "-key", key, "-subj", f"/CN={cn}", "-days", "3650",
+         "-config", _openssl_cnf(), "-extensions", "ca", "-out", crt])
+    key.chmod(0o600)
+
+
+def make_cert(name: str, ca: str, cn: str, orgs=(), ips=(), dns=(), eku="serverAuth,clientAuth") -> None:
+    key, crt, csr = PKI / f"{name}.key", PKI / f"{name}.crt", PKI / f"{name}.csr"
+    subj = "".join(f"/O={o}" for o in orgs) + f"/CN={cn}"
+    sans = [f"IP:{i}" for i in ips] + [f"DNS:{d}" for d in dns]
+    cnf = _openssl_cnf(eku, sans)
+    run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key])
+    run(["openssl", "req", "-new", "-key", key, "-subj", subj, "-config", cnf, "-out", csr])
+    run(["openssl", "x509", "-req", "-in", csr, "-CA", PKI / f"{ca}.crt", "-CAkey", PKI / f"{ca}.key",
+         "-set_serial", "0x" + os.urandom(16).hex(), "-days", "3650", "-extfile", cnf,
+         "-extensions", "leaf", "-out", crt])
+    csr.unlink()
+    key.chmod(0o600)
+
+
+def make_pki() -> None:
+    PKI.mkdir(parents=True, exist_ok=True)
+    make_ca("ca", "localkube-ca")
+    make_ca("etcd-ca", "localkube-etcd-ca")  # separate: a cluster client cert must not open etcd
+    make_cert("etcd-server", "etcd-ca", "localkube-etcd", ips=["127.0.0.1"], dns=["localhost"])
+    make_cert("apiserver-etcd-client", "etcd-ca", "kube-apiserver-etcd-client", eku="clientAuth")
+    make_cert("apiserver", "ca", "kube-apiserver",
+              ips=[NODE_IP, KUBERNETES_SERVICE_IP, "127.0.0.1"],
+              dns=["localhost", NODE_NAME, "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                   f"kubernetes.default.svc.{CLUSTER_DOMAIN}"], eku="serverAuth")
+    make_cert("apiserver-kubelet-client", "ca", "kube-apiserver-kubelet-client",
+              orgs=["system:masters"], eku="clientAuth")
+    make_cert("kubelet-server", "ca", NODE_NAME, ips=[NODE_IP], dns=[NODE_NAME], eku="serverAuth")
+    make_cert("kubelet", "ca", f"system:node:{NODE_NAME}", orgs=["system:nodes"], eku="clientAuth")
+    make_cert("admin", "ca", "localkube-admin", orgs=["system:masters"], eku="clientAuth")
+    make_cert("controller-manager", "ca", "system:kube-controller-manager", eku="clientAuth")
+    make_cert("scheduler", "ca", "system:kube-scheduler", eku="clientAuth")
+    make_cert("kube-proxy", "ca", "system:kube-proxy", eku="clientAuth")
+    make_cert("user", "ca", USER_NAME, eku="clientAuth")
+    run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+         "-out", PKI / "sa.key"])
+    run(["openssl", "pkey", "-in", PKI / "sa.key", "-pubout", "-out", PKI / "sa.pub"])
+    (PKI / "sa.key").chmod(0o600)
+    (PKI / "openssl.cnf.tmp").unlink()
+
+
+def kubeconfig(name: str, cert: str, namespace: str | None = None) -> Path:
+    b64 = lambda p: base64.b64encode((PKI / p).read_bytes()).decode()  # noqa: E731
+    context = {"cluster": "localkube", "user": cert}
+    if namespace:
+        context["namespace"] = namespace
+    config = {
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "localkube", "cluster": {
+            "server": f"https://{NODE_IP}:{APISERVER_PORT}",
+            "certificate-authority-data": b64("ca.crt")}}],
+        "users": [{"name": cert, "user": {
+            "client-certificate-data": b64(f"{cert}.crt"),
+            "client-key-data": b64(f"{cert}.key")}}],
+        "contexts": [{"name": "localkube", "context": context}],
+        "current-context": "localkube",
+    }
+    return write(STATE / name, json.dumps(config, indent=1), 0o600)
+
+
+# ----------------------------------------------------------------- processes
+
+def pid_of(name: str) -> int | None:
+    """The pid of a component started by localkube, if it is still that process."""
+    path = PIDS / f"{name}.pid"
+    if not path.exists():
+        return None
+    pid, _, exe = path.read_text().partition(" ")
+    try:
+        if os.readlink(f"/proc/{pid}/exe") != exe.strip():
+            return None
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return None
+    except OSError:
+        return None
+    return int(pid)
+
+
+def start(name: str, argv: list) -> int:
+    argv = [str(a) for a in argv]
+    LOGS.mkdir(parents=True, exist_ok=True)
+    PIDS.mkdir(parents=True, exist_ok=True)
+    with open(LOGS / f"{name}.log", "ab") as logf:
+        logf.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
+                   f"{shlex.join(argv)}\n".encode())
+        logf.flush()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True, cwd="/")
+    exe = os.readlink(f"/proc/{proc.pid}/exe")
+    write(PIDS / f"{name}.pid", f"{proc.pid} {exe}")
+    return proc.pid
+
+
+def check_running(name: str) -> None:
+    if pid_of(name) is None:
+        raise LocalkubeError(f"{name} exited\n{log_tail(name)}")
+
+
+def stop(name: str, timeout: float = 15) -> None:
+    pid = pid_of(name)
+    if pid is None:
+        (PIDS / f"{name}.pid").unlink(missing_ok=True)
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_of(name) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if pid_of(name) is not None:
+        say(f"{name} (pid {pid}) ignored SIGTERM for {timeout:.0f}s; killing it")
+        os.kill(pid, signal.SIGKILL)
+        wait_for(f"{name} (pid {pid}) to die after SIGKILL", 10, lambda: pid_of(name) is None)
+    (PIDS / f"{name}.pid").unlink(missing_ok=True)
+
+
+def processes() -> dict[int, str]:
+    """pid -> command line of every process."""
+    result = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            result[int(entry)] = cmd.strip()
+    return result
+
+
+# ----------------------------------------------------------------- probes
+
+def https_get(url: str, cert: str | None = "admin", ca: str = "ca", timeout: float = 5) -> tuple[int, str]:
+    ctx = ssl.create_default_context(cafile=str(PKI / f"{ca}.crt"))
+    if cert:
+        ctx.load_cert_chain(str(PKI / f"{cert}.crt"), str(PKI / f"{cert}.key"))
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=timeout) as resp:
+            return resp.status, resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+def kubectl(*args, kubeconfig_path: Path = ADMIN_KUBECONFIG, input=None, timeout=60, check=True):
+    return run([bin_path("kubectl"), f"--kubeconfig={kubeconfig_path}", *args],
+               input=input, timeout=timeout, check=check)
+
+
+def dns_query(name: str, server: str = DNS_SERVICE_IP, timeout: float = 2) -> list[str]:
+    """A records for name, asked over UDP (no resolver library involved)."""
+    qid = int.from_bytes(os.urandom(2), "big")
+    query = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    query += b"".join(bytes([len(p)]) + p.encode() for p in name.rstrip(".").split(".")) + b"\0"
+    query += struct.pack(">HH", 1, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(query, (server, 53))
+        data, _ = s.recvfrom(4096)
+    rid, flags, qd, an = struct.unpack(">HHHH", data[:8])
+    if rid != qid:
+        raise LocalkubeError("DNS answer with a wrong id")
+    if flags & 0xF:
+        raise LocalkubeError(f"DNS rcode {flags & 0xF} for {name}")
+    pos = 12
+    for _ in range(qd):  # skip the question
+        while data[pos]:
+            pos += data[pos] + 1
+        pos += 5
+    addrs = []
+    for _ in range(an):
+        if data[pos] & 0xC0 == 0xC0:
+            pos += 2
+        else:
+            while data[pos]:
+                pos += data[pos] + 1
+            pos += 1
+        rtype, _, _, rdlen = struct.unpack(">HHIH", data[pos:pos + 10])
+        pos += 10
+        if rtype == 1:
+            addrs.append(socket.inet_ntoa(data[pos:pos + 4]))
+        pos += rdlen
+    return addrs
+
+
+def node_ready() -> bool:
+    out = kubectl("get", "node", NODE_NAME, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+                  check=False).stdout
+    return out.strip() == "True"
+
+
+def component_health() -> dict[str, str]:
+    health = {}
+    for name in COMPONENTS:
+        pid = pid_of(name)
+        health[name] = f"running (pid {pid})" if pid else "not running"
+    return health
+
+
+def is_up() -> bool:
+    if any(pid_of(n) is None for n in COMPONENTS) or not ADMIN_KUBECONFIG.exists():
+        return False
+    try:
+        if https_get(f"https://{NODE_IP}:{APISERVER_PORT}/readyz")[0] != 200:
+            return False
+        return node_ready() and KUBERNETES_SERVICE_IP in dns_query(f"kubernetes.default.svc.{CLUSTER_DOMAIN}")
+    except Exception:
+        return False
+
+
+# ----------------------------------------------------------------- OCI images
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+def image_blobs(files: dict[str, tuple[bytes, int]], entrypoint: list[str], cmd: list[str] | None = None,
+                env: list[str] | None = None) -> tuple[bytes, dict[str, bytes]]:
+    """Build a one-layer linux/amd64 OCI image; return (manifest, {digest: blob})."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        dirs = sorted({str(Path(p).parent) for p in files} - {"."} | {"tmp"})
+        all_dirs = sorted({"/".join(d.split("/")[:i + 1]) for d in dirs for i in range(len(d.split("/")))})
+        for d in all_dirs:
+            info = tarfile.TarInfo(d)
+            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if d == "tmp" else 0o755
+            tar.addfile(info)
+        for path, (data, mode) in sorted(files.items()):
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    diff_id = "sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()
+    layer = gzip.compress(raw.getvalue(), mtime=0)
+    config = json.dumps({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Entrypoint": entrypoint, "Cmd": cmd or [], "Env": env or
+                   ["PATH=/usr/local/bin:/usr/bin:/bin"], "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }, sort_keys=True).encode()
+    digest = lambda b: "sha256:" + hashlib.sha256(b).hexdigest()  # noqa: E731
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": digest(config), "size": len(config)},
+        "layers": [{"mediaType": OCI_LAYER, "digest": digest(layer), "size": len(layer)}],
+    }, sort_keys=True).encode()
+    return manifest, {digest(config): config, digest(layer): layer}
+
+
+def push_image(repo: str, tag: str, files: dict[str, tuple[bytes, int]], entrypoint: list[str],
+               cmd: list[str] | None = None, registry: str = REGISTRY_LISTEN) -> str:
+    """Push a one-layer image to the registry; return the reference pods use."""
+    manifest, blobs = image_blobs(files, entrypoint, cmd)
+    base = f"http://{registry}/v2/{repo}"
+
+    def request(method, url, data=None, headers=None):
+        req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, resp.headers
+        except urllib.error.HTTPError as e:
+            if method == "HEAD" and e.code == 404:
+                return 404, e.headers
+            raise LocalkubeError(f"registry {method} {url}: HTTP {e.code}: "
+                                 f"{e.read().decode(errors='replace')[:500]}") from e
+
+    for digest, blob in blobs.items():
+        if request("HEAD", f"{base}/blobs/{digest}")[0] == 200:
+            continue
+        _, headers = request("POST", f"{base}/blobs/uploads/")
+        location = headers["Location"]
+        if location.startswith("/"):
+            location = f"http://{registry}{location}"
+        sep = "&" if "?" in location else "?"
+        request("PUT", f"{location}{sep}digest={digest}", blob, {"Content-Type": "application/octet-stream"})
+    request("PUT", f"{base}/manifests/{tag}", manifest, {"Content-Type": OCI_MANIFEST})
+    return f"{REGISTRY}/{repo}:{tag}"
+
+
+def oci_archive(name: str, files, entrypoint) -> bytes:
+    """An OCI image layout tarball, as `ctr images import` reads it."""
+    manifest, blobs = image_blobs(files, entrypoint)
+    blobs["sha256:" + hashlib.sha256(manifest).hexdigest()] = manifest
+    index = json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": OCI_MANIFEST, "digest": "sha256:" + hashlib.sha256(manifest).hexdigest(),
+        "size": len(manifest), "annotations": {"io.containerd.image.name": name,
+                                               "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1]}}]})
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for path, data in [("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), ("index.json", index.encode())] + [
+                (f"blobs/sha256/{d.split(':')[1]}", b) for d, b in blobs.items()]:
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def pause_image() -> str:
+    return f"{REGISTRY}/localkube/pause:{PAUSE_VERSION}"
+
+
+def coredns_image() -> str:
+    return f"{REGISTRY}/localkube/coredns:{COREDNS_VERSION}"
+
+
+def push_probe_image(tag: str = "latest") -> str:
+    """Push the probe test image (see recipe/images/probe); return its reference."""
+    return push_image("localkube/probe", tag, {"probe": (bin_path("probe").read_bytes(), 0o755)}, ["/probe"],
+                      ["serve", ":8080"])
+
+
+# ----------------------------------------------------------------- configuration
+
+def write_configs() -> None:
+    conf = STATE / "conf"
+    write(conf / "registry.yml", f"""\
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: {STATE / 'registry'}
+  delete:
+    enabled: true
+http:
+  addr: {REGISTRY_LISTEN}
+""")
+    certs_d = conf / "containerd-certs.d"
+    write(certs_d / REGISTRY / "hosts.toml", f"""\
+server = "http://{REGISTRY}"
+
+[host."http://{REGISTRY}"]
+  capabilities = ["pull", "resolve", "push"]
+""")
+    write(conf / "containerd.toml", f"""\
+version = 2
+root = "{STATE / 'containerd'}"
+state = "{RUN / 'containerd' / 'state'}"
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
+                    "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
+
+[grpc]
+  address = "{CONTAINERD_SOCK}"
+
+[ttrpc]
+  address = "{RUN / 'containerd' / 'containerd.sock.ttrpc'}"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{STATE / 'containerd-opt'}"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause_image()}"
+  stream_server_address = "127.0.0.1"
+  enable_selinux = false
+  # root here lacks CAP_SYS_RESOURCE, so no process may lower its OOM score
+  # below containerd's; without this runc fails on the kubelet's -998 for
+  # pod sandboxes ("failed to update /proc/self/oom_score_adj").
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        BinaryName = "/usr/sbin/runc"
+        Root = "{RUN / 'runc'}"
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{CNI_BIN_DIR}"
+    conf_dir = "{conf / 'cni'}"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{certs_d}"
+""")
+    write(conf / "cni" / "10-localkube.conflist", json.dumps({
+        "cniVersion": "0.4.0", "name": "localkube",
+        "plugins": [
+            {"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": True, "hairpinMode": True,
+             "ipam": {"type": "host-local", "dataDir": str(STATE / "cni-ipam"),
+                      "ranges": [[{"subnet": NODE_POD_CIDR}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+            # Accepts the pods' traffic in the FORWARD chain, whose policy may be DROP
+            # (Docker sets that), as it is on many real nodes.
+            {"type": "firewall", "backend": "iptables"},
+        ]}, indent=1))
+    write(conf / "kubelet.json", json.dumps({
+        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+        "address": NODE_IP, "port": 10250, "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1", "healthzPort": 10248,
+        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
+                           "x509": {"clientCAFile": str(PKI / "ca.crt")}},
+        "authorization": {"mode": "Webhook"},
+        "tlsCertFile": str(PKI / "kubelet-server.crt"), "tlsPrivateKeyFile": str(PKI / "kubelet-server.key"),
+        "cgroupDriver": "cgroupfs", "failCgroupV1": False,
+        "containerRuntimeEndpoint": f"unix://{CONTAINERD_SOCK}",
+        "clusterDNS": [DNS_SERVICE_IP], "clusterDomain": CLUSTER_DOMAIN,
+        "resolvConf": "/etc/resolv.conf",
+        "failSwapOn": False,
+        "hairpinMode": "hairpin-veth",
+        "serializeImagePulls": False,
+        "podLogsDir": str(STATE / "pod-logs"),
+        "volumePluginDir": str(STATE / "kubelet-plugins"),
+        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+        "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
+        "rotateCertificates": False, "serverTLSBootstrap": False,
+    }, indent=1))
+    write(conf / "kube-proxy.json", json.dumps({
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": str(STATE / "kube-proxy.kubeconfig")},
+        "hostnameOverride": NODE_NAME, "mode": "iptables", "clusterCIDR": POD_CIDR,
+        "bindAddress": NODE_IP,
+        "healthzBindAddress": "127.0.0.1:10256", "metricsBindAddress": "127.0.0.1:10249",
+        # zeros: leave the machine's conntrack settings alone
+        "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+        "iptables": {"localhostNodePorts": True, "masqueradeAll": False},
+    }, indent=1))
+
+
+# ----------------------------------------------------------------- cluster objects
+
+def coredns_objects() -> dict:
+    corefile = f"""\
+.:53 {{
+    errors
+    health {{
+        lameduck 5s
+    }}
+    ready
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 30
+    }}
+    forward . /etc/resolv.conf
+    cache 30
+    loop
+    loadbalance
+}}
+"""
+    labels = {"k8s-app": "kube-dns"}
+    return {"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "coredns", "namespace": "kube-system"}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": "system:coredns"},
+         "rules": [{"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"],
+                    "verbs": ["list", "watch"]},
+                   {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "system:coredns"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:coredns"},
+         "subjects": [{"kind": "ServiceAccount", "name": "coredns", "namespace": "kube-system"}]},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "coredns", "namespace": "kube-system"},
+         "data": {"Corefile": corefile}},
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": "coredns", "namespace": "kube-system", "labels": labels},
+         "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                  "template": {"metadata": {"labels": labels}, "spec": {
+                      "serviceAccountName": "coredns", "dnsPolicy": "Default",
+                      "priorityClassName": "system-cluster-critical",
+                      "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"}],
+                      "containers": [{
+                          "name": "coredns", "image": coredns_image(), "imagePullPolicy": "IfNotPresent",
+                          "args": ["-conf", "/etc/coredns/Corefile"],
+                          "ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                                    {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"}],
+                          "resources": {"requests": {"cpu": "50m", "memory": "70Mi"},
+                                        "limits": {"memory": "170Mi"}},
+                          "volumeMounts": [{"name": "config", "mountPath": "/etc/coredns", "readOnly": True}],
+                          "livenessProbe": {"httpGet": {"path": "/health", "port": 8080},
+                                            "initialDelaySeconds": 10, "periodSeconds": 10},
+                          "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181}, "periodSeconds": 2},
+                      }],
+                      "volumes": [{"name": "config", "configMap": {"name": "coredns"}}],
+                  }}}},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": labels},
+         "spec": {"selector": labels, "clusterIP": DNS_SERVICE_IP,
+                  "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                            {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}},
+    ]}
+
+
+def namespace_user_objects(namespace: str, user: str = USER_NAME) -> dict:
+    """A namespace in which `user` has what the built-in `admin` role grants, and nothing outside it."""
+    return {"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": f"{user}-admin", "namespace": namespace},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]},
+    ]}
+
+
+def apply(objects: dict) -> None:
+    kubectl("apply", "-f", "-", input=json.dumps(objects))
+
+
+# ----------------------------------------------------------------- host network
+
+def read_sysctl(key: str) -> str | None:
+    try:
+        return Path("/proc/sys", key).read_text().strip()
+    except OSError:
+        return None
+
+
+def write_sysctl(key: str, value: str) -> None:
+    Path("/proc/sys", key).write_text(value + "\n")
+
+
+def check_address_plan() -> None:
+    plan = [ipaddress.ip_network(n) for n in (POD_CIDR, SERVICE_CIDR, f"{NODE_IP}/32")]
+    routes = run(["ip", "-4", "-o", "route", "show", "table", "all"]).stdout.splitlines()
+    addrs = run(["ip", "-4", "-o", "addr", "show"]).stdout.splitlines()
+    for line in routes + addrs:
+        if BRIDGE in line or NODE_IFACE in line:
+            continue
+        for word in line.split():
+            try:
+                net = ipaddress.ip_network(word, strict=False)
+            except ValueError:
+                continue
+            if net.prefixlen == 0 or net.version != 4:
+                continue
+            for p in plan:
+                if p.overlaps(net):
+                    raise LocalkubeError(
+                        f"this machine already uses {net} ({line.strip()}), which overlaps localkube's {p}; "
+                        "edit the address plan at the top of localkube.py")
+
+
+def setup_host() -> None:
+    saved = {k: read_sysctl(k) for k in SYSCTLS}
+    write(STATE / "saved-sysctls.json", json.dumps(saved, indent=1))
+    write(STATE / "saved-dirs.json", json.dumps({d: Path(d).exists() for d in FOREIGN_DIRS}, indent=1))
+    if read_sysctl("net/bridge/bridge-nf-call-iptables") is None:
+        run(["modprobe", "br_netfilter"], check=False)
+        if read_sysctl("net/bridge/bridge-nf-call-iptables") is None:
+            raise LocalkubeError("net/bridge/bridge-nf-call-iptables missing: the kernel needs br_netfilter "
+                                 "for Service traffic between pods on one bridge")
+    for key in ("net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables"):
+        write_sysctl(key, "1")
+    # A bridge without ports: the kernel here has no dummy driver, bridge is built in.
+    run(["ip", "link", "add", NODE_IFACE, "type", "bridge"])
+    run(["ip", "addr", "add", f"{NODE_IP}/32", "dev", NODE_IFACE])
+    run(["ip", "link", "set", NODE_IFACE, "up"])
+
+
+# ----------------------------------------------------------------- up
+
+def up(timeout_scale: float = 1.0) -> None:
+    require_root()
+    if is_up():
+        say(f"already up; kubeconfig: {ADMIN_KUBECONFIG}")
+        return
+    if STATE.exists() or RUN.exists():
+        say("found leftovers of an earlier run that is not healthy; taking them down first")
+        down()
+    t0 = time.monotonic()
+    timings: dict[str, float] = {}
+    with stage("packages", timings):
+        ensure_packages()
+    with stage("build (cached after the first time)", timings):
+        ensure_built()
+    check_address_plan()
+    for d in (STATE, RUN):
+        d.mkdir(parents=True)
+        d.chmod(0o700)
+    with stage("host network and PKI", timings):
+        setup_host()
+        make_pki()
+        kubeconfig("admin.kubeconfig", "admin")
+        kubeconfig("user.kubeconfig", "user", USER_NAMESPACE)
+        for name in ("controller-manager", "scheduler", "kubelet", "kube-proxy"):
+            kubeconfig(f"{name}.kubeconfig", name)
+        write_configs()
+    T = lambda s: s * timeout_scale  # noqa: E731
+
+    with stage("etcd", timings):
+        start("etcd", [bin_path("etcd"), "--name", NODE_NAME, "--data-dir", STATE / "etcd",
+                       "--listen-client-urls", "https://127.0.0.1:2379",
+                       "--advertise-client-urls", "https://127.0.0.1:2379",
+                       "--listen-peer-urls", "https://127.0.0.1:2380",
+                       "--initial-advertise-peer-urls", "https://127.0.0.1:2380",
+                       "--initial-cluster", f"{NODE_NAME}=https://127.0.0.1:2380",
+                       "--listen-metrics-urls", "http://127.0.0.1:2381",
+                       "--cert-file", PKI / "etcd-server.crt", "--key-file", PKI / "etcd-server.key",
+                       "--client-cert-auth", "--trusted-ca-file", PKI / "etcd-ca.crt",
+                       "--peer-cert-file", PKI / "etcd-server.crt", "--peer-key-file", PKI / "etcd-server.key",
+                       "--peer-client-cert-auth", "--peer-trusted-ca-file", PKI / "etcd-ca.crt",
+                       "--snapshot-count", "10000", "--log-level", "warn"])
+        wait_for("etcd health", T(60), lambda: (check_running("etcd"), https_get(
+            "https://127.0.0.1:2379/health", cert="apiserver-etcd-client", ca="etcd-ca"))[1][0] == 200,
+            hint=lambda: log_tail("etcd"))
+
+    with stage("registry", timings):
+        start("registry", ["/usr/bin/docker-registry", "serve", STATE / "conf" / "registry.yml"])
+
+        def registry_ok():
+            check_running("registry")
+            with urllib.request.urlopen(f"http://{REGISTRY_LISTEN}/v2/", timeout=2) as r:
+                return r.status == 200
+        wait_for("registry /v2/", T(30), registry_ok, hint=lambda: log_tail("registry"))
+        push_image("localkube/coredns", COREDNS_VERSION, {"coredns": (bin_path("coredns").read_bytes(), 0o755)},
+                   ["/coredns"])
+        push_image("localkube/pause", PAUSE_VERSION, {"pause": (bin_path("pause").read_bytes(), 0o755)}, ["/pause"])
+
+    with stage("containerd", timings):
+        (RUN / "containerd").mkdir(parents=True, exist_ok=True)
+        start("containerd", ["/usr/bin/containerd", "--config", STATE / "conf" / "containerd.toml"])
+        ctr = ["/usr/bin/ctr", "--address", CONTAINERD_SOCK, "--namespace", "k8s.io"]
+        wait_for("containerd socket", T(30), lambda: (check_running("containerd"),
+                                                      run([*ctr, "version"], timeout=10))[1],
+                 hint=lambda: log_tail("containerd"))
+        archive = STATE / "pause.oci.tar"
+        write(archive, oci_archive(pause_image(), {"pause": (bin_path("pause").read_bytes(), 0o755)}, ["/pause"]))
+        run([*ctr, "images", "import", archive], timeout=60)
+        archive.unlink()
+
+    apiserver_url = f"https://{NODE_IP}:{APISERVER_PORT}"
+    with stage("kube-apiserver", timings):
+        start("kube-apiserver", [
+            bin_path("kube-apiserver"),
+            f"--advertise-address={NODE_IP}", f"--bind-address={NODE_IP}", f"--secure-port={APISERVER_PORT}",
+            "--etcd-servers=https://127.0.0.1:2379", f"--etcd-cafile={PKI / 'etcd-ca.crt'}",
+            f"--etcd-certfile={PKI / 'apiserver-etcd-client.crt'}",
+            f"--etcd-keyfile={PKI / 'apiserver-etcd-client.key'}",
+            f"--tls-cert-file={PKI / 'apiserver.crt'}", f"--tls-private-key-file={PKI / 'apiserver.key'}",
+            f"--client-ca-file={PKI / 'ca.crt'}",
+            f"--kubelet-client-certificate={PKI / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={PKI / 'apiserver-kubelet-client.key'}",
+            f"--kubelet-certificate-authority={PKI / 'ca.crt'}",
+            "--kubelet-preferred-address-types=InternalIP",
+            "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+            "--allow-privileged=true",
+            f"--service-account-key-file={PKI / 'sa.pub'}",
+            f"--service-account-signing-key-file={PKI / 'sa.key'}",
+            f"--service-account-issuer=https://kubernetes.default.svc.{CLUSTER_DOMAIN}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--profiling=false", "--v=1",
+        ])
+        wait_for("kube-apiserver /readyz", T(120), lambda: (check_running("kube-apiserver"),
+                                                           https_get(f"{apiserver_url}/readyz"))[1][0] == 200,
+                 hint=lambda: log_tail("kube-apiserver"))
+
+    with stage("controller-manager and scheduler", timings):
+        cm_kc = STATE / "controller-manager.kubeconfig"
+        start("kube-controller-manager", [
+            bin_path("kube-controller-manager"), f"--kubeconfig={cm_kc}",
+            f"--authentication-kubeconfig={cm_kc}", f"--authorization-kubeconfig={cm_kc}",
+            "--bind-address=127.0.0.1", "--leader-elect=false", "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={PKI / 'sa.key'}", f"--root-ca-file={PKI / 'ca.crt'}",
+            f"--cluster-signing-cert-file={PKI / 'ca.crt'}", f"--cluster-signing-key-file={PKI / 'ca.key'}",
+            "--allocate-node-cidrs=true", f"--cluster-cidr={POD_CIDR}", "--node-cidr-mask-size=24",
+            f"--service-cluster-ip-range={SERVICE_CIDR}", "--v=1",
+        ])
+        sch_kc = STATE / "scheduler.kubeconfig"
+        start("kube-scheduler", [
+            bin_path("kube-scheduler"), f"--kubeconfig={sch_kc}",
+            f"--authentication-kubeconfig={sch_kc}", f"--authorization-kubeconfig={sch_kc}",
+            "--bind-address=127.0.0.1", "--leader-elect=false", "--v=1",
+        ])
+        apply(namespace_user_objects(USER_NAMESPACE))
+        apply(coredns_objects())
+
+    with stage("kubelet and kube-proxy", timings):
+        (STATE / "kubelet").mkdir(exist_ok=True)
+        start("kubelet", [
+            bin_path("kubelet"), f"--config={STATE / 'conf' / 'kubelet.json'}",
+            f"--kubeconfig={STATE / 'kubelet.kubeconfig'}", f"--root-dir={STATE / 'kubelet'}",
+            f"--cert-dir={STATE / 'kubelet' / 'pki'}",
+            f"--hostname-override={NODE_NAME}", f"--node-ip={NODE_IP}", "--v=1",
+        ])
+        start("kube-proxy", [bin_path("kube-proxy"), f"--config={STATE / 'conf' / 'kube-proxy.json'}", "--v=1"])
+        wait_for("node Ready", T(120), lambda: (check_running("kubelet"), check_running("kube-proxy"),
+                                                node_ready())[2],
+                 hint=lambda: log_tail("kubelet"))
+
+    with stage("CoreDNS", timings):
+        wait_for("CoreDNS deployment available", T(120), lambda: (check_running("kubelet"), kubectl(
+            "-n", "kube-system", "get", "deployment", "coredns", "-o", "jsonpath={.status.availableReplicas}",
+        ).stdout.strip() == "1")[1], hint=lambda: kubectl("-n", "kube-system", "get", "events", check=False).stdout[-3000:])
+        wait_for("CoreDNS answering for kubernetes.default", T(60), lambda: KUBERNETES_SERVICE_IP in dns_query(
+            f"kubernetes.default.svc.{CLUSTER_DOMAIN}"), hint=lambda: log_tail("kube-proxy"))
+
+    timings["total"] = round(time.monotonic() - t0, 1)
+    write(STATE / "up-timings.json", json.dumps(timings, indent=1))
+    say(f"up in {timings['total']:.1f}s; stages: {json.dumps(timings)}")
+    say(f"kubeconfig (admin): {ADMIN_KUBECONFIG}")
+    say(f"kubeconfig (user {USER_NAME}, namespace {USER_NAMESPACE} only): {USER_KUBECONFIG}")
+    say(f"registry: push to {REGISTRY_LISTEN}, pods pull {REGISTRY}/REPO:TAG")
+    say("shell setup: eval \"$(python3 tools/localkube/localkube.py env)\"")
+
+
+# ----------------------------------------------------------------- down
+
+def mounts() -> list[str]:
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        points.append(line.split()[4].replace("\\040", " "))
+    return points
+
+
+def cgroup_dirs(name: str = "kubepods") -> list[Path]:
+    root = Path("/sys/fs/cgroup")
+    return [p for p in root.glob(f"*/{name}") if p.is_dir()]
+
+
+def kill_cgroup_processes() -> None:
+    def remaining():
+        pids = set()
+        for top in cgroup_dirs():
+            for procs in top.rglob("cgroup.procs"):
+                with contextlib.suppress(OSError):
+                    pids |= {int(p) for p in procs.read_text().split()}
+        return pids
+
+    def kill_all():
+        pids = remaining()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return not pids
+    wait_for("pod processes to die", 30, kill_all)
+
+
+def remove_cgroups() -> None:
+    for top in cgroup_dirs():
+        dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+        for d in [*dirs, top]:
+            wait_for(f"rmdir {d}", 10, lambda d=d: (d.rmdir(), True)[1] if d.exists() else True)
+
+
+def clean_iptables() -> None:
+    for tool in ("iptables", "ip6tables"):
+        if shutil.which(f"{tool}-save") is None:
+            continue
+        dump = run([f"{tool}-save"]).stdout
+        table = None
+        ours: dict[str, list[str]] = {}
+        jumps: list[tuple[str, str]] = []
+        for line in dump.splitlines():
+            if line.startswith("*"):
+                table = line[1:]
+            elif line.startswith(":"):
+                chain = line[1:].split()[0]
+                if chain.startswith(("KUBE-", "CNI-")):
+                    ours.setdefault(table, []).append(chain)
+            elif line.startswith("-A "):
+                chain = line.split()[1]
+                if not chain.startswith(("KUBE-", "CNI-")) and (" KUBE-" in line or " CNI-" in line
+                                                                 or BRIDGE in line or POD_CIDR in line):
+                    jumps.append((table, line))
+        for table, line in jumps:
+            run([tool, "-w", "5", "-t", table, "-D", *shlex.split(line)[1:]], check=False)
+        for table, chains in ours.items():
+            for chain in chains:
+                run([tool, "-w", "5", "-t", table, "-F", chain], check=False)
+            for chain in chains:
+                run([tool, "-w", "5", "-t", table, "-X", chain], check=False)
+
+
+def remove_shim_leftovers() -> None:
+    """containerd 1.6 puts shim sockets in /run/containerd/s whatever its state dir; another
+    containerd (e.g. Docker's) may use it too, so remove only dead sockets and empty dirs."""
+    root = Path("/run/containerd")
+    for sock in root.glob("s/*"):
+        with socket.socket(socket.AF_UNIX) as s:
+            try:
+                s.connect(str(sock))
+            except (ConnectionRefusedError, FileNotFoundError):
+                sock.unlink(missing_ok=True)
+            except OSError:
+                pass
+    for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True) + [root]:
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
+def down() -> None:
+    require_root()
+    t0 = time.monotonic()
+    # The kubelet first, so that it does not restart what we stop next.
+    for name in ["kubelet", "kube-proxy", "kube-scheduler", "kube-controller-manager", "kube-apiserver",
+                 "etcd", "registry"]:
+        stop(name)
+    kill_cgroup_processes()
+    stop("containerd")
+    our_sock = str(CONTAINERD_SOCK)
+    shims = [pid for pid, cmd in processes().items() if "containerd-shim" in cmd and our_sock in cmd]
+    for pid in shims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    wait_for("containerd shims to exit", 15, lambda: not any(
+        "containerd-shim" in cmd and our_sock in cmd for cmd in processes().values()))
+    saved_dirs = {}
+    with contextlib.suppress(OSError, ValueError):
+        saved_dirs = json.loads((STATE / "saved-dirs.json").read_text())
+    netns_before = saved_dirs.get("/run/netns", True)
+    prefixes = (str(STATE) + "/", str(RUN) + "/", "/run/netns/cni-", "/var/run/netns/cni-")
+    for point in sorted((m for m in mounts() if m.startswith(prefixes) or m in (str(STATE), str(RUN))),
+                        key=lambda m: m.count("/"), reverse=True):
+        if run(["umount", point], check=False).returncode != 0:
+            run(["umount", "-l", point], check=False)
+    for ns in Path("/run/netns").glob("cni-*"):
+        ns.unlink(missing_ok=True)
+    for link in (BRIDGE, NODE_IFACE):
+        if run(["ip", "link", "show", link], check=False).returncode == 0:
+            run(["ip", "link", "delete", link])
+    clean_iptables()
+    remove_cgroups()
+    with contextlib.suppress(OSError, ValueError):
+        for key, value in json.loads((STATE / "saved-sysctls.json").read_text()).items():
+            if value is not None and read_sysctl(key) != value:
+                write_sysctl(key, value)
+    for d, existed in saved_dirs.items():
+        if not existed and Path(d).exists():
+            shutil.rmtree(d, ignore_errors=True)
+    if not netns_before and Path("/run/netns").exists():
+        shutil.rmtree("/run/netns", ignore_errors=True)
+    if not saved_dirs.get("/run/containerd", True):
+        remove_shim_leftovers()
+    shutil.rmtree(STATE, ignore_errors=True)
+    shutil.rmtree(RUN, ignore_errors=True)
+    left = [m for m in mounts() if m.startswith(prefixes)]
+    if left:
+        raise LocalkubeError(f"mounts left behind after down: {left}")
+    say(f"down in {time.monotonic() - t0:.1f}s")
+
+
+# ----------------------------------------------------------------- CLI
+
+def env_lines() -> list[str]:
+    return [f"export KUBECONFIG={ADMIN_KUBECONFIG}",
+            f"export LOCALKUBE_USER_KUBECONFIG={USER_KUBECONFIG}",
+            f"export LOCALKUBE_USER={USER_NAME}",
+            f"export LOCALKUBE_USER_NAMESPACE={USER_NAMESPACE}",
+            f"export LOCALKUBE_REGISTRY={REGISTRY}",
+            f"export LOCALKUBE_REGISTRY_PUSH={REGISTRY_LISTEN}",
+            f"export PATH={build_dir() / 'bin'}:$PATH"]
+
+
+def status() -> int:
+    ok = True
+    for name, state in component_health().items():
+        print(f"{name:25} {state}")
+        ok &= state.startswith("running")
+    checks = {
+        "apiserver /readyz": lambda: https_get(f"https://{NODE_IP}:{APISERVER_PORT}/readyz")[0] == 200,
+        f"node {NODE_NAME} Ready": node_ready,
+        "CoreDNS answering": lambda: KUBERNETES_SERVICE_IP in dns_query(f"kubernetes.default.svc.{CLUSTER_DOMAIN}"),
+    }
+    for what, check in checks.items():
+        try:
+            good = bool(check())
+        except Exception as e:
+            good = False
+            what += f" ({type(e).__name__}: {e})"
+        print(f"{what:25} {'ok' if good else 'FAILED'}")
+        ok &= good
+    print(f"kubeconfig: {ADMIN_KUBECONFIG}" if ok else "localkube is not (fully) up")
+    return 0 if ok else 1
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="localkube", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="build (first time) and start the cluster")
+    sub.add_parser("down", help="stop everything and remove what up created")
+    sub.add_parser("status", help="show components and health; exit 1 unless fully up")
+    sub.add_parser("env", help="shell lines that point kubectl and tests at the cluster")
+    sub.add_parser("build", help="only build the binaries (cached)")
+    push = sub.add_parser("push-image", help="push a one-layer image made of local files to the registry")
+    push.add_argument("reference", help="REPO:TAG, e.g. myapp/server:1")
+    push.add_argument("--file", action="append", default=[], metavar="SRC:DEST",
+                      help="file to put in the image (mode is kept)")
+    push.add_argument("--entrypoint", required=True, help="entrypoint, a JSON list or one path")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            up()
+        elif args.command == "down":
+            down()
+        elif args.command == "status":
+            return status()
+        elif args.command == "env":
+            print("\n".join(env_lines()))
+        elif args.command == "build":
+            ensure_built()
+            print(build_dir())
+        elif args.command == "push-image":
+            repo, _, tag = args.reference.rpartition(":")
+            files = {}
+            for spec in args.file:
+                src, _, dest = spec.partition(":")
+                files[dest.lstrip("/")] = (Path(src).read_bytes(), Path(src).stat().st_mode & 0o7777)
+            ep = json.loads(args.entrypoint) if args.entrypoint.startswith("[") else [args.entrypoint]
+            print(push_image(repo, tag, files, ep))
+    except LocalkubeError as e:
+        print(f"localkube {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

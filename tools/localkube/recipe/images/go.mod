@@ -1,0 +1,3 @@
+module localkube.invalid/images
+
+go 1.24.0

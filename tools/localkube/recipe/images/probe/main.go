@@ -1,0 +1,63 @@
+// Command probe is the small image of localkube's end-to-end tests.
+//
+//	probe serve ADDR      HTTP server answering "hello from HOSTNAME path=PATH"
+//	probe get URL         GET URL, print the body, exit 1 on failure
+//	probe lookup NAME     resolve NAME with /etc/resolv.conf, print addresses
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"time"
+)
+
+func main() {
+	if len(os.Args) != 3 {
+		fmt.Fprintln(os.Stderr, "usage: probe serve ADDR | get URL | lookup NAME")
+		os.Exit(2)
+	}
+	arg := os.Args[2]
+	switch os.Args[1] {
+	case "serve":
+		host, _ := os.Hostname()
+		http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+			log.Printf("%s %s from %s", r.Method, r.URL.Path, r.RemoteAddr)
+			fmt.Fprintf(w, "hello from %s path=%s\n", host, r.URL.Path)
+		})
+		log.Printf("probe serving on %s", arg)
+		log.Fatal(http.ListenAndServe(arg, nil))
+	case "get":
+		client := http.Client{Timeout: 10 * time.Second}
+		resp, err := client.Get(arg)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "get:", err)
+			os.Exit(1)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		os.Stdout.Write(body)
+		if resp.StatusCode != http.StatusOK {
+			fmt.Fprintln(os.Stderr, "get: status", resp.Status)
+			os.Exit(1)
+		}
+	case "lookup":
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		addrs, err := net.DefaultResolver.LookupHost(ctx, arg)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "lookup:", err)
+			os.Exit(1)
+		}
+		for _, a := range addrs {
+			fmt.Println(a)
+		}
+	default:
+		fmt.Fprintln(os.Stderr, "unknown command", os.Args[1])
+		os.Exit(2)
+	}
+}
