@@ -402,7 +402,7 @@ async def explain(api: kr8s.asyncio.Api, namespace: str, problem: PodProblem) ->
         )
     if problem.kind == "unschedulable":
         return (
-            f"pod {problem.pod} cannot be scheduled (Unschedulable): {problem.message}. "
+            f"pod {problem.pod} cannot be scheduled (Unschedulable): {problem.message.rstrip('. ')}. "
             "Ask for fewer resources (resources=..., scheduler_resources=...) or add nodes"
         )
     if problem.kind == "pull":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import subprocess
 import sys
 import time
@@ -16,23 +15,9 @@ from distributed import Client
 from minimaldask import MinimalCluster, delete_dask_cluster, list_clusters
 from minimaldask.exceptions import ClusterNotFoundError
 
-from .conftest import SMALL, kubectl, objects_of
-
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def get(kind: str, name: str, namespace: str) -> dict:
-    return json.loads(kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout)
-
-
-def pods(namespace: str, name: str, component: str) -> dict[str, dict]:
-    out = kubectl(
-        "get", "pods", "-n", namespace, "-o", "json",
-        "-l", f"app.kubernetes.io/instance={name},app.kubernetes.io/component={component}",
-    ).stdout  # fmt: skip
-    return {p["metadata"]["name"]: p for p in json.loads(out)["items"]}
 
 
 def load_example():
@@ -42,51 +27,49 @@ def load_example():
     return module
 
 
-def test_article_example(namespace):
+def test_article_example(namespace, kube):
     example = load_example()
     z, result = example.main(namespace=namespace, workers=3, name="article")
     expected = z.compute(scheduler="threads")
     assert result.shape == (5000,)
     np.testing.assert_allclose(result, expected)
-    assert objects_of(namespace, "article") == []
+    assert kube.objects_of("article") == []
 
 
-def test_start_twice_changes_nothing_and_workers_update_in_place(namespace, cluster_name):
+def test_start_twice_changes_nothing_and_workers_update_in_place(namespace, kube, cluster_name):
     with MinimalCluster(name=cluster_name, workers=2) as first:
         before = {
-            (kind, n): get(kind, n, namespace)["metadata"]
+            (kind, n): kube.get(kind, n)["metadata"]
             for kind, n in [
                 ("deployment", f"{cluster_name}-scheduler"),
                 ("deployment", f"{cluster_name}-worker"),
                 ("service", f"{cluster_name}-scheduler"),
             ]
         }
-        scheduler_pods = set(pods(namespace, cluster_name, "scheduler"))
-        worker_pods = set(pods(namespace, cluster_name, "worker"))
+        scheduler_pods = set(kube.pods(cluster_name, "scheduler"))
+        worker_pods = set(kube.pods(cluster_name, "worker"))
 
         second = MinimalCluster(name=cluster_name, workers=2, shutdown_on_close=False)
-        for kind, meta in before.items():
-            now = get(kind, meta["name"], namespace)["metadata"]
-            assert now["resourceVersion"] == meta["resourceVersion"], (
-                f"{kind} {meta['name']} changed"
-            )
+        for (kind, n), meta in before.items():
+            now = kube.get(kind, n)["metadata"]
+            assert now["resourceVersion"] == meta["resourceVersion"], f"{kind} {n} changed"
             assert now["uid"] == meta["uid"]
-        assert set(pods(namespace, cluster_name, "scheduler")) == scheduler_pods
-        assert set(pods(namespace, cluster_name, "worker")) == worker_pods
+        assert set(kube.pods(cluster_name, "scheduler")) == scheduler_pods
+        assert set(kube.pods(cluster_name, "worker")) == worker_pods
         second.close()
 
         third = MinimalCluster(name=cluster_name, workers=3, shutdown_on_close=False)
-        dep = get("deployment", f"{cluster_name}-worker", namespace)
+        dep = kube.get("deployment", f"{cluster_name}-worker")
         assert dep["spec"]["replicas"] == 3
-        assert set(pods(namespace, cluster_name, "scheduler")) == scheduler_pods
-        assert worker_pods < set(pods(namespace, cluster_name, "worker"))
+        assert set(kube.pods(cluster_name, "scheduler")) == scheduler_pods
+        assert worker_pods < set(kube.pods(cluster_name, "worker"))
         with Client(first) as client:
             client.wait_for_workers(3, timeout=60)
         third.close()
-    assert objects_of(namespace, cluster_name) == []
+    assert kube.objects_of(cluster_name) == []
 
 
-def test_two_clusters_in_one_namespace_reconnect_and_list(namespace):
+def test_two_clusters_in_one_namespace_reconnect_and_list(namespace, kube):
     with MinimalCluster(name="one", workers=1) as one, MinimalCluster(name="two", workers=2) as two:
         assert {c.name for c in list_clusters(namespace)} == {"one", "two"}
         with Client(one) as c1, Client(two) as c2:
@@ -108,11 +91,11 @@ def test_two_clusters_in_one_namespace_reconnect_and_list(namespace):
         MinimalCluster.from_name("two", namespace=namespace)
 
 
-def test_scale_down_retires_exactly_the_chosen_workers(namespace, cluster_name):
+def test_scale_down_retires_exactly_the_chosen_workers(namespace, kube, cluster_name):
     with MinimalCluster(name=cluster_name, workers=3) as cluster, Client(cluster) as client:
         futures = client.map(lambda i: np.full(1000, i), range(500), pure=False)
         client.gather(futures)
-        before = set(pods(namespace, cluster_name, "worker"))
+        before = set(kube.pods(cluster_name, "worker"))
         assert len(before) == 3
         retired: list[str] = []
         original = cluster._retire
@@ -125,7 +108,7 @@ def test_scale_down_retires_exactly_the_chosen_workers(namespace, cluster_name):
         cluster.scale(1)
         after = {
             n
-            for n, p in pods(namespace, cluster_name, "worker").items()
+            for n, p in kube.pods(cluster_name, "worker").items()
             if not p["metadata"].get("deletionTimestamp")
         }
         assert len(retired) == 2
@@ -145,7 +128,7 @@ def test_scale_down_retires_exactly_the_chosen_workers(namespace, cluster_name):
         )
 
 
-def test_a_worker_pod_deleted_during_a_computation(namespace, cluster_name):
+def test_a_worker_pod_deleted_during_a_computation(namespace, kube, cluster_name):
     import dask.array as da
 
     with MinimalCluster(name=cluster_name, workers=3) as cluster, Client(cluster) as client:
@@ -157,18 +140,18 @@ def test_a_worker_pod_deleted_during_a_computation(namespace, cluster_name):
         while not any(client.processing().values()):
             assert time.monotonic() < deadline, "the computation did not start"
             time.sleep(0.1)
-        victim = sorted(pods(namespace, cluster_name, "worker"))[0]
-        kubectl("delete", "pod", victim, "-n", namespace, "--wait=false")
+        victim = sorted(kube.pods(cluster_name, "worker"))[0]
+        kube.kubectl("delete", "pod", victim, "-n", namespace, "--wait=false")
         np.testing.assert_allclose(future.result(timeout=300), expected)
 
 
-def test_manifests_piped_into_kubectl_make_a_working_cluster(namespace, image):
+def test_manifests_piped_into_kubectl_make_a_working_cluster(namespace, kube, image):
     yaml_text = subprocess.run(
         [sys.executable, "-m", "minimaldask.cli", "manifests", "piped", "-n", namespace, "--workers", "2",
-         "--image", image, "--cpu", SMALL["cpu"], "--memory", SMALL["memory"]],
+         "--image", image, "--cpu", "200m", "--memory", "384Mi"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    kubectl("apply", "-f", "-", input=yaml_text)
+    kube.kubectl("apply", "-f", "-", input=yaml_text)
     try:
         with (
             MinimalCluster.from_name("piped", namespace=namespace) as cluster,
@@ -178,8 +161,8 @@ def test_manifests_piped_into_kubectl_make_a_working_cluster(namespace, image):
             assert client.submit(lambda: 42).result() == 42
     finally:
         assert delete_dask_cluster(namespace=namespace, name="piped")
-    assert objects_of(namespace, "piped") == []
+    assert kube.objects_of("piped") == []
 
 
-def test_deleting_a_cluster_that_does_not_exist_is_not_an_error(namespace):
+def test_deleting_a_cluster_that_does_not_exist_is_not_an_error(namespace, kube):
     assert delete_dask_cluster(namespace=namespace, name="never-started") is False
