@@ -40,6 +40,16 @@ RETIRED_COST = -1_000_000
 SCALE_TIMEOUT = 60
 
 
+def _read_image(registry: Any, ref: str) -> tuple[dict[str, str], list[str]]:
+    """Versions and platforms of ``ref``; a loopback registry is read over plain http, as Docker does."""
+    host = registry.parse_reference(ref).registry.rsplit(":", 1)[0]
+    insecure = host in ("localhost", "[::1]") or host.startswith("127.")
+    return (
+        registry.image_versions(ref, insecure=insecure),
+        registry.image_platforms(ref, insecure=insecure),
+    )
+
+
 def _in_kubernetes() -> bool:
     return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
 
@@ -97,7 +107,7 @@ class KubernetesBackend(Backend):
         await self._check_image(api)
 
     async def _check_image(self, api: Any) -> None:
-        """The image's labels must record this client's versions; its platforms the nodes'."""
+        """The image must exist, record this client's versions, and have the nodes' platforms."""
         try:
             from minimaldask.image import registry  # type: ignore[import-not-found, attr-defined, unused-ignore]
         except ImportError:
@@ -105,39 +115,38 @@ class KubernetesBackend(Backend):
             return
         ref = self.spec.image
         try:
-            versions = await asyncio.to_thread(registry.image_versions, ref)
-        except Exception as e:  # any failure to read: the check is skipped, and said so
-            self.log(f"Image check skipped: cannot read the labels of {ref} ({e})")
+            versions, platforms = await asyncio.to_thread(_read_image, registry, ref)
+        except registry.RegistryError as e:
+            if str(e).startswith("no image "):
+                raise ClusterStartError(
+                    f"image {ref} does not exist ({e}); push it first (minimaldask image "
+                    f"build --push {ref}) or fix image=..."
+                ) from e
+            self.log(f"Image check skipped: cannot read {ref} from its registry ({e})")
             return
         mine = client_versions()
-        differ = {
-            k: (versions.get(k), v) for k, v in mine.items() if versions.get(k) not in (None, v)
-        }
+        differ = {k: (versions[k], v) for k, v in mine.items() if versions.get(k) not in (None, v)}
         if differ:
             what = ", ".join(
-                f"{k} {theirs} in the image, {ours} here" for k, (theirs, ours) in differ.items()
+                f"{k} {theirs} in the image but {ours} here" for k, (theirs, ours) in differ.items()
             )
-            repository = ref.rsplit(":", 1)[0] if ":" in ref.rsplit("/", 1)[-1] else ref
+            last = ref.rsplit("/", 1)[-1]
+            repository = ref.rsplit(":", 1)[0] if ":" in last else ref
             raise ImageMismatchError(
-                f"image {ref} does not match this client: {what}. Use the image built for this "
-                f"client (image={repository + ':' + default_image_tag()!r}, the default), or run "
-                f"the client with the image's versions"
+                f"image {ref} does not match this client: {what}. Use the image built for "
+                f"this client, image={repository}:{default_image_tag()} (the default), or run "
+                "the client with the image's versions"
             )
         nodes = await kube.node_architectures(api)
         if nodes is None:
             self.log("Platform check skipped: this user may not list nodes")
             return
-        try:
-            platforms = set(await asyncio.to_thread(registry.image_platforms, ref))
-        except Exception as e:
-            self.log(f"Platform check skipped: cannot read the platforms of {ref} ({e})")
-            return
         missing = {n for n in nodes if not any(p == n or p.startswith(n + "/") for p in platforms)}
         if missing:
             raise ImageMismatchError(
-                f"image {ref} has no build for the nodes' platform(s) {', '.join(sorted(missing))} "
+                f"image {ref} has no build for the nodes' platform {', '.join(sorted(missing))} "
                 f"(it has {', '.join(sorted(platforms))}); build it with "
-                f"`minimaldask image build --platform {','.join(sorted(missing))}`"
+                f"minimaldask image build --platform {','.join(sorted(missing))}"
             )
 
     # -- start ------------------------------------------------------------------------------
