@@ -16,9 +16,14 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-import kr8s
-import kr8s.asyncio
+try:
+    import httpx
+    import kr8s
+    import kr8s.asyncio
+except ImportError as e:  # pragma: no cover  (an install without the extra)
+    raise ImportError(
+        "the Kubernetes backend needs kr8s: pip install 'minimaldask[kubernetes]'"
+    ) from e
 from kr8s.asyncio.objects import Pod
 from kr8s.asyncio.portforward import PortForward
 

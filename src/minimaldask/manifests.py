@@ -251,7 +251,9 @@ def worker_deployment(spec: ClusterSpec) -> Obj:
         {"name": "WORKER", "value": "1"},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "PORT", "value": str(spec.port)},
-        {"name": "DASK_SCHEDULER_ADDRESS", "value": scheduler_address(spec)},
+        # The short Service name resolves in the pod's own namespace: the same manifests
+        # work in any namespace (`minimaldask manifests | kubectl apply -n NS -f -`).
+        {"name": "DASK_SCHEDULER_ADDRESS", "value": f"tcp://{scheduler_name(spec)}:{spec.port}"},
         *_env(spec),
         # Kubernetes expands $(POD_NAME) here because POD_NAME is defined above.
         {"name": "ARGUMENTS", "value": shlex.join(worker_arguments(spec))},
@@ -307,6 +309,13 @@ def owned(obj: Obj, owner: Mapping[str, Any] | None) -> Obj:
         return obj
     out = copy.deepcopy(obj)
     out["metadata"]["ownerReferences"] = [owner_reference(owner)]
+    return out
+
+
+def without_namespace(obj: Obj) -> Obj:
+    """``obj`` without ``metadata.namespace``, for ``kubectl apply -n NAMESPACE``."""
+    out = copy.deepcopy(obj)
+    out["metadata"].pop("namespace", None)
     return out
 
 

@@ -106,7 +106,7 @@ def test_worker_arguments_come_from_resources_and_pod():
     assert names.index("POD_NAME") < names.index("ARGUMENTS")
     assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["WORKER"] == "1"
-    assert env["DASK_SCHEDULER_ADDRESS"] == "tcp://demo-scheduler.team.svc:8786"
+    assert env["DASK_SCHEDULER_ADDRESS"] == "tcp://demo-scheduler:8786"
     args = shlex.split(env["ARGUMENTS"])
     assert args[args.index("--name") + 1] == "$(POD_NAME)"
     assert args[args.index("--nthreads") + 1] == "2"
