@@ -280,6 +280,9 @@ def scheduler_service(spec: ClusterSpec) -> Obj:
         "spec": {
             "type": _SERVICE_TYPES.get(spec.expose, "ClusterIP"),
             "selector": selector(spec.name, "scheduler"),
+            # Route to the scheduler as soon as it has an address: workers starting with it
+            # get "connection refused" and retry, instead of a Service without endpoints.
+            "publishNotReadyAddresses": True,
             "ports": [
                 {
                     "name": "tcp-comm",
