@@ -117,7 +117,12 @@ class MinimalCluster(Cluster):
             await self._backend.disconnect()
         else:
             self._log(f"Start failed; removing what was created for {self.spec.name!r}")
-            await self._backend.close()
+            try:
+                await self._backend.close()
+            except Exception as cleanup:  # the start's own error is the one to raise
+                self._log(
+                    f"Removing {self.spec.name!r} after the failed start failed too: {cleanup}"
+                )
         self.status = Status.closed
         if self.scheduler_comm:
             await self.scheduler_comm.close_rpc()
