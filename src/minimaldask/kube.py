@@ -239,16 +239,20 @@ async def delete(api: kr8s.asyncio.Api, kind: str, namespace: str, name: str) ->
 
 
 async def cluster_leftovers(api: kr8s.asyncio.Api, namespace: str, name: str) -> list[str]:
-    """``Kind/name`` of every object labelled as part of cluster ``name``."""
+    """``Kind/name`` of every object labelled as part of cluster ``name``.
+
+    Kinds this user may not list are not checked. One request at a time: kr8s
+    re-authenticates after a 403, which concurrent requests do not survive.
+    """
     selector = label_selector(name)
-    found = await asyncio.gather(
-        *(list_objects(api, kind, namespace, selector) for kind in CLUSTER_KINDS)
-    )
-    return [
-        f"{kind}/{o['metadata']['name']}"
-        for kind, items in zip(CLUSTER_KINDS, found, strict=True)
-        for o in items
-    ]
+    left = []
+    for kind in CLUSTER_KINDS:
+        try:
+            items = await list_objects(api, kind, namespace, selector)
+        except ForbiddenError:
+            continue
+        left += [f"{kind}/{o['metadata']['name']}" for o in items]
+    return left
 
 
 async def delete_cluster(

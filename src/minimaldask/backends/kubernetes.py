@@ -76,6 +76,8 @@ class KubernetesBackend(Backend):
         self._deadline = 0.0
         #: The cluster ran before this handle; a failed start must not delete it.
         self.preexisting = False
+        #: This handle applied the cluster's objects (so a failed start has something to remove).
+        self._applied = False
         self._ready = False
         #: One line saying where the start is; the CLI displays it live.
         self.progress = ""
@@ -200,6 +202,7 @@ class KubernetesBackend(Backend):
         )
 
     async def _apply(self, replicas: int) -> None:
+        self._applied = True
         objects = cluster_objects(self.spec)
         owner = await kube.update_or_deploy(objects[0], self._api)
         self._owner = owner
@@ -354,6 +357,8 @@ class KubernetesBackend(Backend):
         A start that failed on a cluster that was already running leaves it running.
         """
         await self.disconnect()
+        if not self._ready and not self._applied:
+            return  # a start that failed before creating anything
         if self.preexisting and not self._ready:
             self.log(f"Leaving the running cluster {self.spec.name!r} as it was")
             return
