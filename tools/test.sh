@@ -23,8 +23,8 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e '.[dev]'
 
 stage "ruff"
-.venv/bin/ruff check src tests tools bench examples
-.venv/bin/ruff format --check src tests tools bench examples
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 
 stage "mypy"
 .venv/bin/mypy

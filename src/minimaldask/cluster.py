@@ -6,7 +6,11 @@ sync API is derived from them with ``self.sync``, as in distributed.
 
 from __future__ import annotations
 
-import time
+import asyncio
+import contextlib
+import os
+import socket
+import warnings
 from collections.abc import Generator
 from typing import Any
 
@@ -59,7 +63,10 @@ class MinimalCluster(Cluster):
         self.spec = ClusterSpec.from_options(**options)
         self.shutdown_on_close = shutdown_on_close
         self._attach_only = _attach_only
-        self._started_at = time.time()
+        #: Why the cluster ended itself (idle, no client, max lifetime), once it has.
+        self.shutdown_reason: str | None = None
+        self._janitor_info: dict[str, Any] = {}
+        self._heartbeat_task: asyncio.Task[None] | None = None
         super().__init__(asynchronous=asynchronous, loop=loop, quiet=quiet, name=self.spec.name)
         self._backend = backend_class(self.spec.backend)(self.spec, self._log)
         if not self.asynchronous:
@@ -93,6 +100,7 @@ class MinimalCluster(Cluster):
             address = await self._backend.start(attach_only=self._attach_only)
             self.scheduler_comm = rpc(address)
             await super()._start()
+            self._heartbeat_task = asyncio.ensure_future(self._heartbeat())
             if not self._attach_only:
                 if len(self._backend.requested) != spec.workers:
                     await self._scale(spec.workers)
@@ -137,13 +145,54 @@ class MinimalCluster(Cluster):
         info = await self._scheduler.identity()
         return sum(1 for w in info["workers"].values() if w.get("status") == Status.running.name)
 
+    async def _heartbeat(self) -> None:
+        """Tell the janitor this handle is alive; learn if the cluster is ending."""
+        handle = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
+        while self.status == Status.running:
+            try:
+                info = await asyncio.wait_for(
+                    self._scheduler.minimaldask_heartbeat(handle=handle), 10
+                )
+            except (OSError, asyncio.TimeoutError):
+                await asyncio.sleep(1)
+                continue
+            except Exception as e:  # a scheduler without the janitor
+                self._log(f"The scheduler runs no minimaldask janitor ({e}); no self-shutdown")
+                return
+            self._janitor_info = info
+            if info.get("shutdown_reason") and not self.shutdown_reason:
+                self.shutdown_reason = info["shutdown_reason"]
+                warnings.warn(self.shutdown_reason, RuntimeWarning, stacklevel=1)
+                self._log(self.shutdown_reason)
+                # Clients of this cluster close instead of trying to reconnect.
+                self.status = Status.closing
+                return
+            await asyncio.sleep(1)
+
+    async def _usage(self) -> dict[str, float]:
+        result: dict[str, float] = await asyncio.wait_for(self._scheduler.minimaldask_usage(), 10)
+        return result
+
+    def usage(self) -> Any:
+        """What the cluster used so far: lifetime, worker- and core-seconds, peak workers."""
+        return self.sync(self._usage)
+
     async def _close(self) -> None:
         if self.status == Status.closed:
             return
-        if self.status in (Status.running, Status.starting):
+        if self._heartbeat_task:
+            self._heartbeat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat_task
+        if self.shutdown_reason:
+            await self._backend.disconnect()
+        elif self.status in (Status.running, Status.starting):
             if self.shutdown_on_close:
+                usage = None
+                with contextlib.suppress(Exception):
+                    usage = await self._usage()
                 await self._backend.close()
-                self._log(f"Cluster {self.spec.name!r} deleted")
+                self._log(f"Cluster {self.spec.name!r} deleted{_usage_text(usage)}")
             else:
                 await self._backend.disconnect()
         await super()._close()
@@ -217,3 +266,12 @@ class MinimalCluster(Cluster):
             f"MinimalCluster({self.spec.name!r}, backend={self.spec.backend!r}, "
             f"{self.scheduler_address!r}, workers={len(self.scheduler_info['workers'])})"
         )
+
+
+def _usage_text(usage: dict[str, float] | None) -> str:
+    if not usage:
+        return ""
+    return (
+        f" after {usage['lifetime']:.0f}s: {usage['worker_seconds']:.0f} worker-seconds, "
+        f"{usage['core_seconds']:.0f} core-seconds, {usage['peak_workers']:.0f} workers at peak"
+    )

@@ -510,3 +510,17 @@ def client_versions() -> dict[str, str]:
         "distributed": importlib.metadata.version("distributed"),
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
     }
+
+
+def janitor_env(spec: ClusterSpec) -> dict[str, str]:
+    """Environment of the scheduler that configures the janitor (minimaldask.janitor)."""
+
+    def seconds(value: float | None) -> str:
+        return f"{value:g}" if value else ""
+
+    return {
+        "MINIMALDASK_CLUSTER_NAME": spec.name,
+        "MINIMALDASK_IDLE_TIMEOUT": seconds(spec.idle_timeout),
+        "MINIMALDASK_NO_CLIENT_TIMEOUT": seconds(spec.no_client_timeout),
+        "MINIMALDASK_MAX_LIFETIME": seconds(spec.max_lifetime),
+    }

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import distributed
 import numpy as np
@@ -24,32 +23,9 @@ from minimaldask import (
 from minimaldask.backends.local import state_root
 from minimaldask.cli import article_computation
 from minimaldask.exceptions import ClusterNotFoundError, ClusterStartError
+from testutil import cluster_processes, wait_until
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def cluster_processes(name):
-    """Processes (any parent) that belong to the local cluster ``name``."""
-    marker = str(state_root() / name)
-    found = []
-    for p in psutil.process_iter(["cmdline", "cwd"]):
-        try:
-            if p.info["cwd"] == marker or any(
-                marker in a or f"{name}-worker-" in a for a in p.info["cmdline"] or []
-            ):
-                found.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
-
-
-def wait_until(predicate, timeout, interval=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def test_article_computation_on_two_local_workers(cluster_name):

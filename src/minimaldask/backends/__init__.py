@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import cast
+
 from minimaldask.backends.base import Backend, ClusterInfo
 
 
@@ -12,9 +15,9 @@ def backend_class(name: str) -> type[Backend]:
 
         return LocalBackend
     if name == "kubernetes":
-        from minimaldask.backends.kubernetes import KubernetesBackend
-
-        return KubernetesBackend
+        # Imported on demand: kr8s and its dependencies are not needed locally.
+        module = importlib.import_module("minimaldask.backends.kubernetes")
+        return cast("type[Backend]", module.KubernetesBackend)
     raise ValueError(f"invalid backend={name!r}: expected 'kubernetes' or 'local'")
 
 

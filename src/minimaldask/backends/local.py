@@ -32,7 +32,7 @@ from distributed.core import rpc
 
 from minimaldask.backends.base import Backend, ClusterInfo, Logger, WorkerCounter
 from minimaldask.exceptions import ClusterNotFoundError, ClusterStartError
-from minimaldask.spec import ClusterSpec
+from minimaldask.spec import ClusterSpec, janitor_env
 
 _LOG_TAIL_LINES = 20
 
@@ -85,6 +85,7 @@ class LocalBackend(Backend):
         self.pids: dict[str, int] = {}
         self._counter = 0
         self._created = time.time()
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
 
     # -- state shared between processes -------------------------------------------------
 
@@ -124,6 +125,7 @@ class LocalBackend(Backend):
                 cwd=self.dir,
             )
         self.pids[role] = proc.pid
+        self._procs[role] = proc  # reaped by _alive; kept so Python does not warn
         return proc.pid
 
     def _package_env(self) -> dict[str, str]:
@@ -141,13 +143,14 @@ class LocalBackend(Backend):
             "--host", "127.0.0.1",
             "--dashboard-address", f"127.0.0.1:{self.dashboard_port}",
             "--scheduler-file", str(self.dir / "scheduler.json"),
+            "--preload", "minimaldask.janitor",
         ]  # fmt: skip
-        if spec.idle_timeout:
-            arguments += ["--idle-timeout", f"{spec.idle_timeout}s"]
         self._spawn(
             "scheduler",
             {
                 **self._package_env(),
+                **janitor_env(spec),
+                "MINIMALDASK_NAMESPACE": "",  # not in Kubernetes: the janitor closes the scheduler
                 "PORT": str(port),
                 "ARGUMENTS": shlex.join([*arguments, *spec.scheduler_options]),
             },
@@ -195,6 +198,9 @@ class LocalBackend(Backend):
             await asyncio.sleep(0.05)
         for n in names:
             self.pids.pop(n, None)
+            proc = self._procs.pop(n, None)
+            if proc is not None:
+                proc.returncode = proc.returncode or -1  # reaped by _alive already
 
     def _failure(self, role: str, what: str) -> ClusterStartError:
         return ClusterStartError(

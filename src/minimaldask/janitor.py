@@ -1,0 +1,524 @@
+"""The janitor: a scheduler plugin that ends a cluster nobody uses, and scales it.
+
+Loaded into the scheduler with ``--preload minimaldask.janitor``. It runs
+where the scheduler runs, so it keeps working when the client is gone: no
+operator, no CRD. Settings come from environment variables set by the
+backend:
+
+``MINIMALDASK_IDLE_TIMEOUT``
+    Seconds with no task processing or waiting before the cluster ends.
+``MINIMALDASK_NO_CLIENT_TIMEOUT``
+    Seconds with no client (a dask ``Client`` or a live ``MinimalCluster``
+    handle) before the cluster ends.
+``MINIMALDASK_MAX_LIFETIME``
+    Seconds after which the cluster ends, busy or not.
+``MINIMALDASK_CLUSTER_NAME``, ``MINIMALDASK_NAMESPACE``
+    Which cluster this is. In a pod with a service account token, the
+    janitor ends the cluster by deleting its scheduler Deployment (the rest
+    goes with it through ownerReferences) and scales workers through the
+    Kubernetes API; elsewhere it closes the scheduler.
+
+An empty or missing timeout is off. Each shutdown is logged with its reason,
+and every attached client gets the reason as the error of its futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import ssl
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+logger = logging.getLogger("minimaldask.janitor")
+
+TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+#: Name of the scheduler handler a MinimalCluster calls to say it is alive.
+HEARTBEAT = "minimaldask_heartbeat"
+#: Name of the scheduler handler that reports resource usage.
+USAGE = "minimaldask_usage"
+#: Name of the scheduler handler that sets adaptive bounds.
+ADAPT = "minimaldask_adapt"
+#: A MinimalCluster handle counts as a client while its heartbeats are this recent.
+HANDLE_TTL = 10.0
+#: Idle time does not count before the first worker joins, up to this long.
+STARTUP_GRACE = 300.0
+#: Annotation on worker pods the janitor retires: the ReplicaSet removes them first.
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+
+
+def _seconds(name: str) -> float | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    value = float(raw)
+    return value if value > 0 else None
+
+
+class KubernetesAPI:
+    """The few REST calls the janitor needs, with the pod's service account.
+
+    The image has no Kubernetes client library and needs none: this is
+    urllib, the token and the cluster CA the kubelet mounts.
+    """
+
+    def __init__(self, namespace: str, token_dir: str = TOKEN_DIR) -> None:
+        host = os.environ["KUBERNETES_SERVICE_HOST"]
+        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        self.base = f"https://{host}:{port}" if ":" not in host else f"https://[{host}]:{port}"
+        self.namespace = namespace
+        self.token_path = os.path.join(token_dir, "token")
+        self.ssl = ssl.create_default_context(cafile=os.path.join(token_dir, "ca.crt"))
+
+    @classmethod
+    def available(cls, token_dir: str = TOKEN_DIR) -> bool:
+        """Whether this process runs in a pod with a service account token."""
+        return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(
+            os.path.join(token_dir, "token")
+        )
+
+    def _call(self, method: str, path: str, body: Any = None, content_type: str = "") -> Any:
+        with open(self.token_path) as f:  # re-read: projected tokens rotate
+            token = f.read().strip()
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.base + path, data=data, method=method, headers={"Authorization": f"Bearer {token}"}
+        )
+        if data is not None:
+            request.add_header("Content-Type", content_type or "application/json")
+        try:
+            with urllib.request.urlopen(request, context=self.ssl, timeout=10) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode(errors="replace")
+            with contextlib.suppress(ValueError, KeyError):
+                detail = json.loads(detail)["message"]
+            raise RuntimeError(f"{method} {path}: HTTP {e.code}: {detail}") from None
+        return json.loads(payload) if payload else None
+
+    async def call(self, method: str, path: str, body: Any = None, content_type: str = "") -> Any:
+        """One API call, off the event loop."""
+        return await asyncio.to_thread(self._call, method, path, body, content_type)
+
+    def _deployment(self, name: str) -> str:
+        return f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{name}"
+
+    async def delete_deployment(self, name: str) -> None:
+        """Delete a Deployment; its dependents are garbage-collected."""
+        await self.call("DELETE", self._deployment(name), {"propagationPolicy": "Background"})
+
+    async def get_deployment(self, name: str) -> dict[str, Any]:
+        """A Deployment object."""
+        result: dict[str, Any] = await self.call("GET", self._deployment(name))
+        return result
+
+    async def set_replicas(self, name: str, replicas: int) -> None:
+        """Patch a Deployment's scale subresource."""
+        await self.call(
+            "PATCH",
+            self._deployment(name) + "/scale",
+            {"spec": {"replicas": replicas}},
+            "application/merge-patch+json",
+        )
+
+    async def annotate_pod(self, name: str, annotations: dict[str, str]) -> None:
+        """Merge annotations into a pod."""
+        await self.call(
+            "PATCH",
+            f"/api/v1/namespaces/{self.namespace}/pods/{name}",
+            {"metadata": {"annotations": annotations}},
+            "application/merge-patch+json",
+        )
+
+
+@dataclass
+class Usage:
+    """Resource usage of a cluster, integrated over its workers' lifetimes."""
+
+    started: float = field(default_factory=time.time)
+    worker_seconds: float = 0.0
+    core_seconds: float = 0.0
+    peak_workers: int = 0
+    #: worker address -> (time it joined, threads)
+    running: dict[str, tuple[float, int]] = field(default_factory=dict)
+
+    def add(self, address: str, nthreads: int) -> None:
+        """A worker joined."""
+        self.running[address] = (time.time(), nthreads)
+        self.peak_workers = max(self.peak_workers, len(self.running))
+
+    def remove(self, address: str) -> None:
+        """A worker left."""
+        joined = self.running.pop(address, None)
+        if joined:
+            seconds = time.time() - joined[0]
+            self.worker_seconds += seconds
+            self.core_seconds += seconds * joined[1]
+
+    def report(self) -> dict[str, float]:
+        """Totals up to now."""
+        now = time.time()
+        live = [(now - t, n) for t, n in self.running.values()]
+        return {
+            "lifetime": now - self.started,
+            "worker_seconds": self.worker_seconds + sum(s for s, _ in live),
+            "core_seconds": self.core_seconds + sum(s * n for s, n in live),
+            "peak_workers": self.peak_workers,
+            "workers": len(self.running),
+        }
+
+
+#: Annotations on the scheduler Deployment that store the adaptive bounds.
+ADAPT_MINIMUM = "minimaldask.dask.org/adapt-minimum"
+ADAPT_MAXIMUM = "minimaldask.dask.org/adapt-maximum"
+
+
+@dataclass
+class AdaptivePolicy:
+    """How eagerly the janitor scales: bounds, cool-down, step size."""
+
+    minimum: int
+    maximum: int
+    #: No scale-down sooner than this after any scaling.
+    cooldown: float = 30.0
+    #: Workers connected for less than this are never retired.
+    min_worker_age: float = 20.0
+    #: At most this fraction of the workers (and at least one) goes per step.
+    max_fraction: float = 0.5
+
+
+class AdaptiveScaler:
+    """Follows the scheduler's adaptive target by scaling the worker Deployment.
+
+    Scaling up patches replicas. Scaling down lets the scheduler choose and
+    retire workers (their data moves first; a worker whose data has nowhere
+    to go is kept), gives their pods the lowest pod-deletion-cost so the
+    ReplicaSet removes exactly those, then lowers replicas.
+    """
+
+    def __init__(self, scheduler: Any, api: KubernetesAPI, worker_deployment: str) -> None:
+        self.scheduler = scheduler
+        self.api = api
+        self.deployment = worker_deployment
+        self.policy: AdaptivePolicy | None = None
+        self.replicas: int | None = None
+        self.last_change = 0.0
+        self.joined: dict[str, float] = {}
+
+    async def replicas_now(self) -> int:
+        """Replicas asked of the worker Deployment (read once, then tracked)."""
+        if self.replicas is None:
+            deployment = await self.api.get_deployment(self.deployment)
+            self.replicas = int(deployment["spec"].get("replicas") or 0)
+        return self.replicas
+
+    async def set_replicas(self, n: int) -> None:
+        """Patch replicas and remember when."""
+        await self.api.set_replicas(self.deployment, n)
+        logger.info("minimaldask adapt: %s replicas %s -> %s", self.deployment, self.replicas, n)
+        self.replicas = n
+        self.last_change = time.time()
+
+    def target(self) -> int:
+        """The scheduler's wish, within the bounds."""
+        assert self.policy is not None
+        wish = int(self.scheduler.adaptive_target())
+        return max(self.policy.minimum, min(self.policy.maximum, wish))
+
+    async def step(self) -> None:
+        """One decision: up now, down after the cool-down and in bounded steps."""
+        policy = self.policy
+        if policy is None:
+            return
+        replicas = await self.replicas_now()
+        target = self.target()
+        now = time.time()
+        if target > replicas:
+            await self.set_replicas(target)
+            return
+        if target == replicas or now - self.last_change < policy.cooldown:
+            return
+        if replicas > len(self.scheduler.workers):
+            # Pods still starting go first (the ReplicaSet prefers them anyway).
+            await self.set_replicas(max(target, len(self.scheduler.workers)))
+            return
+        step = max(1, int(replicas * policy.max_fraction))
+        wanted = min(replicas - target, step)
+        old_enough = {
+            ws.name
+            for ws in self.scheduler.workers.values()
+            if now - self.joined.get(ws.address, now) >= policy.min_worker_age
+            and ws.status.name == "running"
+        }
+        chosen = [
+            str(name)
+            for name in self.scheduler.workers_to_close(
+                n=len(self.scheduler.workers), attribute="name"
+            )
+            if str(name) in old_enough
+        ][:wanted]
+        if not chosen:
+            return
+        retired = await self.scheduler.retire_workers(
+            names=chosen, close_workers=False, remove=False, stimulus_id=f"minimaldask-adapt-{now}"
+        )
+        names = [str(info.get("name")) for info in retired.values()]
+        if not names:
+            logger.info(
+                "minimaldask adapt: the scheduler kept %s (their data had nowhere to go)", chosen
+            )
+            self.last_change = now
+            return
+        for name in names:
+            await self.api.annotate_pod(name, {DELETION_COST: "-1000"})
+        await self.set_replicas(replicas - len(names))
+
+
+class Janitor(SchedulerPlugin):
+    """Ends the cluster when idle, without clients, or too old; runs adaptive scaling."""
+
+    name = "minimaldask-janitor"
+
+    def __init__(
+        self,
+        idle_timeout: float | None = None,
+        no_client_timeout: float | None = None,
+        max_lifetime: float | None = None,
+        cluster_name: str = "",
+        namespace: str = "",
+        interval: float = 1.0,
+        api: KubernetesAPI | None = None,
+    ) -> None:
+        self.idle_timeout = idle_timeout
+        self.no_client_timeout = no_client_timeout
+        self.max_lifetime = max_lifetime
+        self.cluster_name = cluster_name
+        self.namespace = namespace
+        self.interval = interval
+        self.api = api
+        self.usage = Usage()
+        self.shutdown_reason: str | None = None
+        self.handles: dict[str, float] = {}
+        self.last_client = time.time()
+        self.adapt_bounds: tuple[int, int] | None = None
+        #: When the first worker joined: the idle clock starts then, not during start-up.
+        self.ready_at: float | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.scheduler: Any = None
+        self.scaler: AdaptiveScaler | None = None
+
+    @classmethod
+    def from_environment(cls) -> Janitor:
+        """Settings from MINIMALDASK_* environment variables (see the module docstring)."""
+        namespace = os.environ.get("MINIMALDASK_NAMESPACE", "")
+        api = KubernetesAPI(namespace) if namespace and KubernetesAPI.available() else None
+        return cls(
+            idle_timeout=_seconds("MINIMALDASK_IDLE_TIMEOUT"),
+            no_client_timeout=_seconds("MINIMALDASK_NO_CLIENT_TIMEOUT"),
+            max_lifetime=_seconds("MINIMALDASK_MAX_LIFETIME"),
+            cluster_name=os.environ.get("MINIMALDASK_CLUSTER_NAME", ""),
+            namespace=namespace,
+            interval=_seconds("MINIMALDASK_JANITOR_INTERVAL") or 1.0,
+            api=api,
+        )
+
+    # -- SchedulerPlugin ----------------------------------------------------------------------
+
+    async def start(self, scheduler: Any) -> None:
+        """Register the handlers and start watching."""
+        self.scheduler = scheduler
+        scheduler.handlers[HEARTBEAT] = self.heartbeat
+        scheduler.handlers[USAGE] = self.report_usage
+        scheduler.handlers[ADAPT] = self.adapt
+        if self.api is not None:
+            self.scaler = AdaptiveScaler(scheduler, self.api, f"{self.cluster_name}-worker")
+            await self._restore_adapt_bounds()
+        self.usage.started = time.time()
+        self.last_client = time.time()
+        for address, ws in scheduler.workers.items():
+            self.usage.add(address, ws.nthreads)
+        mode = f"Kubernetes, cluster {self.cluster_name!r}" if self.api else "closing the scheduler"
+        logger.info(
+            "minimaldask janitor: idle_timeout=%s no_client_timeout=%s max_lifetime=%s (%s)",
+            self.idle_timeout,
+            self.no_client_timeout,
+            self.max_lifetime,
+            mode,
+        )
+        self._task = asyncio.create_task(self._watch())
+
+    async def close(self) -> None:
+        """Stop watching."""
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def add_worker(self, scheduler: Any, worker: str) -> None:
+        """Count the worker's time from now."""
+        self.usage.add(worker, scheduler.workers[worker].nthreads)
+        if self.scaler:
+            self.scaler.joined[worker] = time.time()
+        if self.ready_at is None:
+            self.ready_at = time.time()
+
+    def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+        """Stop counting the worker's time."""
+        self.usage.remove(worker)
+        if self.scaler:
+            self.scaler.joined.pop(worker, None)
+
+    def add_client(self, scheduler: Any, client: str) -> None:
+        """A client arrived: the no-client clock stops."""
+        self.last_client = time.time()
+
+    def remove_client(self, scheduler: Any, client: str) -> None:
+        """A client left: the no-client clock starts when the last one has gone."""
+        self.last_client = time.time()
+
+    # -- handlers -------------------------------------------------------------------------------
+
+    def heartbeat(self, handle: str = "") -> dict[str, Any]:
+        """A MinimalCluster handle is alive; tell it whether the cluster is ending."""
+        if handle:
+            self.handles[handle] = time.time()
+        return {
+            "shutdown_reason": self.shutdown_reason,
+            "idle_timeout": self.idle_timeout,
+            "no_client_timeout": self.no_client_timeout,
+            "max_lifetime": self.max_lifetime,
+            "idle_since": self.scheduler.idle_since if self.scheduler else None,
+            **self.usage.report(),
+        }
+
+    def adapt(
+        self,
+        minimum: int | None = None,
+        maximum: int | None = None,
+        cooldown: float | None = None,
+        min_worker_age: float | None = None,
+    ) -> dict[str, Any]:
+        """Set the adaptive bounds (``maximum=None`` turns adaptive scaling off)."""
+        if self.scaler is None:
+            raise RuntimeError(
+                "adaptive scaling in the scheduler needs the Kubernetes API (the cluster's "
+                "service account); this scheduler has none"
+            )
+        if maximum is None:
+            self.scaler.policy = None
+            return {"adapt": None}
+        policy = AdaptivePolicy(minimum=int(minimum or 0), maximum=int(maximum))
+        if cooldown is not None:
+            policy.cooldown = float(cooldown)
+        if min_worker_age is not None:
+            policy.min_worker_age = float(min_worker_age)
+        self.scaler.policy = policy
+        self.scaler.replicas = None  # the client may have scaled: read again
+        logger.info("minimaldask adapt: %s", policy)
+        return {"adapt": vars(policy)}
+
+    async def _restore_adapt_bounds(self) -> None:
+        """Adaptive bounds survive a scheduler restart: they live in annotations."""
+        assert self.api is not None
+        try:
+            deployment = await self.api.get_deployment(f"{self.cluster_name}-scheduler")
+        except Exception as e:
+            logger.warning("minimaldask janitor: cannot read adaptive bounds: %s", e)
+            return
+        annotations = deployment["metadata"].get("annotations") or {}
+        if ADAPT_MAXIMUM in annotations:
+            self.adapt(
+                minimum=int(annotations.get(ADAPT_MINIMUM, 0)),
+                maximum=int(annotations[ADAPT_MAXIMUM]),
+            )
+
+    def report_usage(self) -> dict[str, float]:
+        """Worker-seconds, core-seconds, peak workers and lifetime so far."""
+        return self.usage.report()
+
+    # -- the watch ------------------------------------------------------------------------------
+
+    def clients(self) -> int:
+        """Dask clients plus MinimalCluster handles heard from recently."""
+        now = time.time()
+        self.handles = {h: t for h, t in self.handles.items() if now - t < HANDLE_TTL}
+        real = [c for c in self.scheduler.clients if c != "fire-and-forget"]
+        return len(real) + len(self.handles)
+
+    def reason_to_end(self, now: float) -> tuple[str, str] | None:
+        """Which timeout ends the cluster now and why, or None."""
+        if self.max_lifetime and now - self.usage.started > self.max_lifetime:
+            return "max_lifetime", f"it reached its max_lifetime of {self.max_lifetime:g}s"
+        if self.clients():
+            self.last_client = now
+        elif self.no_client_timeout and now - self.last_client > self.no_client_timeout:
+            return (
+                "no_client_timeout",
+                f"no client was connected for its no_client_timeout of {self.no_client_timeout:g}s",
+            )
+        idle_since = self.scheduler.check_idle()
+        if idle_since and self.ready_at is None and now - self.usage.started < STARTUP_GRACE:
+            idle_since = None  # still starting: waiting for workers is not idleness
+        if idle_since and self.ready_at:
+            idle_since = max(idle_since, self.ready_at)
+        if self.idle_timeout and idle_since and now - idle_since > self.idle_timeout:
+            return (
+                "idle_timeout",
+                f"it was idle (no task to run) for its idle_timeout of {self.idle_timeout:g}s",
+            )
+        return None
+
+    async def _watch(self) -> None:
+        while self.shutdown_reason is None:
+            await asyncio.sleep(self.interval)
+            try:
+                reason = self.reason_to_end(time.time())
+            except Exception:
+                logger.exception("minimaldask janitor: check failed")
+                continue
+            if reason:
+                await self.end(*reason)
+            elif self.scaler is not None:
+                try:
+                    await self.scaler.step()
+                except Exception as e:
+                    logger.error("minimaldask adapt: step failed: %s", e)
+
+    async def end(self, timeout: str, reason: str) -> None:
+        """End the cluster: tell every client why, then delete (or close) it."""
+        name = self.cluster_name or "this cluster"
+        message = f"minimaldask ended cluster {name!r}: {reason}"
+        self.shutdown_reason = message
+        logger.warning(message)
+        self.scheduler.log_event("minimaldask", {"action": "shutdown", "reason": message})
+        for client, cs in list(self.scheduler.clients.items()):
+            keys = [ts.key for ts in cs.wants_what]
+            if keys:
+                self.scheduler.stimulus_cancel(
+                    keys, client, force=True, reason="minimaldask-shutdown", msg=message
+                )
+        # Give handles a heartbeat to learn the reason before the scheduler goes.
+        await asyncio.sleep(min(2.0, HANDLE_TTL / 2))
+        if self.api is not None:
+            try:
+                await self.api.delete_deployment(f"{self.cluster_name}-scheduler")
+                return
+            except Exception as e:  # the pod is still ours to stop: fall back, and say so
+                logger.error(
+                    "minimaldask janitor: could not delete the cluster (%s); closing the scheduler",
+                    e,
+                )
+        await self.scheduler.close(reason=f"minimaldask-{timeout}")
+
+
+async def dask_setup(scheduler: Any) -> None:
+    """Entry point of ``--preload minimaldask.janitor``."""
+    await scheduler.register_scheduler_plugin(Janitor.from_environment(), idempotent=True)

@@ -1,0 +1,44 @@
+import time
+
+from minimaldask import ClusterSpec
+from minimaldask.janitor import Janitor, Usage
+from minimaldask.spec import janitor_env
+
+
+def test_janitor_env_carries_the_timeouts_of_the_spec():
+    spec = ClusterSpec.from_options(
+        name="c1", idle_timeout="2 minutes", no_client_timeout=None, max_lifetime="1h"
+    )
+    assert janitor_env(spec) == {
+        "MINIMALDASK_CLUSTER_NAME": "c1",
+        "MINIMALDASK_IDLE_TIMEOUT": "120",
+        "MINIMALDASK_NO_CLIENT_TIMEOUT": "",
+        "MINIMALDASK_MAX_LIFETIME": "3600",
+    }
+
+
+def test_janitor_reads_its_settings_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MINIMALDASK_IDLE_TIMEOUT", "120")
+    monkeypatch.setenv("MINIMALDASK_NO_CLIENT_TIMEOUT", "")
+    monkeypatch.setenv("MINIMALDASK_MAX_LIFETIME", "3600")
+    monkeypatch.setenv("MINIMALDASK_CLUSTER_NAME", "c1")
+    monkeypatch.delenv("MINIMALDASK_NAMESPACE", raising=False)
+    j = Janitor.from_environment()
+    assert (j.idle_timeout, j.no_client_timeout, j.max_lifetime) == (120, None, 3600)
+    assert j.cluster_name == "c1"
+    assert j.api is None  # not in a pod: it closes the scheduler instead
+
+
+def test_usage_integrates_worker_and_core_seconds():
+    usage = Usage(started=time.time() - 10)
+    usage.add("w1", 2)
+    usage.add("w2", 4)
+    usage.running["w1"] = (time.time() - 5, 2)
+    usage.running["w2"] = (time.time() - 3, 4)
+    usage.remove("w1")
+    report = usage.report()
+    assert report["peak_workers"] == 2
+    assert report["workers"] == 1
+    assert abs(report["worker_seconds"] - 8) < 0.5
+    assert abs(report["core_seconds"] - (5 * 2 + 3 * 4)) < 1
+    assert report["lifetime"] >= 10
