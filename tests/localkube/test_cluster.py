@@ -64,3 +64,12 @@ def test_up_when_already_up_is_a_no_op(localkube_cluster):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "already up" in proc.stdout
     assert localkube.pid_of("kube-apiserver") == before
+
+
+def test_up_was_ready_within_90_seconds_plus_the_first_build(localkube_cluster):
+    """The cluster's own `up`: at most 90 s beyond the one-time build and package
+    installation, and at most 30 minutes with them."""
+    timings = json.loads((localkube.STATE / "up-timings.json").read_text())
+    one_time = timings["packages"] + timings["build (cached after the first time)"]
+    assert timings["total"] - one_time <= 90, timings
+    assert timings["total"] <= 30 * 60, timings

@@ -3,7 +3,6 @@ Service DNS and routing, NodePort, port-forward, logs and exec."""
 
 import re
 import subprocess
-import urllib.request
 
 import localkube
 import pytest
@@ -37,7 +36,7 @@ def first_pod(ns, app: str) -> str:
 
 
 def http_get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as resp:
+    with localkube.DIRECT.open(url, timeout=5) as resp:
         return resp.read().decode()
 
 

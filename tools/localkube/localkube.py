@@ -28,7 +28,6 @@ import struct
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -400,6 +399,19 @@ def pid_of(name: str) -> int | None:
     return int(pid)
 
 
+def local_env() -> dict[str, str]:
+    """The environment, with the cluster's own addresses exempt from any HTTP(S) proxy."""
+    env = dict(os.environ)
+    ours = f"{NODE_IP},{SERVICE_CIDR},{POD_CIDR},127.0.0.1,localhost,.svc,.{CLUSTER_DOMAIN}"
+    for key in ("NO_PROXY", "no_proxy"):
+        env[key] = f"{env[key]},{ours}" if env.get(key) else ours
+    return env
+
+
+# Requests from this process to the cluster and the registry never go through a proxy.
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def start(name: str, argv: list) -> int:
     argv = [str(a) for a in argv]
     LOGS.mkdir(parents=True, exist_ok=True)
@@ -409,7 +421,7 @@ def start(name: str, argv: list) -> int:
                    f"{shlex.join(argv)}\n".encode())
         logf.flush()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True, cwd="/")
+                                start_new_session=True, close_fds=True, cwd="/", env=local_env())
     exe = os.readlink(f"/proc/{proc.pid}/exe")
     write(PIDS / f"{name}.pid", f"{proc.pid} {exe}")
     return proc.pid
@@ -420,20 +432,22 @@ def check_running(name: str) -> None:
         raise LocalkubeError(f"{name} exited\n{log_tail(name)}")
 
 
-def stop(name: str, timeout: float = 15) -> None:
-    pid = pid_of(name)
-    if pid is None:
-        (PIDS / f"{name}.pid").unlink(missing_ok=True)
-        return
-    os.kill(pid, signal.SIGTERM)
+def stop_all(names: list[str], timeout: float = 10) -> None:
+    """SIGTERM the components together; SIGKILL those still there after timeout seconds."""
+    pids = {name: pid_of(name) for name in names}
+    for name, pid in pids.items():
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while pid_of(name) is not None and time.monotonic() < deadline:
+    while any(pid_of(n) for n in names) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if pid_of(name) is not None:
-        say(f"{name} (pid {pid}) ignored SIGTERM for {timeout:.0f}s; killing it")
-        os.kill(pid, signal.SIGKILL)
-        wait_for(f"{name} (pid {pid}) to die after SIGKILL", 10, lambda: pid_of(name) is None)
-    (PIDS / f"{name}.pid").unlink(missing_ok=True)
+    for name, pid in pids.items():
+        if pid is not None and pid_of(name) is not None:
+            say(f"{name} (pid {pid}) still running {timeout:.0f}s after SIGTERM; killing it")
+            os.kill(pid, signal.SIGKILL)
+            wait_for(f"{name} (pid {pid}) to die after SIGKILL", 10, lambda n=name: pid_of(n) is None)
+    for name in names:
+        (PIDS / f"{name}.pid").unlink(missing_ok=True)
 
 
 def processes() -> dict[int, str]:
@@ -456,7 +470,9 @@ def https_get(url: str, cert: str | None = "admin", ca: str = "ca", timeout: flo
     if cert:
         ctx.load_cert_chain(str(PKI / f"{cert}.crt"), str(PKI / f"{cert}.key"))
     try:
-        with urllib.request.urlopen(url, context=ctx, timeout=timeout) as resp:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                             urllib.request.HTTPSHandler(context=ctx))
+        with opener.open(url, timeout=timeout) as resp:
             return resp.status, resp.read().decode(errors="replace")
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(errors="replace")
@@ -464,7 +480,7 @@ def https_get(url: str, cert: str | None = "admin", ca: str = "ca", timeout: flo
 
 def kubectl(*args, kubeconfig_path: Path = ADMIN_KUBECONFIG, input=None, timeout=60, check=True):
     return run([bin_path("kubectl"), f"--kubeconfig={kubeconfig_path}", *args],
-               input=input, timeout=timeout, check=check)
+               input=input, timeout=timeout, check=check, env=local_env())
 
 
 def dns_query(name: str, server: str = DNS_SERVICE_IP, timeout: float = 2) -> list[str]:
@@ -576,7 +592,7 @@ def push_image(repo: str, tag: str, files: dict[str, tuple[bytes, int]], entrypo
     def request(method, url, data=None, headers=None):
         req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
         try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
+            with DIRECT.open(req, timeout=60) as resp:
                 return resp.status, resp.headers
         except urllib.error.HTTPError as e:
             if method == "HEAD" and e.code == 404:
@@ -630,6 +646,21 @@ def push_probe_image(tag: str = "latest") -> str:
 
 
 # ----------------------------------------------------------------- configuration
+
+def upstream_resolv_conf() -> str | None:
+    """A resolv.conf with non-loopback nameservers for CoreDNS to forward to, if the machine has one.
+
+    A loopback nameserver (systemd-resolved's 127.0.0.53) would be CoreDNS itself
+    inside its pod, which its loop plugin detects and dies on.
+    """
+    for path in ("/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"):
+        with contextlib.suppress(OSError):
+            servers = [line.split()[1] for line in Path(path).read_text().splitlines()
+                       if line.startswith("nameserver") and len(line.split()) > 1]
+            if any(not ipaddress.ip_address(s.split("%")[0]).is_loopback for s in servers):
+                return path
+    return None
+
 
 def write_configs() -> None:
     conf = STATE / "conf"
@@ -713,7 +744,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         "cgroupDriver": "cgroupfs", "failCgroupV1": False,
         "containerRuntimeEndpoint": f"unix://{CONTAINERD_SOCK}",
         "clusterDNS": [DNS_SERVICE_IP], "clusterDomain": CLUSTER_DOMAIN,
-        "resolvConf": "/etc/resolv.conf",
+        # no upstream: an empty file, and CoreDNS answers only for the cluster
+        "resolvConf": upstream_resolv_conf() or str(write(conf / "resolv.conf", "")),
         "failSwapOn": False,
         "hairpinMode": "hairpin-veth",
         "serializeImagePulls": False,
@@ -750,7 +782,7 @@ def coredns_objects() -> dict:
         fallthrough in-addr.arpa ip6.arpa
         ttl 30
     }}
-    forward . /etc/resolv.conf
+    {"forward . /etc/resolv.conf" if upstream_resolv_conf() else "# no upstream nameserver on this machine"}
     cache 30
     loop
     loadbalance
@@ -869,9 +901,14 @@ def setup_host() -> None:
 
 def up(timeout_scale: float = 1.0) -> None:
     require_root()
-    if is_up():
-        say(f"already up; kubeconfig: {ADMIN_KUBECONFIG}")
-        return
+    if all(pid_of(n) for n in COMPONENTS):
+        # Running: give a busy cluster time to answer before calling it broken.
+        try:
+            wait_for("the running cluster to be healthy", 60 * timeout_scale, is_up)
+            say(f"already up; kubeconfig: {ADMIN_KUBECONFIG}")
+            return
+        except LocalkubeError as e:
+            say(f"{e}; restarting it")
     if STATE.exists() or RUN.exists():
         say("found leftovers of an earlier run that is not healthy; taking them down first")
         down()
@@ -917,7 +954,7 @@ def up(timeout_scale: float = 1.0) -> None:
 
         def registry_ok():
             check_running("registry")
-            with urllib.request.urlopen(f"http://{REGISTRY_LISTEN}/v2/", timeout=2) as r:
+            with DIRECT.open(f"http://{REGISTRY_LISTEN}/v2/", timeout=2) as r:
                 return r.status == 200
         wait_for("registry /v2/", T(30), registry_ok, hint=lambda: log_tail("registry"))
         push_image("localkube/coredns", COREDNS_VERSION, {"coredns": (bin_path("coredns").read_bytes(), 0o755)},
@@ -1100,11 +1137,11 @@ def down() -> None:
     require_root()
     t0 = time.monotonic()
     # The kubelet first, so that it does not restart what we stop next.
-    for name in ["kubelet", "kube-proxy", "kube-scheduler", "kube-controller-manager", "kube-apiserver",
-                 "etcd", "registry"]:
-        stop(name)
+    stop_all(["kubelet"])
+    stop_all(["kube-proxy", "kube-scheduler", "kube-controller-manager", "kube-apiserver"])
+    stop_all(["etcd", "registry"])
     kill_cgroup_processes()
-    stop("containerd")
+    stop_all(["containerd"])
     our_sock = str(CONTAINERD_SOCK)
     shims = [pid for pid, cmd in processes().items() if "containerd-shim" in cmd and our_sock in cmd]
     for pid in shims:

@@ -119,15 +119,14 @@ class Namespace:
 
 @pytest.fixture(scope="session")
 def localkube_cluster():
-    started = False
-    if not localkube.is_up():
-        if os.environ.get("LOCALKUBE_NO_UP"):
-            pytest.fail("localkube is not up and LOCALKUBE_NO_UP is set; run `tools/localkube/localkube.py up`")
-        try:
-            localkube.up()
-        except localkube.LocalkubeError as e:
-            pytest.fail(f"localkube up failed: {e}")
-        started = True
+    running = all(localkube.pid_of(name) for name in localkube.COMPONENTS)
+    if not running and os.environ.get("LOCALKUBE_NO_UP"):
+        pytest.fail("localkube is not up and LOCALKUBE_NO_UP is set; run `tools/localkube/localkube.py up`")
+    try:
+        localkube.up()  # when running: waits until healthy (restarts it if it does not get there)
+    except localkube.LocalkubeError as e:
+        pytest.fail(f"localkube up failed: {e}")
+    started = not running
     yield Cluster(kubeconfig=localkube.ADMIN_KUBECONFIG, user_kubeconfig=localkube.USER_KUBECONFIG,
                   user=localkube.USER_NAME, user_namespace=localkube.USER_NAMESPACE,
                   node_name=localkube.NODE_NAME, node_ip=localkube.NODE_IP,
