@@ -165,6 +165,24 @@ def install_apk(packages: Sequence[str]) -> None:
         raise EntrypointError(f"EXTRA_APK_PACKAGES could not be installed: {reason}")
 
 
+def install_os(packages: Sequence[str], prefix: str, env: dict[str, str]) -> None:
+    """Fetch Debian packages into ``prefix`` and put them on the paths in ``env``.
+
+    Only in an image built by ``minimaldask image build``, which records its
+    Debian suite, architecture and archive (see :mod:`minimaldask.image.debian`).
+    """
+    from minimaldask.exceptions import MinimalDaskError
+    from minimaldask.image.debian import install_runtime_packages
+
+    print(f"minimaldask: installing EXTRA_OS_PACKAGES: {' '.join(packages)}", flush=True)
+    try:
+        env.update(install_runtime_packages(list(packages), prefix, environ=env))
+    except MinimalDaskError as e:
+        raise EntrypointError(
+            f"EXTRA_OS_PACKAGES={' '.join(packages)!r} could not be installed: {e}"
+        ) from None
+
+
 def prepare(p: Plan, env: dict[str, str]) -> None:
     """Install the extra packages the plan asks for, updating ``env`` for the dask process."""
     if p.apk_packages:
@@ -173,10 +191,7 @@ def prepare(p: Plan, env: dict[str, str]) -> None:
         os.makedirs(p.prefix, exist_ok=True)
     # OS packages first: pip packages may need their libraries.
     if p.os_packages:
-        raise EntrypointError(
-            "EXTRA_OS_PACKAGES is not supported by this build of minimaldask; "
-            "use an image built by `minimaldask image build`"
-        )
+        install_os(p.os_packages, p.prefix, env)
     if p.pip_packages:
         install_pip(p.pip_packages, p.prefix, env)
 

@@ -1,0 +1,1 @@
+"""Daemonless, emulation-free builder of the minimaldask multi-arch image."""

@@ -1,0 +1,7 @@
+"""``python -m minimaldask.image build ...``."""
+
+import sys
+
+from minimaldask.image.cli import main
+
+sys.exit(main())

@@ -1,0 +1,201 @@
+"""Python packages for a foreign platform: resolved and downloaded by pip, unpacked here.
+
+pip runs with ``--platform``/``--python-version``/``--only-binary`` so that it
+picks wheels for the target, never builds anything, and uses whatever index
+pip is configured with. Where PyPI has no wheel for the target, a stand-in
+wheel of the Debian build's version tells pip's resolver that the
+requirement is met, and the builder unpacks the Debian package instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from minimaldask.exceptions import MinimalDaskError
+from minimaldask.image.recipe import DEBIAN_FALLBACK, Target
+
+__all__ = ["Wheel", "WheelError", "canonical", "resolve", "unpack_wheel"]
+
+
+class WheelError(MinimalDaskError):
+    """pip could not find wheels for the target platform."""
+
+
+@dataclass(frozen=True)
+class Wheel:
+    """One resolved distribution: a wheel to download, or a Debian stand-in."""
+
+    name: str
+    version: str
+    url: str
+    debian: str | None = None
+
+
+def canonical(name: str) -> str:
+    """Normalise a distribution name (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _pip_target_args(target: Target) -> list[str]:
+    args = ["--only-binary", ":all:", "--implementation", "cp"]
+    args += ["--python-version", target.python]
+    abi = "cp" + target.python.replace(".", "")
+    args += ["--abi", abi, "--abi", "abi3", "--abi", "none"]
+    for tag in target.wheel_platforms:
+        args += ["--platform", tag]
+    return args
+
+
+def _stub_wheel(directory: str, name: str, version: str) -> None:
+    """Write an empty wheel that stands for a distribution Debian provides."""
+    dist = re.sub(r"[-.]+", "_", canonical(name))
+    path = os.path.join(directory, f"{dist}-{version}-py3-none-any.whl")
+    info = f"{dist}-{version}.dist-info"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(
+            f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+        )
+        zf.writestr(
+            f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        )
+        zf.writestr(f"{info}/RECORD", "")
+
+
+def _missing(stderr: str) -> str | None:
+    match = re.search(r"No matching distribution found for ([A-Za-z0-9_.\-]+)", stderr)
+    return canonical(match.group(1)) if match else None
+
+
+def resolve(
+    requirements: Iterable[str],
+    target: Target,
+    debian_versions: dict[str, str],
+    use_debian: Iterable[str] = (),
+) -> list[Wheel]:
+    """Resolve requirements to wheels for ``target`` with pip's resolver.
+
+    ``debian_versions`` maps Debian package names to upstream versions, for
+    the fallback. Distributions in ``use_debian`` are taken from Debian from
+    the start; others are when pip reports that no wheel exists.
+    """
+    requirements = list(requirements)
+    from_debian = {canonical(n) for n in use_debian}
+    with tempfile.TemporaryDirectory(prefix="minimaldask-pip-") as tmp:
+        while True:
+            stubs = os.path.join(tmp, "stubs")
+            os.makedirs(stubs, exist_ok=True)
+            for name in from_debian:
+                _stub_wheel(stubs, name, debian_versions[DEBIAN_FALLBACK[name]])
+            report = os.path.join(tmp, "report.json")
+            cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed"]
+            cmd += ["--quiet", "--report", report, "--target", os.path.join(tmp, "t")]
+            cmd += ["--find-links", stubs, *_pip_target_args(target), *requirements]
+            for name in sorted(from_debian):
+                cmd += ["--constraint", _constraint(tmp, name, debian_versions)]
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode == 0:
+                break
+            missing = _missing(result.stderr)
+            if missing is None or missing in from_debian:
+                last = [ln for ln in result.stderr.splitlines() if ln.startswith("ERROR")]
+                raise WheelError(_pip_error(last, result.stderr, target))
+            debian_name = DEBIAN_FALLBACK.get(missing)
+            if debian_name is None or debian_name not in debian_versions:
+                raise WheelError(
+                    f"no wheel of {missing!r} for {target.platform} and Python {target.python}"
+                    " on the package index, and no Debian build of it"
+                    f" in {target.suite}/{target.arch}"
+                )
+            from_debian.add(missing)
+        with open(report) as f:
+            installs = json.load(f)["install"]
+    wheels = []
+    for item in installs:
+        meta = item["metadata"]
+        name = canonical(meta["name"])
+        debian = DEBIAN_FALLBACK[name] if name in from_debian else None
+        wheels.append(Wheel(name, meta["version"], item["download_info"]["url"], debian))
+    return sorted(wheels, key=lambda w: w.name)
+
+
+def _constraint(tmp: str, name: str, debian_versions: dict[str, str]) -> str:
+    path = os.path.join(tmp, f"constraint-{name}.txt")
+    with open(path, "w") as f:
+        f.write(f"{name}=={debian_versions[DEBIAN_FALLBACK[name]]}\n")
+    return path
+
+
+def _pip_error(errors: list[str], stderr: str, target: Target) -> str:
+    text = " ".join(errors) or (stderr.strip().splitlines() or [""])[-1]
+    if "No matching distribution" in text:
+        return (
+            f"no wheel for {target.platform} and Python {target.python} on the package index:"
+            f" {text.removeprefix('ERROR: ')}"
+        )
+    return f"pip could not resolve the Python packages for {target.platform}: {text}"
+
+
+def download(wheels: Iterable[Wheel], target: Target, dest: str) -> dict[str, str]:
+    """Download the wheels (pip reuses files already in ``dest``); return name -> path."""
+    wanted = [w for w in wheels if w.debian is None]
+    if not wanted:
+        return {}
+    os.makedirs(dest, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", dest]
+    cmd += [*_pip_target_args(target), *(f"{w.name}=={w.version}" for w in wanted)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise WheelError(
+            "pip could not download the wheels: " + result.stderr.strip().splitlines()[-1]
+        )
+    paths = {}
+    for w in wanted:
+        filename = os.path.basename(w.url.split("#")[0])
+        path = os.path.join(dest, filename)
+        if not os.path.exists(path):
+            raise WheelError(f"pip did not download {filename}")
+        paths[w.name] = path
+    return paths
+
+
+def unpack_wheel(path: str, site: str, data_root: str) -> str:
+    """Unpack a wheel into ``site`` (its ``.data/data`` into ``data_root``); return its version.
+
+    Scripts and headers are not installed: the image starts Python modules
+    with ``python -m``.
+    """
+    with zipfile.ZipFile(path) as zf:
+        version = ""
+        for info in sorted(zf.infolist(), key=lambda i: i.filename):
+            name = info.filename
+            if name.endswith("/"):
+                continue
+            head, _, rest = name.partition("/")
+            if head.endswith(".data"):
+                kind, _, rel = rest.partition("/")
+                if kind in ("purelib", "platlib"):
+                    dest = os.path.join(site, rel)
+                elif kind == "data":
+                    dest = os.path.join(data_root, rel)
+                else:
+                    continue
+            else:
+                dest = os.path.join(site, name)
+                if head.endswith(".dist-info") and not version:
+                    version = head[: -len(".dist-info")].rpartition("-")[2]
+            if ".." in name.split("/") or name.startswith("/"):
+                raise WheelError(f"unsafe path {name!r} in {os.path.basename(path)}")
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with zf.open(info) as src, open(dest, "wb") as out:
+                out.write(src.read())
+            mode = (info.external_attr >> 16) & 0o777
+            os.chmod(dest, 0o755 if mode & 0o111 else 0o644)
+        return version
