@@ -144,6 +144,8 @@ def _push_with_labels(registry: str, image: str, tag: str, labels: dict[str, str
     )
     urllib.request.urlopen(req).close()
     manifest["config"] = {**manifest["config"], "digest": digest, "size": len(data)}
+    if "annotations" in manifest:
+        manifest["annotations"] = {**manifest["annotations"], **labels}
     req = urllib.request.Request(
         f"{base}/manifests/{tag}",
         method="PUT",

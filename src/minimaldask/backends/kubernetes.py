@@ -163,6 +163,8 @@ class KubernetesBackend(Backend):
         spec = self.spec
         self._deadline = time.monotonic() + spec.startup_timeout
         api = await self._connect()
+        if not attach_only:
+            await self.preflight()
         existing = await kube.get(api, "Deployment", spec.namespace, scheduler_name(spec))
         self.preexisting = existing is not None
         if attach_only:
@@ -174,7 +176,6 @@ class KubernetesBackend(Backend):
             self._owner = existing
             await self._read_ports()
         else:
-            await self.preflight()
             replicas = spec.workers
             if existing is not None:
                 workers = await kube.get(api, "Deployment", spec.namespace, worker_name(spec))
