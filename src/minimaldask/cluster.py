@@ -159,6 +159,9 @@ class MinimalCluster(Cluster):
             except Exception as e:  # a scheduler without the janitor
                 self._log(f"The scheduler runs no minimaldask janitor ({e}); no self-shutdown")
                 return
+            if not isinstance(info, dict):  # an older scheduler answers unknown handlers with None
+                self._log("The scheduler runs no minimaldask janitor; no self-shutdown")
+                return
             self._janitor_info = info
             if info.get("shutdown_reason") and not self.shutdown_reason:
                 self.shutdown_reason = info["shutdown_reason"]
