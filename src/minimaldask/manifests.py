@@ -20,7 +20,7 @@ import shlex
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from minimaldask.spec import ClusterSpec
+from minimaldask.spec import ClusterSpec, janitor_env
 
 APP = "minimaldask"
 MANAGER = "minimaldask"
@@ -192,24 +192,17 @@ def _deployment(spec: ClusterSpec, name: str, component: str, replicas: int, pod
     }
 
 
-def _seconds(value: float | None) -> str:
-    return "" if value is None else f"{value:g}"
-
-
 def scheduler_deployment(spec: ClusterSpec) -> Obj:
     """Deployment ``NAME-scheduler``: one scheduler, sized by ``scheduler_resources``."""
     env: list[Obj] = [
         {"name": "PORT", "value": str(spec.port)},
         {"name": "DASHBOARD_PORT", "value": str(spec.dashboard_port)},
         # Read by the scheduler-side janitor (cost controls); empty means off.
-        {"name": "MINIMALDASK_CLUSTER_NAME", "value": spec.name},
+        *({"name": k, "value": v} for k, v in janitor_env(spec).items()),
         {
             "name": "MINIMALDASK_NAMESPACE",
             "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
         },
-        {"name": "MINIMALDASK_IDLE_TIMEOUT", "value": _seconds(spec.idle_timeout)},
-        {"name": "MINIMALDASK_NO_CLIENT_TIMEOUT", "value": _seconds(spec.no_client_timeout)},
-        {"name": "MINIMALDASK_MAX_LIFETIME", "value": _seconds(spec.max_lifetime)},
         *_env(spec),
     ]
     if spec.scheduler_options:
