@@ -280,6 +280,23 @@ async def delete_cluster(
     return existed
 
 
+async def set_replicas(
+    api: kr8s.asyncio.Api, namespace: str, deployment: str, replicas: int
+) -> None:
+    """Change only the replicas of a Deployment (whatever else its spec says stays)."""
+    await _call(
+        api,
+        "PATCH",
+        "Deployment",
+        namespace,
+        deployment,
+        action=f"scaling Deployment {namespace}/{deployment} to {replicas}",
+        params={"fieldManager": FIELD_MANAGER},
+        body={"spec": {"replicas": replicas}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+
+
 async def set_deletion_cost(
     api: kr8s.asyncio.Api, namespace: str, pods: Iterable[str], cost: int
 ) -> None:

@@ -25,11 +25,9 @@ from minimaldask.manifests import (
     LABEL_INSTANCE,
     cluster_objects,
     label_selector,
-    owned,
     scheduler_address,
     scheduler_host,
     scheduler_name,
-    worker_deployment,
     worker_name,
 )
 from minimaldask.spec import ClusterSpec, client_versions, default_image_tag
@@ -69,7 +67,6 @@ class KubernetesBackend(Backend):
     def __init__(self, spec: ClusterSpec, log: Logger) -> None:
         super().__init__(spec, log)
         self._api: Any = None
-        self._owner: dict[str, Any] | None = None
         self._forwards: list[PortForward] = []
         self._dashboard: str | None = None
         self._forwarded = ""
@@ -173,7 +170,6 @@ class KubernetesBackend(Backend):
                     f"no cluster named {spec.name!r} in namespace {spec.namespace!r}; "
                     f"start one with MinimalCluster(name={spec.name!r}, namespace={spec.namespace!r})"
                 )
-            self._owner = existing
             await self._read_ports()
         else:
             replicas = spec.workers
@@ -206,7 +202,6 @@ class KubernetesBackend(Backend):
         self._applied = True
         objects = cluster_objects(self.spec)
         owner = await kube.update_or_deploy(objects[0], self._api)
-        self._owner = owner
         for obj in cluster_objects(self.spec.with_workers(replicas), owner)[1:]:
             await kube.update_or_deploy(obj, self._api)
 
@@ -322,10 +317,9 @@ class KubernetesBackend(Backend):
         spec, api = self.spec, await self._connect()
         gone = [name for name in remove if name in self.requested]
         await kube.set_deletion_cost(api, spec.namespace, gone, RETIRED_COST)
-        if self._owner is None:
-            self._owner = await kube.get(api, "Deployment", spec.namespace, scheduler_name(spec))
         self.spec = spec.with_workers(n)
-        await kube.update_or_deploy(owned(worker_deployment(self.spec), self._owner), api)
+        # Only replicas: a handle from from_name does not know the cluster's other options.
+        await kube.set_replicas(api, spec.namespace, worker_name(spec), n)
         selector = label_selector(spec.name, "worker")
         deadline = time.monotonic() + SCALE_TIMEOUT
         while True:
