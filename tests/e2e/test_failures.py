@@ -185,3 +185,9 @@ def test_a_missing_namespace(namespace, kube):
         MinimalCluster(name=NAME, namespace="no-such-namespace")
     assert time.monotonic() - t < 20
     assert "does the namespace exist?" in str(info.value)
+
+
+def test_apk_packages_with_the_debian_image(namespace, kube):
+    with pytest.raises(ValueError, match=r"Debian-based.*os_packages"):
+        MinimalCluster(name=NAME, apk_packages="apache2 php7-apache2")
+    assert kube.objects_of(NAME) == []

@@ -83,6 +83,9 @@ def test_two_clusters_in_one_namespace_reconnect_and_list(namespace, kube):
         again = MinimalCluster.from_name("two", namespace=namespace)
         with Client(again) as client:
             assert len(client.scheduler_info()["workers"]) == 2
+        logs = again.get_logs()
+        assert any(k.startswith("pod two-scheduler-") for k in logs)
+        assert any("distributed.worker" in v for k, v in logs.items() if "two-worker-" in k)
         again.close()  # a reconnected handle leaves the cluster running
         assert {c.name for c in list_clusters(namespace)} == {"one", "two"}
         one.close()
@@ -169,3 +172,13 @@ def test_manifests_piped_into_kubectl_make_a_working_cluster(namespace, kube, im
 
 def test_deleting_a_cluster_that_does_not_exist_is_not_an_error(namespace, kube):
     assert delete_dask_cluster(namespace=namespace, name="never-started") is False
+
+
+def test_expose_nodeport(namespace, kube, cluster_name):
+    with MinimalCluster(name=cluster_name, workers=1, expose="nodeport") as cluster:
+        service = kube.get("service", f"{cluster_name}-scheduler")
+        assert service["spec"]["type"] == "NodePort"
+        node_port = service["spec"]["ports"][0]["nodePort"]
+        assert cluster.scheduler_address.endswith(f":{node_port}")
+        with Client(cluster) as client:
+            assert client.submit(lambda: 1).result() == 1
