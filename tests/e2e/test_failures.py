@@ -191,3 +191,27 @@ def test_apk_packages_with_the_debian_image(namespace, kube):
     with pytest.raises(ValueError, match=r"Debian-based.*os_packages"):
         MinimalCluster(name=NAME, apk_packages="apache2 php7-apache2")
     assert kube.objects_of(NAME) == []
+
+
+def test_keep_on_failure_keeps_the_objects(namespace, kube):
+    with pytest.raises(ClusterStartError, match="CrashLoopBackOff"):
+        MinimalCluster(
+            name=NAME, workers=1, worker_options="--no-such-option", keep_on_failure=True
+        )
+    assert f"deployment.apps/{NAME}-worker" in kube.objects_of(NAME)
+    from minimaldask import delete_dask_cluster
+
+    assert delete_dask_cluster(namespace=namespace, name=NAME)
+    assert kube.objects_of(NAME) == []
+
+
+def test_a_load_balancer_that_never_comes(namespace, kube):
+    # The local Kubernetes has no load-balancer controller.
+    start_fails(
+        kube,
+        ClusterStartError,
+        "got no address within startup_timeout=20s: does this Kubernetes have a load-balancer",
+        60,
+        expose="loadbalancer",
+        startup_timeout=20,
+    )

@@ -226,6 +226,12 @@ class KubernetesBackend(Backend):
                 if address and await _answers(address):
                     return address
             if self._remaining() < 0:
+                if running and self._mode() == "loadbalancer":
+                    raise ClusterStartError(
+                        f"the LoadBalancer Service {scheduler_name(spec)} got no address within "
+                        f"startup_timeout={spec.startup_timeout:g}s: does this Kubernetes have a "
+                        "load-balancer controller? Use expose='port-forward' (the default) otherwise"
+                    )
                 raise ClusterStartError(
                     f"the scheduler of {spec.name!r} did not answer within "
                     f"startup_timeout={spec.startup_timeout:g}s (pods: {states})."
