@@ -20,7 +20,12 @@ from kr8s.asyncio.portforward import PortForward
 
 from minimaldask import kube
 from minimaldask.backends.base import Backend, ClusterInfo, Logger, WorkerCounter
-from minimaldask.exceptions import ClusterNotFoundError, ClusterStartError, ImageMismatchError
+from minimaldask.exceptions import (
+    ClusterNotFoundError,
+    ClusterStartError,
+    ImageMismatchError,
+    KubernetesError,
+)
 from minimaldask.manifests import (
     LABEL_INSTANCE,
     cluster_objects,
@@ -326,6 +331,8 @@ class KubernetesBackend(Backend):
         self.spec = spec.with_workers(n)
         # Only replicas: a handle from from_name does not know the cluster's other options.
         await kube.set_replicas(api, spec.namespace, worker_name(spec), n)
+        # Wait until the pods match: the retired ones going, new ones created (not yet
+        # connected), so that `requested` names every worker pod for the next scale-down.
         selector = label_selector(spec.name, "worker")
         deadline = time.monotonic() + SCALE_TIMEOUT
         while True:
@@ -333,12 +340,16 @@ class KubernetesBackend(Backend):
             live = {
                 p["metadata"]["name"] for p in pods if not p["metadata"].get("deletionTimestamp")
             }
-            if not (live & set(gone)) and len(live) <= n:
+            if not (live & set(gone)) and len(live) == n:
                 break
             if time.monotonic() > deadline:
-                raise ClusterStartError(
-                    f"scaling {spec.name!r} to {n}: after {SCALE_TIMEOUT}s these pods are still "
-                    f"running: {', '.join(sorted(live))}"
+                why = kube.replica_failure(
+                    await kube.get(api, "Deployment", spec.namespace, worker_name(spec))
+                )
+                raise KubernetesError(
+                    f"scaling {spec.name!r} to {n} workers: after {SCALE_TIMEOUT}s there are "
+                    f"{len(live)} worker pods ({', '.join(sorted(live)) or 'none'})"
+                    + (f": {why}" if why else "")
                 )
             await asyncio.sleep(kube.POLL)
         self.requested = live
