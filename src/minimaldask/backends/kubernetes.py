@@ -176,16 +176,19 @@ class KubernetesBackend(Backend):
                     f"start one with MinimalCluster(name={spec.name!r}, namespace={spec.namespace!r})"
                 )
             await self._read_ports()
+            address = await self._wait_for_scheduler()
+            self._deadline = 0.0  # attached: no start to finish
+            self._ready = True
+            return address
+        replicas = spec.workers
+        if existing is not None:
+            workers = await kube.get(api, "Deployment", spec.namespace, worker_name(spec))
+            # The cluster retires workers itself before lowering replicas.
+            replicas = ((workers or {}).get("spec") or {}).get("replicas", spec.workers)
+            self._say(f"Updating the running cluster {spec.name!r} in {spec.namespace!r}")
         else:
-            replicas = spec.workers
-            if existing is not None:
-                workers = await kube.get(api, "Deployment", spec.namespace, worker_name(spec))
-                # The cluster retires workers itself before lowering replicas.
-                replicas = ((workers or {}).get("spec") or {}).get("replicas", spec.workers)
-                self._say(f"Updating the running cluster {spec.name!r} in {spec.namespace!r}")
-            else:
-                self._say(f"Creating cluster {spec.name!r} in namespace {spec.namespace!r}")
-            await self._apply(replicas)
+            self._say(f"Creating cluster {spec.name!r} in namespace {spec.namespace!r}")
+        await self._apply(replicas)
         return await self._wait_for_scheduler()
 
     async def _read_ports(self) -> None:
@@ -342,14 +345,20 @@ class KubernetesBackend(Backend):
             }
             if not (live & set(gone)) and len(live) == n:
                 break
-            if time.monotonic() > deadline:
+            why = None
+            if len(live) < n:  # a quota or an admission policy refuses pods: say so now
                 why = kube.replica_failure(
                     await kube.get(api, "Deployment", spec.namespace, worker_name(spec))
                 )
-                raise KubernetesError(
-                    f"scaling {spec.name!r} to {n} workers: after {SCALE_TIMEOUT}s there are "
-                    f"{len(live)} worker pods ({', '.join(sorted(live)) or 'none'})"
-                    + (f": {why}" if why else "")
+            if why or time.monotonic() > deadline:
+                # During a start (the cluster scales to its first size) this is a start failure.
+                error = ClusterStartError if self._deadline else KubernetesError
+                raise error(
+                    f"scaling {spec.name!r} to {n} workers: Deployment {worker_name(spec)} "
+                    f"cannot create its pods: {why}"
+                    if why
+                    else f"scaling {spec.name!r} to {n} workers: after {SCALE_TIMEOUT}s there "
+                    f"are {len(live)} worker pods ({', '.join(sorted(live)) or 'none'})"
                 )
             await asyncio.sleep(kube.POLL)
         self.requested = live
