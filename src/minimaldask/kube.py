@@ -415,13 +415,30 @@ async def _scale_up_triggered(api: kr8s.asyncio.Api, namespace: str, pod: str) -
     return any(e.get("reason") == "TriggeredScaleUp" for e in (events or {}).get("items", []))
 
 
+async def _crash_log(api: kr8s.asyncio.Api, namespace: str, pod: str) -> str:
+    """The end of a crashed container's log: the previous run's, else the current one's.
+
+    Right after a crash the runtime may not hand out the log yet: a few tries.
+    """
+    reason = "empty"
+    for attempt in range(5):
+        for previous in (True, False):
+            try:
+                log = await pod_log(api, namespace, pod, tail=LOG_TAIL, previous=previous)
+            except KubernetesError as e:
+                reason = str(e)
+                continue
+            if log.strip() and "unable to retrieve container logs" not in log:
+                return log
+            reason = log.strip() or "empty"
+        await asyncio.sleep(0.5 * (attempt + 1))
+    return f"(log unavailable: {reason})"
+
+
 async def explain(api: kr8s.asyncio.Api, namespace: str, problem: PodProblem) -> str:
     """The message a user sees for ``problem``: for a crash, with the end of its log."""
     if problem.kind == "crash":
-        try:
-            log = await pod_log(api, namespace, problem.pod, tail=LOG_TAIL, previous=True)
-        except KubernetesError as e:
-            log = f"(log unavailable: {e})"
+        log = await _crash_log(api, namespace, problem.pod)
         return (
             f"pod {problem.pod}: container {problem.container} {problem.message} "
             f"(CrashLoopBackOff). Last lines of its log:\n{log.rstrip()}"
