@@ -4,6 +4,7 @@
 #
 #   bash tools/test.sh            # everything
 #   bash tools/test.sh -k local   # extra arguments go to pytest
+#   SKIP_DOWN_CHECK=1 bash tools/test.sh   # keep the local Kubernetes up afterwards
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,11 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
 
+stage "services: the local Kubernetes (builds on first use, then cached)"
+# The e2e tests need it; it needs root. Left running for the next run unless
+# the down check below (or .ci/run) takes it down.
+python3 tools/localkube/localkube.py up
+
 stage "ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
@@ -31,6 +37,11 @@ stage "mypy"
 
 stage "pytest"
 status=0
-.venv/bin/pytest "$@" || status=$?
+LOCALKUBE_NO_UP=1 .venv/bin/pytest -m "not localkube_down" "$@" || status=$?
+
+stage "localkube down leaves the machine as it was"
+if [ "${SKIP_DOWN_CHECK:-0}" != 1 ]; then
+    LOCALKUBE_RUN_DOWN_TEST=1 .venv/bin/pytest -q tests/localkube -m localkube_down || status=$?
+fi
 stage "done"
 exit $status

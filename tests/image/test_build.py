@@ -31,7 +31,9 @@ def local_registry(tmp_path):
         "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
         f"    rootdirectory: {tmp_path / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n"
     )
-    proc = subprocess.Popen([exe, "serve", str(config)], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with socket.socket() as s:

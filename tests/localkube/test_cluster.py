@@ -4,8 +4,9 @@ import json
 import subprocess
 import sys
 
-import localkube
 import pytest
+
+import localkube
 
 pytestmark = pytest.mark.kube
 LOCALKUBE = [sys.executable, str(localkube.HERE / "localkube.py")]
@@ -19,7 +20,9 @@ def test_status_reports_every_component_running_and_healthy(localkube_cluster):
 
 
 def test_node_is_ready_and_runs_the_pinned_versions(localkube_cluster):
-    node = localkube_cluster.kubectl("get", "node", localkube_cluster.node_name, "-o", "json").stdout
+    node = localkube_cluster.kubectl(
+        "get", "node", localkube_cluster.node_name, "-o", "json"
+    ).stdout
     node = json.loads(node)
     ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]
     assert ready == "True"
@@ -31,8 +34,12 @@ def test_node_is_ready_and_runs_the_pinned_versions(localkube_cluster):
 
 
 def test_coredns_answers_for_services_from_this_machine(localkube_cluster):
-    assert localkube.dns_query("kubernetes.default.svc.cluster.local") == [localkube.KUBERNETES_SERVICE_IP]
-    assert localkube.dns_query("kube-dns.kube-system.svc.cluster.local") == [localkube.DNS_SERVICE_IP]
+    assert localkube.dns_query("kubernetes.default.svc.cluster.local") == [
+        localkube.KUBERNETES_SERVICE_IP
+    ]
+    assert localkube.dns_query("kube-dns.kube-system.svc.cluster.local") == [
+        localkube.DNS_SERVICE_IP
+    ]
     with pytest.raises(localkube.LocalkubeError, match="rcode 3"):
         localkube.dns_query("no-such-service.default.svc.cluster.local")
 
@@ -46,15 +53,21 @@ def test_apiserver_requires_a_client_certificate_signed_by_the_cluster_ca(localk
 
 
 def test_env_prints_shell_lines_for_both_kubeconfigs_and_the_registry(localkube_cluster):
-    proc = subprocess.run([*LOCALKUBE, "env"], capture_output=True, text=True, timeout=60, check=True)
+    proc = subprocess.run(
+        [*LOCALKUBE, "env"], capture_output=True, text=True, timeout=60, check=True
+    )
     lines = dict(line.removeprefix("export ").split("=", 1) for line in proc.stdout.splitlines())
     assert lines["KUBECONFIG"] == str(localkube_cluster.kubeconfig)
     assert lines["LOCALKUBE_USER_KUBECONFIG"] == str(localkube_cluster.user_kubeconfig)
     assert lines["LOCALKUBE_USER_NAMESPACE"] == localkube_cluster.user_namespace
     assert lines["LOCALKUBE_REGISTRY"] == "localhost:5000"
     # the lines work in a shell
-    out = subprocess.run(["bash", "-c", proc.stdout + "\nkubectl get --raw /readyz"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["bash", "-c", proc.stdout + "\nkubectl get --raw /readyz"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.stdout.strip() == "ok", out.stderr
 
 

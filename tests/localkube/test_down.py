@@ -11,18 +11,25 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-import localkube
 import pytest
+
+import localkube
 
 pytestmark = [
     pytest.mark.kube,
     pytest.mark.localkube_down,
-    pytest.mark.skipif(os.environ.get("LOCALKUBE_RUN_DOWN_TEST") != "1",
-                       reason="takes the shared cluster down; run alone with LOCALKUBE_RUN_DOWN_TEST=1"),
+    pytest.mark.skipif(
+        os.environ.get("LOCALKUBE_RUN_DOWN_TEST") != "1",
+        reason="takes the shared cluster down; run alone with LOCALKUBE_RUN_DOWN_TEST=1",
+    ),
 ]
 
-OUR_EXECUTABLES = ("/usr/bin/containerd", "/usr/bin/containerd-shim-runc-v2", "/usr/sbin/runc",
-                   "/usr/bin/docker-registry")
+OUR_EXECUTABLES = (
+    "/usr/bin/containerd",
+    "/usr/bin/containerd-shim-runc-v2",
+    "/usr/sbin/runc",
+    "/usr/bin/docker-registry",
+)
 
 
 def sh(*cmd) -> str:
@@ -67,21 +74,36 @@ def snapshot() -> dict[str, Counter]:
         "processes": Counter(procs),
         "processes in kubepods cgroups": Counter(cgroup_procs),
         "cgroups": Counter(str(p) for p in Path("/sys/fs/cgroup").glob("*/*") if p.is_dir()),
-        "mounts": Counter(" ".join(line.split()[3:5]) + " " + line.split(" - ")[1].split()[0]
-                          for line in Path("/proc/self/mountinfo").read_text().splitlines()),
-        "links": Counter(link_name_and_master(line) for line in sh("ip", "-o", "link", "show").splitlines()),
-        "addresses": Counter(" ".join(line.split()[1:4]) for line in sh("ip", "-o", "addr", "show").splitlines()),
+        "mounts": Counter(
+            " ".join(line.split()[3:5]) + " " + line.split(" - ")[1].split()[0]
+            for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        ),
+        "links": Counter(
+            link_name_and_master(line) for line in sh("ip", "-o", "link", "show").splitlines()
+        ),
+        "addresses": Counter(
+            " ".join(line.split()[1:4]) for line in sh("ip", "-o", "addr", "show").splitlines()
+        ),
         "routes": Counter(sh("ip", "route", "show", "table", "all").splitlines()),
         "iptables": Counter(iptables),
         # the fixed ports of localkube's components, hostPorts and NodePorts; sockets on
         # random ports would be held by a process, which "processes" covers
-        "listening sockets": Counter(sock for sock in (" ".join(line.split()[:1] + line.split()[4:5])
-                                                      for line in sh("ss", "-Hltnu").splitlines())
-                                     if localkube_port(sock)),
+        "listening sockets": Counter(
+            sock
+            for sock in (
+                " ".join(line.split()[:1] + line.split()[4:5])
+                for line in sh("ss", "-Hltnu").splitlines()
+            )
+            if localkube_port(sock)
+        ),
         "sysctls": Counter(f"{k}={localkube.read_sysctl(k)}" for k in localkube.SYSCTLS),
-        "paths": Counter(f"{p} exists={Path(p).exists()}" for p in
-                         [str(localkube.STATE), str(localkube.RUN), *localkube.FOREIGN_DIRS]),
-        "network namespaces": Counter(os.listdir("/run/netns") if Path("/run/netns").exists() else []),
+        "paths": Counter(
+            f"{p} exists={Path(p).exists()}"
+            for p in [str(localkube.STATE), str(localkube.RUN), *localkube.FOREIGN_DIRS]
+        ),
+        "network namespaces": Counter(
+            os.listdir("/run/netns") if Path("/run/netns").exists() else []
+        ),
     }
 
 
@@ -101,33 +123,69 @@ def foreign_interfaces(*snapshots) -> set[str]:
     return names
 
 
-def difference(before: dict[str, Counter], after: dict[str, Counter]) -> dict[str, dict[str, list[str]]]:
+def difference(
+    before: dict[str, Counter], after: dict[str, Counter]
+) -> dict[str, dict[str, list[str]]]:
     foreign = foreign_interfaces(before, after)
 
     def ours(line: str) -> bool:
-        return not DOCKER.search(line) and not any(re.search(rf"\b{re.escape(n)}\b", line) for n in foreign)
+        return not DOCKER.search(line) and not any(
+            re.search(rf"\b{re.escape(n)}\b", line) for n in foreign
+        )
 
     diff = {}
     for key in before:
         added = Counter({k: v for k, v in (after[key] - before[key]).items() if ours(k)})
         removed = Counter({k: v for k, v in (before[key] - after[key]).items() if ours(k)})
         if added or removed:
-            diff[key] = {"left behind": sorted(added.elements()), "gone": sorted(removed.elements())}
+            diff[key] = {
+                "left behind": sorted(added.elements()),
+                "gone": sorted(removed.elements()),
+            }
     return diff
 
 
 def workload(image: str) -> dict:
     """A pod with a hostPort (portmap rules) behind a NodePort Service (kube-proxy rules)."""
     labels = {"app": "down-test"}
-    return {"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "down-test", "namespace": "default"},
-         "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
-             "metadata": {"labels": labels}, "spec": {"containers": [{
-                 "name": "probe", "image": image, "args": ["serve", ":8080"],
-                 "ports": [{"containerPort": 8080, "hostPort": 18080}]}]}}}},
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "down-test", "namespace": "default"},
-         "spec": {"type": "NodePort", "selector": labels, "ports": [{"port": 80, "targetPort": 8080}]}},
-    ]}
+    return {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "down-test", "namespace": "default"},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": labels},
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {
+                            "containers": [
+                                {
+                                    "name": "probe",
+                                    "image": image,
+                                    "args": ["serve", ":8080"],
+                                    "ports": [{"containerPort": 8080, "hostPort": 18080}],
+                                }
+                            ]
+                        },
+                    },
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "down-test", "namespace": "default"},
+                "spec": {
+                    "type": "NodePort",
+                    "selector": labels,
+                    "ports": [{"port": 80, "targetPort": 8080}],
+                },
+            },
+        ],
+    }
 
 
 def test_down_leaves_the_machine_as_it_was_before_up():
@@ -140,12 +198,25 @@ def test_down_leaves_the_machine_as_it_was_before_up():
         assert localkube.is_up()
         image = localkube.push_probe_image("down-test")
         localkube.kubectl("apply", "-f", "-", input=json.dumps(workload(image)))
-        localkube.kubectl("rollout", "status", "deployment/down-test", "--timeout=120s", timeout=150)
+        localkube.kubectl(
+            "rollout", "status", "deployment/down-test", "--timeout=120s", timeout=150
+        )
         during = snapshot()
         # the check can fail: up did change every kind of thing compared
         changed = difference(before, during)
-        for key in ("processes", "processes in kubepods cgroups", "cgroups", "mounts", "links", "addresses",
-                    "routes", "iptables", "listening sockets", "paths", "network namespaces"):
+        for key in (
+            "processes",
+            "processes in kubepods cgroups",
+            "cgroups",
+            "mounts",
+            "links",
+            "addresses",
+            "routes",
+            "iptables",
+            "listening sockets",
+            "paths",
+            "network namespaces",
+        ):
             assert key in changed, f"up did not change {key}; the snapshot misses it"
     finally:
         localkube.down()
@@ -156,8 +227,13 @@ def test_down_leaves_the_machine_as_it_was_before_up():
     # Other programs (a Docker daemon, say) may stop things meanwhile, so what is gone
     # is only asserted for what no one else touches.
     gone = {key: d["gone"] for key, d in diff.items() if d["gone"]}
-    assert not {k: v for k, v in gone.items() if k in ("sysctls", "paths")}, json.dumps(gone, indent=1)
+    assert not {k: v for k, v in gone.items() if k in ("sysctls", "paths")}, json.dumps(
+        gone, indent=1
+    )
     if gone:
-        print("gone meanwhile (not by localkube, as nothing was left behind):\n" + json.dumps(gone, indent=1))
+        print(
+            "gone meanwhile (not by localkube, as nothing was left behind):\n"
+            + json.dumps(gone, indent=1)
+        )
     if was_up:
         localkube.up()

@@ -22,7 +22,7 @@ case "$command" in
   down) localkube down ;;
   test)
     cd "$repo"
-    LOCALKUBE_NO_UP=1 "$python" -m pytest tests/localkube -m "kube and not localkube_down" "$@" ;;
+    LOCALKUBE_NO_UP=1 "$python" -m pytest tests/localkube -m "not localkube_down" "$@" ;;
   down-check)
     cd "$repo"
     LOCALKUBE_RUN_DOWN_TEST=1 "$python" -m pytest tests/localkube -m localkube_down "$@" ;;

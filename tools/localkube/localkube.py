@@ -90,13 +90,35 @@ SYSCTLS = [
 ]
 # Directories outside STATE and RUN that the components create when missing;
 # down removes those that did not exist before up.
-FOREIGN_DIRS = ["/run/netns", "/var/lib/cni", "/var/log/pods", "/var/log/containers",
-                "/usr/libexec/kubernetes", "/var/lib/kubelet", "/etc/cni", "/run/containerd"]
+FOREIGN_DIRS = [
+    "/run/netns",
+    "/var/lib/cni",
+    "/var/log/pods",
+    "/var/log/containers",
+    "/usr/libexec/kubernetes",
+    "/var/lib/kubelet",
+    "/etc/cni",
+    "/run/containerd",
+]
 
-COMPONENTS = ["etcd", "registry", "containerd", "kube-apiserver",
-              "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"]
-K8S_BINARIES = ["kube-apiserver", "kube-controller-manager", "kube-scheduler",
-                "kubelet", "kube-proxy", "kubectl"]
+COMPONENTS = [
+    "etcd",
+    "registry",
+    "containerd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+]
+K8S_BINARIES = [
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+    "kubectl",
+]
 
 CONTAINERD_SOCK = RUN / "containerd" / "containerd.sock"
 PKI = STATE / "pki"
@@ -111,6 +133,7 @@ class LocalkubeError(Exception):
 
 
 # ----------------------------------------------------------------- helpers
+
 
 def say(msg: str) -> None:
     print(f"[localkube {time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -131,8 +154,9 @@ def run(cmd, *, check=True, input=None, timeout=120, env=None, cwd=None):
     """Run a command, with a deadline; raise LocalkubeError carrying its output."""
     cmd = [str(c) for c in cmd]
     try:
-        proc = subprocess.run(cmd, input=input, capture_output=True, text=True,
-                              timeout=timeout, env=env, cwd=cwd)
+        proc = subprocess.run(
+            cmd, input=input, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
+        )
     except subprocess.TimeoutExpired as e:
         raise LocalkubeError(f"`{shlex.join(cmd)}` did not finish within {timeout}s") from e
     except FileNotFoundError as e:
@@ -140,7 +164,8 @@ def run(cmd, *, check=True, input=None, timeout=120, env=None, cwd=None):
     if check and proc.returncode != 0:
         raise LocalkubeError(
             f"`{shlex.join(cmd)}` failed with exit code {proc.returncode}:\n"
-            f"{(proc.stdout + proc.stderr).strip()[-3000:]}")
+            f"{(proc.stdout + proc.stderr).strip()[-3000:]}"
+        )
     return proc
 
 
@@ -166,7 +191,9 @@ def wait_for(what: str, timeout: float, probe, hint=None, interval: float = 0.5)
                     extra = "\n" + hint()
                 except Exception as e:
                     extra = f"\n(no more details: {e})"
-            raise LocalkubeError(f"{what}: not ready after {timeout:.0f}s; last check: {last}{extra}")
+            raise LocalkubeError(
+                f"{what}: not ready after {timeout:.0f}s; last check: {last}{extra}"
+            )
         time.sleep(interval)
 
 
@@ -194,6 +221,7 @@ def require_root() -> None:
 
 # ----------------------------------------------------------------- packages
 
+
 def ensure_packages() -> None:
     missing = [pkg for pkg, path in APT_PACKAGES.items() if not Path(path).exists()]
     if not missing:
@@ -208,14 +236,16 @@ def ensure_packages() -> None:
         write(policy, "#!/bin/sh\nexit 101\n", 0o755)
     try:
         run(["apt-get", "update"], timeout=600, env=env)
-        run(["apt-get", "install", "-y", "--no-install-recommends", *missing],
-            timeout=1200, env=env)
+        run(
+            ["apt-get", "install", "-y", "--no-install-recommends", *missing], timeout=1200, env=env
+        )
     finally:
         if made_policy:
             policy.unlink()
 
 
 # ----------------------------------------------------------------- build
+
 
 def go_version() -> str:
     return run(["go", "env", "GOVERSION"]).stdout.strip()
@@ -226,8 +256,10 @@ def recipe_hash() -> str:
     for path in sorted(RECIPE.rglob("*")):
         if path.is_file():
             h.update(str(path.relative_to(RECIPE)).encode() + b"\0" + path.read_bytes() + b"\0")
-    h.update(f"{K8S_VERSION} {ETCD_VERSION} {COREDNS_VERSION} {go_version()} "
-             f"{' '.join(go_ldflags())}".encode())
+    h.update(
+        f"{K8S_VERSION} {ETCD_VERSION} {COREDNS_VERSION} {go_version()} "
+        f"{' '.join(go_ldflags())}".encode()
+    )
     return h.hexdigest()[:12]
 
 
@@ -235,13 +267,17 @@ def go_ldflags() -> list[str]:
     major, minor = K8S_VERSION[1:].split(".")[:2]
     flags = ["-s", "-w"]
     for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
-        flags += [f"-X={pkg}.gitVersion={K8S_VERSION}", f"-X={pkg}.gitMajor={major}",
-                  f"-X={pkg}.gitMinor={minor}", f"-X={pkg}.gitTreeState=clean",
-                  f"-X={pkg}.buildDate=1970-01-01T00:00:00Z"]
+        flags += [
+            f"-X={pkg}.gitVersion={K8S_VERSION}",
+            f"-X={pkg}.gitMajor={major}",
+            f"-X={pkg}.gitMinor={minor}",
+            f"-X={pkg}.gitTreeState=clean",
+            f"-X={pkg}.buildDate=1970-01-01T00:00:00Z",
+        ]
     return flags
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def build_dir() -> Path:
     return CACHE_ROOT / f"{K8S_VERSION}-{recipe_hash()}"
 
@@ -260,29 +296,71 @@ def ensure_built() -> Path:
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "bin").mkdir(parents=True)
-    env = dict(os.environ, GOTOOLCHAIN="local", CGO_ENABLED="0",
-               GOCACHE=str(CACHE_ROOT / "go-build"),
-               GOFLAGS="-mod=readonly -buildvcs=false")
+    env = dict(
+        os.environ,
+        GOTOOLCHAIN="local",
+        CGO_ENABLED="0",
+        GOCACHE=str(CACHE_ROOT / "go-build"),
+        GOFLAGS="-mod=readonly -buildvcs=false",
+    )
     timings: dict[str, float] = {}
     ld = "-ldflags=" + " ".join(go_ldflags())
     builds = [
-        ("kubernetes", RECIPE / "kubernetes",
-         ["go", "build", "-trimpath", ld, "-o", f"{tmp}/bin/",
-          *[f"k8s.io/kubernetes/cmd/{b}" for b in K8S_BINARIES]]),
-        ("etcd", RECIPE / "kubernetes",
-         ["go", "build", "-trimpath", "-ldflags=-s -w", "-o", f"{tmp}/bin/etcd",
-          "go.etcd.io/etcd/server/v3"]),
-        ("coredns", RECIPE / "coredns",
-         ["go", "build", "-trimpath", "-ldflags=-s -w", "-o", f"{tmp}/bin/coredns", "."]),
-        ("pause and probe", RECIPE / "images",
-         ["go", "build", "-trimpath", "-ldflags=-s -w", "-o", f"{tmp}/bin/", "./pause", "./probe"]),
+        (
+            "kubernetes",
+            RECIPE / "kubernetes",
+            [
+                "go",
+                "build",
+                "-trimpath",
+                ld,
+                "-o",
+                f"{tmp}/bin/",
+                *[f"k8s.io/kubernetes/cmd/{b}" for b in K8S_BINARIES],
+            ],
+        ),
+        (
+            "etcd",
+            RECIPE / "kubernetes",
+            [
+                "go",
+                "build",
+                "-trimpath",
+                "-ldflags=-s -w",
+                "-o",
+                f"{tmp}/bin/etcd",
+                "go.etcd.io/etcd/server/v3",
+            ],
+        ),
+        (
+            "coredns",
+            RECIPE / "coredns",
+            ["go", "build", "-trimpath", "-ldflags=-s -w", "-o", f"{tmp}/bin/coredns", "."],
+        ),
+        (
+            "pause and probe",
+            RECIPE / "images",
+            [
+                "go",
+                "build",
+                "-trimpath",
+                "-ldflags=-s -w",
+                "-o",
+                f"{tmp}/bin/",
+                "./pause",
+                "./probe",
+            ],
+        ),
     ]
     say(f"building {K8S_VERSION} into {out} (first time on this machine)")
     for name, cwd, cmd in builds:
         with stage(f"build {name}", timings):
             run(cmd, cwd=cwd, env=env, timeout=3600)
     write(tmp / "timings.json", json.dumps(timings, indent=1))
-    write(tmp / "complete", f"{K8S_VERSION} built {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+    write(
+        tmp / "complete",
+        f"{K8S_VERSION} built {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n",
+    )
     tmp.rename(out)
     return out
 
@@ -315,22 +393,84 @@ def _openssl_cnf(eku="serverAuth,clientAuth", sans=()) -> str:
 
 def make_ca(name: str, cn: str) -> None:
     key, crt = PKI / f"{name}.key", PKI / f"{name}.crt"
-    run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key])
-    run(["openssl", "req", "-x509", "-new", "-key", key, "-subj", f"/CN={cn}", "-days", "3650",
-         "-config", _openssl_cnf(), "-extensions", "ca", "-out", crt])
+    run(
+        [
+            "openssl",
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            key,
+        ]
+    )
+    run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            key,
+            "-subj",
+            f"/CN={cn}",
+            "-days",
+            "3650",
+            "-config",
+            _openssl_cnf(),
+            "-extensions",
+            "ca",
+            "-out",
+            crt,
+        ]
+    )
     key.chmod(0o600)
 
 
-def make_cert(name: str, ca: str, cn: str, orgs=(), ips=(), dns=(), eku="serverAuth,clientAuth") -> None:
+def make_cert(
+    name: str, ca: str, cn: str, orgs=(), ips=(), dns=(), eku="serverAuth,clientAuth"
+) -> None:
     key, crt, csr = PKI / f"{name}.key", PKI / f"{name}.crt", PKI / f"{name}.csr"
     subj = "".join(f"/O={o}" for o in orgs) + f"/CN={cn}"
     sans = [f"IP:{i}" for i in ips] + [f"DNS:{d}" for d in dns]
     cnf = _openssl_cnf(eku, sans)
-    run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key])
+    run(
+        [
+            "openssl",
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            key,
+        ]
+    )
     run(["openssl", "req", "-new", "-key", key, "-subj", subj, "-config", cnf, "-out", csr])
-    run(["openssl", "x509", "-req", "-in", csr, "-CA", PKI / f"{ca}.crt", "-CAkey", PKI / f"{ca}.key",
-         "-set_serial", "0x" + os.urandom(16).hex(), "-days", "3650", "-extfile", cnf,
-         "-extensions", "leaf", "-out", crt])
+    run(
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            PKI / f"{ca}.crt",
+            "-CAkey",
+            PKI / f"{ca}.key",
+            "-set_serial",
+            "0x" + os.urandom(16).hex(),
+            "-days",
+            "3650",
+            "-extfile",
+            cnf,
+            "-extensions",
+            "leaf",
+            "-out",
+            crt,
+        ]
+    )
     csr.unlink()
     key.chmod(0o600)
 
@@ -341,12 +481,28 @@ def make_pki() -> None:
     make_ca("etcd-ca", "localkube-etcd-ca")  # separate: a cluster client cert must not open etcd
     make_cert("etcd-server", "etcd-ca", "localkube-etcd", ips=["127.0.0.1"], dns=["localhost"])
     make_cert("apiserver-etcd-client", "etcd-ca", "kube-apiserver-etcd-client", eku="clientAuth")
-    make_cert("apiserver", "ca", "kube-apiserver",
-              ips=[NODE_IP, KUBERNETES_SERVICE_IP, "127.0.0.1"],
-              dns=["localhost", NODE_NAME, "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-                   f"kubernetes.default.svc.{CLUSTER_DOMAIN}"], eku="serverAuth")
-    make_cert("apiserver-kubelet-client", "ca", "kube-apiserver-kubelet-client",
-              orgs=["system:masters"], eku="clientAuth")
+    make_cert(
+        "apiserver",
+        "ca",
+        "kube-apiserver",
+        ips=[NODE_IP, KUBERNETES_SERVICE_IP, "127.0.0.1"],
+        dns=[
+            "localhost",
+            NODE_NAME,
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            f"kubernetes.default.svc.{CLUSTER_DOMAIN}",
+        ],
+        eku="serverAuth",
+    )
+    make_cert(
+        "apiserver-kubelet-client",
+        "ca",
+        "kube-apiserver-kubelet-client",
+        orgs=["system:masters"],
+        eku="clientAuth",
+    )
     make_cert("kubelet-server", "ca", NODE_NAME, ips=[NODE_IP], dns=[NODE_NAME], eku="serverAuth")
     make_cert("kubelet", "ca", f"system:node:{NODE_NAME}", orgs=["system:nodes"], eku="clientAuth")
     make_cert("admin", "ca", "localkube-admin", orgs=["system:masters"], eku="clientAuth")
@@ -354,8 +510,18 @@ def make_pki() -> None:
     make_cert("scheduler", "ca", "system:kube-scheduler", eku="clientAuth")
     make_cert("kube-proxy", "ca", "system:kube-proxy", eku="clientAuth")
     make_cert("user", "ca", USER_NAME, eku="clientAuth")
-    run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
-         "-out", PKI / "sa.key"])
+    run(
+        [
+            "openssl",
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            PKI / "sa.key",
+        ]
+    )
     run(["openssl", "pkey", "-in", PKI / "sa.key", "-pubout", "-out", PKI / "sa.pub"])
     (PKI / "sa.key").chmod(0o600)
     (PKI / "openssl.cnf.tmp").unlink()
@@ -367,13 +533,26 @@ def kubeconfig(name: str, cert: str, namespace: str | None = None) -> Path:
     if namespace:
         context["namespace"] = namespace
     config = {
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "localkube", "cluster": {
-            "server": f"https://{NODE_IP}:{APISERVER_PORT}",
-            "certificate-authority-data": b64("ca.crt")}}],
-        "users": [{"name": cert, "user": {
-            "client-certificate-data": b64(f"{cert}.crt"),
-            "client-key-data": b64(f"{cert}.key")}}],
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "localkube",
+                "cluster": {
+                    "server": f"https://{NODE_IP}:{APISERVER_PORT}",
+                    "certificate-authority-data": b64("ca.crt"),
+                },
+            }
+        ],
+        "users": [
+            {
+                "name": cert,
+                "user": {
+                    "client-certificate-data": b64(f"{cert}.crt"),
+                    "client-key-data": b64(f"{cert}.key"),
+                },
+            }
+        ],
         "contexts": [{"name": "localkube", "context": context}],
         "current-context": "localkube",
     }
@@ -381,6 +560,7 @@ def kubeconfig(name: str, cert: str, namespace: str | None = None) -> Path:
 
 
 # ----------------------------------------------------------------- processes
+
 
 def pid_of(name: str) -> int | None:
     """The pid of a component started by localkube, if it is still that process."""
@@ -417,11 +597,21 @@ def start(name: str, argv: list) -> int:
     LOGS.mkdir(parents=True, exist_ok=True)
     PIDS.mkdir(parents=True, exist_ok=True)
     with open(LOGS / f"{name}.log", "ab") as logf:
-        logf.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
-                   f"{shlex.join(argv)}\n".encode())
+        logf.write(
+            f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
+            f"{shlex.join(argv)}\n".encode()
+        )
         logf.flush()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True, cwd="/", env=local_env())
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            cwd="/",
+            env=local_env(),
+        )
     exe = os.readlink(f"/proc/{proc.pid}/exe")
     write(PIDS / f"{name}.pid", f"{proc.pid} {exe}")
     return proc.pid
@@ -435,7 +625,7 @@ def check_running(name: str) -> None:
 def stop_all(names: list[str], timeout: float = 10) -> None:
     """SIGTERM the components together; SIGKILL those still there after timeout seconds."""
     pids = {name: pid_of(name) for name in names}
-    for name, pid in pids.items():
+    for pid in pids.values():
         if pid is not None:
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -445,7 +635,9 @@ def stop_all(names: list[str], timeout: float = 10) -> None:
         if pid is not None and pid_of(name) is not None:
             say(f"{name} (pid {pid}) still running {timeout:.0f}s after SIGTERM; killing it")
             os.kill(pid, signal.SIGKILL)
-            wait_for(f"{name} (pid {pid}) to die after SIGKILL", 10, lambda n=name: pid_of(n) is None)
+            wait_for(
+                f"{name} (pid {pid}) to die after SIGKILL", 10, lambda n=name: pid_of(n) is None
+            )
     for name in names:
         (PIDS / f"{name}.pid").unlink(missing_ok=True)
 
@@ -456,7 +648,12 @@ def processes() -> dict[int, str]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                cmd = (
+                    Path(f"/proc/{entry}/cmdline")
+                    .read_bytes()
+                    .replace(b"\0", b" ")
+                    .decode(errors="replace")
+                )
             except OSError:
                 continue
             result[int(entry)] = cmd.strip()
@@ -465,13 +662,17 @@ def processes() -> dict[int, str]:
 
 # ----------------------------------------------------------------- probes
 
-def https_get(url: str, cert: str | None = "admin", ca: str = "ca", timeout: float = 5) -> tuple[int, str]:
+
+def https_get(
+    url: str, cert: str | None = "admin", ca: str = "ca", timeout: float = 5
+) -> tuple[int, str]:
     ctx = ssl.create_default_context(cafile=str(PKI / f"{ca}.crt"))
     if cert:
         ctx.load_cert_chain(str(PKI / f"{cert}.crt"), str(PKI / f"{cert}.key"))
     try:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
-                                             urllib.request.HTTPSHandler(context=ctx))
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx)
+        )
         with opener.open(url, timeout=timeout) as resp:
             return resp.status, resp.read().decode(errors="replace")
     except urllib.error.HTTPError as e:
@@ -479,8 +680,13 @@ def https_get(url: str, cert: str | None = "admin", ca: str = "ca", timeout: flo
 
 
 def kubectl(*args, kubeconfig_path: Path = ADMIN_KUBECONFIG, input=None, timeout=60, check=True):
-    return run([bin_path("kubectl"), f"--kubeconfig={kubeconfig_path}", *args],
-               input=input, timeout=timeout, check=check, env=local_env())
+    return run(
+        [bin_path("kubectl"), f"--kubeconfig={kubeconfig_path}", *args],
+        input=input,
+        timeout=timeout,
+        check=check,
+        env=local_env(),
+    )
 
 
 def dns_query(name: str, server: str = DNS_SERVICE_IP, timeout: float = 2) -> list[str]:
@@ -511,17 +717,23 @@ def dns_query(name: str, server: str = DNS_SERVICE_IP, timeout: float = 2) -> li
             while data[pos]:
                 pos += data[pos] + 1
             pos += 1
-        rtype, _, _, rdlen = struct.unpack(">HHIH", data[pos:pos + 10])
+        rtype, _, _, rdlen = struct.unpack(">HHIH", data[pos : pos + 10])
         pos += 10
         if rtype == 1:
-            addrs.append(socket.inet_ntoa(data[pos:pos + 4]))
+            addrs.append(socket.inet_ntoa(data[pos : pos + 4]))
         pos += rdlen
     return addrs
 
 
 def node_ready() -> bool:
-    out = kubectl("get", "node", NODE_NAME, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-                  check=False).stdout
+    out = kubectl(
+        "get",
+        "node",
+        NODE_NAME,
+        "-o",
+        'jsonpath={.status.conditions[?(@.type=="Ready")].status}',
+        check=False,
+    ).stdout
     return out.strip() == "True"
 
 
@@ -539,7 +751,9 @@ def is_up() -> bool:
     try:
         if https_get(f"https://{NODE_IP}:{APISERVER_PORT}/readyz")[0] != 200:
             return False
-        return node_ready() and KUBERNETES_SERVICE_IP in dns_query(f"kubernetes.default.svc.{CLUSTER_DOMAIN}")
+        return node_ready() and KUBERNETES_SERVICE_IP in dns_query(
+            f"kubernetes.default.svc.{CLUSTER_DOMAIN}"
+        )
     except Exception:
         return False
 
@@ -551,13 +765,19 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 
-def image_blobs(files: dict[str, tuple[bytes, int]], entrypoint: list[str], cmd: list[str] | None = None,
-                env: list[str] | None = None) -> tuple[bytes, dict[str, bytes]]:
+def image_blobs(
+    files: dict[str, tuple[bytes, int]],
+    entrypoint: list[str],
+    cmd: list[str] | None = None,
+    env: list[str] | None = None,
+) -> tuple[bytes, dict[str, bytes]]:
     """Build a one-layer linux/amd64 OCI image; return (manifest, {digest: blob})."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         dirs = sorted({str(Path(p).parent) for p in files} - {"."} | {"tmp"})
-        all_dirs = sorted({"/".join(d.split("/")[:i + 1]) for d in dirs for i in range(len(d.split("/")))})
+        all_dirs = sorted(
+            {"/".join(d.split("/")[: i + 1]) for d in dirs for i in range(len(d.split("/")))}
+        )
         for d in all_dirs:
             info = tarfile.TarInfo(d)
             info.type, info.mode = tarfile.DIRTYPE, 0o1777 if d == "tmp" else 0o755
@@ -567,24 +787,42 @@ def image_blobs(files: dict[str, tuple[bytes, int]], entrypoint: list[str], cmd:
             info.size, info.mode = len(data), mode
             tar.addfile(info, io.BytesIO(data))
     diff_id = "sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()
-    layer = gzip.compress(raw.getvalue(), mtime=0)
-    config = json.dumps({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Entrypoint": entrypoint, "Cmd": cmd or [], "Env": env or
-                   ["PATH=/usr/local/bin:/usr/bin:/bin"], "WorkingDir": "/"},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-    }, sort_keys=True).encode()
+    layer = gzip.compress(raw.getvalue(), compresslevel=1, mtime=0)  # fast: layers are ~40 MB
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {
+                "Entrypoint": entrypoint,
+                "Cmd": cmd or [],
+                "Env": env or ["PATH=/usr/local/bin:/usr/bin:/bin"],
+                "WorkingDir": "/",
+            },
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        },
+        sort_keys=True,
+    ).encode()
     digest = lambda b: "sha256:" + hashlib.sha256(b).hexdigest()  # noqa: E731
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": digest(config), "size": len(config)},
-        "layers": [{"mediaType": OCI_LAYER, "digest": digest(layer), "size": len(layer)}],
-    }, sort_keys=True).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": digest(config), "size": len(config)},
+            "layers": [{"mediaType": OCI_LAYER, "digest": digest(layer), "size": len(layer)}],
+        },
+        sort_keys=True,
+    ).encode()
     return manifest, {digest(config): config, digest(layer): layer}
 
 
-def push_image(repo: str, tag: str, files: dict[str, tuple[bytes, int]], entrypoint: list[str],
-               cmd: list[str] | None = None, registry: str = REGISTRY_LISTEN) -> str:
+def push_image(
+    repo: str,
+    tag: str,
+    files: dict[str, tuple[bytes, int]],
+    entrypoint: list[str],
+    cmd: list[str] | None = None,
+    registry: str = REGISTRY_LISTEN,
+) -> str:
     """Push a one-layer image to the registry; return the reference pods use."""
     manifest, blobs = image_blobs(files, entrypoint, cmd)
     base = f"http://{registry}/v2/{repo}"
@@ -597,8 +835,9 @@ def push_image(repo: str, tag: str, files: dict[str, tuple[bytes, int]], entrypo
         except urllib.error.HTTPError as e:
             if method == "HEAD" and e.code == 404:
                 return 404, e.headers
-            raise LocalkubeError(f"registry {method} {url}: HTTP {e.code}: "
-                                 f"{e.read().decode(errors='replace')[:500]}") from e
+            raise LocalkubeError(
+                f"registry {method} {url}: HTTP {e.code}: {e.read().decode(errors='replace')[:500]}"
+            ) from e
 
     for digest, blob in blobs.items():
         if request("HEAD", f"{base}/blobs/{digest}")[0] == 200:
@@ -608,7 +847,12 @@ def push_image(repo: str, tag: str, files: dict[str, tuple[bytes, int]], entrypo
         if location.startswith("/"):
             location = f"http://{registry}{location}"
         sep = "&" if "?" in location else "?"
-        request("PUT", f"{location}{sep}digest={digest}", blob, {"Content-Type": "application/octet-stream"})
+        request(
+            "PUT",
+            f"{location}{sep}digest={digest}",
+            blob,
+            {"Content-Type": "application/octet-stream"},
+        )
     request("PUT", f"{base}/manifests/{tag}", manifest, {"Content-Type": OCI_MANIFEST})
     return f"{REGISTRY}/{repo}:{tag}"
 
@@ -617,14 +861,28 @@ def oci_archive(name: str, files, entrypoint) -> bytes:
     """An OCI image layout tarball, as `ctr images import` reads it."""
     manifest, blobs = image_blobs(files, entrypoint)
     blobs["sha256:" + hashlib.sha256(manifest).hexdigest()] = manifest
-    index = json.dumps({"schemaVersion": 2, "manifests": [{
-        "mediaType": OCI_MANIFEST, "digest": "sha256:" + hashlib.sha256(manifest).hexdigest(),
-        "size": len(manifest), "annotations": {"io.containerd.image.name": name,
-                                               "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1]}}]})
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": "sha256:" + hashlib.sha256(manifest).hexdigest(),
+                    "size": len(manifest),
+                    "annotations": {
+                        "io.containerd.image.name": name,
+                        "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1],
+                    },
+                }
+            ],
+        }
+    )
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as tar:
-        for path, data in [("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), ("index.json", index.encode())] + [
-                (f"blobs/sha256/{d.split(':')[1]}", b) for d, b in blobs.items()]:
+        for path, data in [
+            ("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
+            ("index.json", index.encode()),
+        ] + [(f"blobs/sha256/{d.split(':')[1]}", b) for d, b in blobs.items()]:
             info = tarfile.TarInfo(path)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -641,11 +899,17 @@ def coredns_image() -> str:
 
 def push_probe_image(tag: str = "latest") -> str:
     """Push the probe test image (see recipe/images/probe); return its reference."""
-    return push_image("localkube/probe", tag, {"probe": (bin_path("probe").read_bytes(), 0o755)}, ["/probe"],
-                      ["serve", ":8080"])
+    return push_image(
+        "localkube/probe",
+        tag,
+        {"probe": (bin_path("probe").read_bytes(), 0o755)},
+        ["/probe"],
+        ["serve", ":8080"],
+    )
 
 
 # ----------------------------------------------------------------- configuration
+
 
 def upstream_resolv_conf() -> str | None:
     """A resolv.conf with non-loopback nameservers for CoreDNS to forward to, if the machine has one.
@@ -655,8 +919,11 @@ def upstream_resolv_conf() -> str | None:
     """
     for path in ("/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"):
         with contextlib.suppress(OSError):
-            servers = [line.split()[1] for line in Path(path).read_text().splitlines()
-                       if line.startswith("nameserver") and len(line.split()) > 1]
+            servers = [
+                line.split()[1]
+                for line in Path(path).read_text().splitlines()
+                if line.startswith("nameserver") and len(line.split()) > 1
+            ]
             if any(not ipaddress.ip_address(s.split("%")[0]).is_loopback for s in servers):
                 return path
     return None
@@ -664,29 +931,37 @@ def upstream_resolv_conf() -> str | None:
 
 def write_configs() -> None:
     conf = STATE / "conf"
-    write(conf / "registry.yml", f"""\
+    write(
+        conf / "registry.yml",
+        f"""\
 version: 0.1
 log:
   level: warn
 storage:
   filesystem:
-    rootdirectory: {STATE / 'registry'}
+    rootdirectory: {STATE / "registry"}
   delete:
     enabled: true
 http:
   addr: {REGISTRY_LISTEN}
-""")
+""",
+    )
     certs_d = conf / "containerd-certs.d"
-    write(certs_d / REGISTRY / "hosts.toml", f"""\
+    write(
+        certs_d / REGISTRY / "hosts.toml",
+        f"""\
 server = "http://{REGISTRY}"
 
 [host."http://{REGISTRY}"]
   capabilities = ["pull", "resolve", "push"]
-""")
-    write(conf / "containerd.toml", f"""\
+""",
+    )
+    write(
+        conf / "containerd.toml",
+        f"""\
 version = 2
-root = "{STATE / 'containerd'}"
-state = "{RUN / 'containerd' / 'state'}"
+root = "{STATE / "containerd"}"
+state = "{RUN / "containerd" / "state"}"
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
                     "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
 
@@ -694,10 +969,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   address = "{CONTAINERD_SOCK}"
 
 [ttrpc]
-  address = "{RUN / 'containerd' / 'containerd.sock.ttrpc'}"
+  address = "{RUN / "containerd" / "containerd.sock.ttrpc"}"
 
 [plugins."io.containerd.internal.v1.opt"]
-  path = "{STATE / 'containerd-opt'}"
+  path = "{STATE / "containerd-opt"}"
 
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{pause_image()}"
@@ -714,60 +989,117 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         BinaryName = "/usr/sbin/runc"
-        Root = "{RUN / 'runc'}"
+        Root = "{RUN / "runc"}"
         SystemdCgroup = false
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{CNI_BIN_DIR}"
-    conf_dir = "{conf / 'cni'}"
+    conf_dir = "{conf / "cni"}"
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = "{certs_d}"
-""")
-    write(conf / "cni" / "10-localkube.conflist", json.dumps({
-        "cniVersion": "0.4.0", "name": "localkube",
-        "plugins": [
-            {"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": True, "hairpinMode": True,
-             "ipam": {"type": "host-local", "dataDir": str(STATE / "cni-ipam"),
-                      "ranges": [[{"subnet": NODE_POD_CIDR}]], "routes": [{"dst": "0.0.0.0/0"}]}},
-            {"type": "portmap", "capabilities": {"portMappings": True}},
-            # Accepts the pods' traffic in the FORWARD chain, whose policy may be DROP
-            # (Docker sets that), as it is on many real nodes.
-            {"type": "firewall", "backend": "iptables"},
-        ]}, indent=1))
-    write(conf / "kubelet.json", json.dumps({
-        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-        "address": NODE_IP, "port": 10250, "readOnlyPort": 0,
-        "healthzBindAddress": "127.0.0.1", "healthzPort": 10248,
-        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
-                           "x509": {"clientCAFile": str(PKI / "ca.crt")}},
-        "authorization": {"mode": "Webhook"},
-        "tlsCertFile": str(PKI / "kubelet-server.crt"), "tlsPrivateKeyFile": str(PKI / "kubelet-server.key"),
-        "cgroupDriver": "cgroupfs", "failCgroupV1": False,
-        "containerRuntimeEndpoint": f"unix://{CONTAINERD_SOCK}",
-        "clusterDNS": [DNS_SERVICE_IP], "clusterDomain": CLUSTER_DOMAIN,
-        # no upstream: an empty file, and CoreDNS answers only for the cluster
-        "resolvConf": upstream_resolv_conf() or str(write(conf / "resolv.conf", "")),
-        "failSwapOn": False,
-        "hairpinMode": "hairpin-veth",
-        "serializeImagePulls": False,
-        "podLogsDir": str(STATE / "pod-logs"),
-        "volumePluginDir": str(STATE / "kubelet-plugins"),
-        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
-        "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-        "rotateCertificates": False, "serverTLSBootstrap": False,
-    }, indent=1))
-    write(conf / "kube-proxy.json", json.dumps({
-        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
-        "clientConnection": {"kubeconfig": str(STATE / "kube-proxy.kubeconfig")},
-        "hostnameOverride": NODE_NAME, "mode": "iptables", "clusterCIDR": POD_CIDR,
-        "bindAddress": NODE_IP,
-        "healthzBindAddress": "127.0.0.1:10256", "metricsBindAddress": "127.0.0.1:10249",
-        # zeros: leave the machine's conntrack settings alone
-        "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
-        "iptables": {"localhostNodePorts": True, "masqueradeAll": False},
-    }, indent=1))
+""",
+    )
+    write(
+        conf / "cni" / "10-localkube.conflist",
+        json.dumps(
+            {
+                "cniVersion": "0.4.0",
+                "name": "localkube",
+                "plugins": [
+                    {
+                        "type": "bridge",
+                        "bridge": BRIDGE,
+                        "isGateway": True,
+                        "ipMasq": True,
+                        "hairpinMode": True,
+                        "ipam": {
+                            "type": "host-local",
+                            "dataDir": str(STATE / "cni-ipam"),
+                            "ranges": [[{"subnet": NODE_POD_CIDR}]],
+                            "routes": [{"dst": "0.0.0.0/0"}],
+                        },
+                    },
+                    {"type": "portmap", "capabilities": {"portMappings": True}},
+                    # Accepts the pods' traffic in the FORWARD chain, whose policy may be DROP
+                    # (Docker sets that), as it is on many real nodes.
+                    {"type": "firewall", "backend": "iptables"},
+                ],
+            },
+            indent=1,
+        ),
+    )
+    write(
+        conf / "kubelet.json",
+        json.dumps(
+            {
+                "apiVersion": "kubelet.config.k8s.io/v1beta1",
+                "kind": "KubeletConfiguration",
+                "address": NODE_IP,
+                "port": 10250,
+                "readOnlyPort": 0,
+                "healthzBindAddress": "127.0.0.1",
+                "healthzPort": 10248,
+                "authentication": {
+                    "anonymous": {"enabled": False},
+                    "webhook": {"enabled": True},
+                    "x509": {"clientCAFile": str(PKI / "ca.crt")},
+                },
+                "authorization": {"mode": "Webhook"},
+                "tlsCertFile": str(PKI / "kubelet-server.crt"),
+                "tlsPrivateKeyFile": str(PKI / "kubelet-server.key"),
+                "cgroupDriver": "cgroupfs",
+                "failCgroupV1": False,
+                "containerRuntimeEndpoint": f"unix://{CONTAINERD_SOCK}",
+                "clusterDNS": [DNS_SERVICE_IP],
+                "clusterDomain": CLUSTER_DOMAIN,
+                # no upstream: an empty file, and CoreDNS answers only for the cluster
+                "resolvConf": upstream_resolv_conf() or str(write(conf / "resolv.conf", "")),
+                "failSwapOn": False,
+                "hairpinMode": "hairpin-veth",
+                "serializeImagePulls": False,
+                "podLogsDir": str(STATE / "pod-logs"),
+                "volumePluginDir": str(STATE / "kubelet-plugins"),
+                "evictionHard": {
+                    "memory.available": "100Mi",
+                    "nodefs.available": "1%",
+                    "imagefs.available": "1%",
+                },
+                "imageGCHighThresholdPercent": 100,
+                "imageGCLowThresholdPercent": 99,
+                "rotateCertificates": False,
+                "serverTLSBootstrap": False,
+            },
+            indent=1,
+        ),
+    )
+    write(
+        conf / "kube-proxy.json",
+        json.dumps(
+            {
+                "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+                "kind": "KubeProxyConfiguration",
+                "clientConnection": {"kubeconfig": str(STATE / "kube-proxy.kubeconfig")},
+                "hostnameOverride": NODE_NAME,
+                "mode": "iptables",
+                "clusterCIDR": POD_CIDR,
+                "bindAddress": NODE_IP,
+                "healthzBindAddress": "127.0.0.1:10256",
+                "metricsBindAddress": "127.0.0.1:10249",
+                # zeros: leave the machine's conntrack settings alone
+                "conntrack": {
+                    "maxPerCore": 0,
+                    "min": 0,
+                    "tcpEstablishedTimeout": "0s",
+                    "tcpCloseWaitTimeout": "0s",
+                },
+                "iptables": {"localhostNodePorts": True, "masqueradeAll": False},
+            },
+            indent=1,
+        ),
+    )
 
 
 # ----------------------------------------------------------------- cluster objects
+
 
 def coredns_objects() -> dict:
     corefile = f"""\
@@ -789,57 +1121,141 @@ def coredns_objects() -> dict:
 }}
 """
     labels = {"k8s-app": "kube-dns"}
-    return {"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "coredns", "namespace": "kube-system"}},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-         "metadata": {"name": "system:coredns"},
-         "rules": [{"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"],
-                    "verbs": ["list", "watch"]},
-                   {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-         "metadata": {"name": "system:coredns"},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:coredns"},
-         "subjects": [{"kind": "ServiceAccount", "name": "coredns", "namespace": "kube-system"}]},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "coredns", "namespace": "kube-system"},
-         "data": {"Corefile": corefile}},
-        {"apiVersion": "apps/v1", "kind": "Deployment",
-         "metadata": {"name": "coredns", "namespace": "kube-system", "labels": labels},
-         "spec": {"replicas": 1, "selector": {"matchLabels": labels},
-                  "template": {"metadata": {"labels": labels}, "spec": {
-                      "serviceAccountName": "coredns", "dnsPolicy": "Default",
-                      "priorityClassName": "system-cluster-critical",
-                      "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"}],
-                      "containers": [{
-                          "name": "coredns", "image": coredns_image(), "imagePullPolicy": "IfNotPresent",
-                          "args": ["-conf", "/etc/coredns/Corefile"],
-                          "ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"},
-                                    {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"}],
-                          "resources": {"requests": {"cpu": "50m", "memory": "70Mi"},
-                                        "limits": {"memory": "170Mi"}},
-                          "volumeMounts": [{"name": "config", "mountPath": "/etc/coredns", "readOnly": True}],
-                          "livenessProbe": {"httpGet": {"path": "/health", "port": 8080},
-                                            "initialDelaySeconds": 10, "periodSeconds": 10},
-                          "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181}, "periodSeconds": 2},
-                      }],
-                      "volumes": [{"name": "config", "configMap": {"name": "coredns"}}],
-                  }}}},
-        {"apiVersion": "v1", "kind": "Service",
-         "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": labels},
-         "spec": {"selector": labels, "clusterIP": DNS_SERVICE_IP,
-                  "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
-                            {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}},
-    ]}
+    return {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": "coredns", "namespace": "kube-system"},
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": "system:coredns"},
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "resources": ["endpoints", "services", "pods", "namespaces"],
+                        "verbs": ["list", "watch"],
+                    },
+                    {
+                        "apiGroups": ["discovery.k8s.io"],
+                        "resources": ["endpointslices"],
+                        "verbs": ["list", "watch"],
+                    },
+                ],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": "system:coredns"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "system:coredns",
+                },
+                "subjects": [
+                    {"kind": "ServiceAccount", "name": "coredns", "namespace": "kube-system"}
+                ],
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "coredns", "namespace": "kube-system"},
+                "data": {"Corefile": corefile},
+            },
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "coredns", "namespace": "kube-system", "labels": labels},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": labels},
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {
+                            "serviceAccountName": "coredns",
+                            "dnsPolicy": "Default",
+                            "priorityClassName": "system-cluster-critical",
+                            "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"}],
+                            "containers": [
+                                {
+                                    "name": "coredns",
+                                    "image": coredns_image(),
+                                    "imagePullPolicy": "IfNotPresent",
+                                    "args": ["-conf", "/etc/coredns/Corefile"],
+                                    "ports": [
+                                        {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                                        {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
+                                    ],
+                                    "resources": {
+                                        "requests": {"cpu": "50m", "memory": "70Mi"},
+                                        "limits": {"memory": "170Mi"},
+                                    },
+                                    "volumeMounts": [
+                                        {
+                                            "name": "config",
+                                            "mountPath": "/etc/coredns",
+                                            "readOnly": True,
+                                        }
+                                    ],
+                                    "livenessProbe": {
+                                        "httpGet": {"path": "/health", "port": 8080},
+                                        "initialDelaySeconds": 10,
+                                        "periodSeconds": 10,
+                                    },
+                                    "readinessProbe": {
+                                        "httpGet": {"path": "/ready", "port": 8181},
+                                        "periodSeconds": 2,
+                                    },
+                                }
+                            ],
+                            "volumes": [{"name": "config", "configMap": {"name": "coredns"}}],
+                        },
+                    },
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": labels},
+                "spec": {
+                    "selector": labels,
+                    "clusterIP": DNS_SERVICE_IP,
+                    "ports": [
+                        {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                        {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+                    ],
+                },
+            },
+        ],
+    }
 
 
 def namespace_user_objects(namespace: str, user: str = USER_NAME) -> dict:
     """A namespace in which `user` has what the built-in `admin` role grants, and nothing outside it."""
-    return {"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-         "metadata": {"name": f"{user}-admin", "namespace": namespace},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
-         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]},
-    ]}
+    return {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": f"{user}-admin", "namespace": namespace},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "admin",
+                },
+                "subjects": [
+                    {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}
+                ],
+            },
+        ],
+    }
 
 
 def apply(objects: dict) -> None:
@@ -847,6 +1263,7 @@ def apply(objects: dict) -> None:
 
 
 # ----------------------------------------------------------------- host network
+
 
 def read_sysctl(key: str) -> str | None:
     try:
@@ -877,19 +1294,58 @@ def check_address_plan() -> None:
                 if p.overlaps(net):
                     raise LocalkubeError(
                         f"this machine already uses {net} ({line.strip()}), which overlaps localkube's {p}; "
-                        "edit the address plan at the top of localkube.py")
+                        "edit the address plan at the top of localkube.py"
+                    )
+
+
+# What up listens on (etcd, registry, API server, kubelet, kube-proxy, controller-manager, scheduler).
+PORTS = [
+    ("127.0.0.1", 2379),
+    ("127.0.0.1", 2380),
+    ("127.0.0.1", 2381),
+    ("127.0.0.1", 5000),
+    (NODE_IP, APISERVER_PORT),
+    (NODE_IP, 10250),
+    ("127.0.0.1", 10248),
+    ("127.0.0.1", 10249),
+    ("127.0.0.1", 10256),
+    ("127.0.0.1", 10257),
+    ("127.0.0.1", 10259),
+]
+
+
+def check_ports_free() -> None:
+    """Fail early, naming the holder, rather than let a component die (or, for the
+    registry, talk to someone else's registry on the same port)."""
+    listening = run(["ss", "-Hltnp"]).stdout.splitlines()
+    for addr, port in PORTS:
+        for line in listening:
+            local = line.split()[3]
+            host, _, lport = local.rpartition(":")
+            if lport == str(port) and host.strip("[]") in (addr, "0.0.0.0", "*", "::"):
+                raise LocalkubeError(
+                    f"port {addr}:{port}, which localkube needs, is taken: {line.strip()}"
+                )
 
 
 def setup_host() -> None:
     saved = {k: read_sysctl(k) for k in SYSCTLS}
     write(STATE / "saved-sysctls.json", json.dumps(saved, indent=1))
-    write(STATE / "saved-dirs.json", json.dumps({d: Path(d).exists() for d in FOREIGN_DIRS}, indent=1))
+    write(
+        STATE / "saved-dirs.json", json.dumps({d: Path(d).exists() for d in FOREIGN_DIRS}, indent=1)
+    )
     if read_sysctl("net/bridge/bridge-nf-call-iptables") is None:
         run(["modprobe", "br_netfilter"], check=False)
         if read_sysctl("net/bridge/bridge-nf-call-iptables") is None:
-            raise LocalkubeError("net/bridge/bridge-nf-call-iptables missing: the kernel needs br_netfilter "
-                                 "for Service traffic between pods on one bridge")
-    for key in ("net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables"):
+            raise LocalkubeError(
+                "net/bridge/bridge-nf-call-iptables missing: the kernel needs br_netfilter "
+                "for Service traffic between pods on one bridge"
+            )
+    for key in (
+        "net/ipv4/ip_forward",
+        "net/bridge/bridge-nf-call-iptables",
+        "net/bridge/bridge-nf-call-ip6tables",
+    ):
         write_sysctl(key, "1")
     # A bridge without ports: the kernel here has no dummy driver, bridge is built in.
     run(["ip", "link", "add", NODE_IFACE, "type", "bridge"])
@@ -898,6 +1354,7 @@ def setup_host() -> None:
 
 
 # ----------------------------------------------------------------- up
+
 
 def up(timeout_scale: float = 1.0) -> None:
     require_root()
@@ -919,6 +1376,7 @@ def up(timeout_scale: float = 1.0) -> None:
     with stage("build (cached after the first time)", timings):
         ensure_built()
     check_address_plan()
+    check_ports_free()
     for d in (STATE, RUN):
         d.mkdir(parents=True)
         d.chmod(0o700)
@@ -933,21 +1391,60 @@ def up(timeout_scale: float = 1.0) -> None:
     T = lambda s: s * timeout_scale  # noqa: E731
 
     with stage("etcd", timings):
-        start("etcd", [bin_path("etcd"), "--name", NODE_NAME, "--data-dir", STATE / "etcd",
-                       "--listen-client-urls", "https://127.0.0.1:2379",
-                       "--advertise-client-urls", "https://127.0.0.1:2379",
-                       "--listen-peer-urls", "https://127.0.0.1:2380",
-                       "--initial-advertise-peer-urls", "https://127.0.0.1:2380",
-                       "--initial-cluster", f"{NODE_NAME}=https://127.0.0.1:2380",
-                       "--listen-metrics-urls", "http://127.0.0.1:2381",
-                       "--cert-file", PKI / "etcd-server.crt", "--key-file", PKI / "etcd-server.key",
-                       "--client-cert-auth", "--trusted-ca-file", PKI / "etcd-ca.crt",
-                       "--peer-cert-file", PKI / "etcd-server.crt", "--peer-key-file", PKI / "etcd-server.key",
-                       "--peer-client-cert-auth", "--peer-trusted-ca-file", PKI / "etcd-ca.crt",
-                       "--snapshot-count", "10000", "--log-level", "warn"])
-        wait_for("etcd health", T(60), lambda: (check_running("etcd"), https_get(
-            "https://127.0.0.1:2379/health", cert="apiserver-etcd-client", ca="etcd-ca"))[1][0] == 200,
-            hint=lambda: log_tail("etcd"))
+        start(
+            "etcd",
+            [
+                bin_path("etcd"),
+                "--name",
+                NODE_NAME,
+                "--data-dir",
+                STATE / "etcd",
+                "--listen-client-urls",
+                "https://127.0.0.1:2379",
+                "--advertise-client-urls",
+                "https://127.0.0.1:2379",
+                "--listen-peer-urls",
+                "https://127.0.0.1:2380",
+                "--initial-advertise-peer-urls",
+                "https://127.0.0.1:2380",
+                "--initial-cluster",
+                f"{NODE_NAME}=https://127.0.0.1:2380",
+                "--listen-metrics-urls",
+                "http://127.0.0.1:2381",
+                "--cert-file",
+                PKI / "etcd-server.crt",
+                "--key-file",
+                PKI / "etcd-server.key",
+                "--client-cert-auth",
+                "--trusted-ca-file",
+                PKI / "etcd-ca.crt",
+                "--peer-cert-file",
+                PKI / "etcd-server.crt",
+                "--peer-key-file",
+                PKI / "etcd-server.key",
+                "--peer-client-cert-auth",
+                "--peer-trusted-ca-file",
+                PKI / "etcd-ca.crt",
+                "--snapshot-count",
+                "10000",
+                "--log-level",
+                "warn",
+            ],
+        )
+        wait_for(
+            "etcd health",
+            T(60),
+            lambda: (
+                (
+                    check_running("etcd"),
+                    https_get(
+                        "https://127.0.0.1:2379/health", cert="apiserver-etcd-client", ca="etcd-ca"
+                    ),
+                )[1][0]
+                == 200
+            ),
+            hint=lambda: log_tail("etcd"),
+        )
 
     with stage("registry", timings):
         start("registry", ["/usr/bin/docker-registry", "serve", STATE / "conf" / "registry.yml"])
@@ -956,88 +1453,171 @@ def up(timeout_scale: float = 1.0) -> None:
             check_running("registry")
             with DIRECT.open(f"http://{REGISTRY_LISTEN}/v2/", timeout=2) as r:
                 return r.status == 200
+
         wait_for("registry /v2/", T(30), registry_ok, hint=lambda: log_tail("registry"))
-        push_image("localkube/coredns", COREDNS_VERSION, {"coredns": (bin_path("coredns").read_bytes(), 0o755)},
-                   ["/coredns"])
-        push_image("localkube/pause", PAUSE_VERSION, {"pause": (bin_path("pause").read_bytes(), 0o755)}, ["/pause"])
+        push_image(
+            "localkube/coredns",
+            COREDNS_VERSION,
+            {"coredns": (bin_path("coredns").read_bytes(), 0o755)},
+            ["/coredns"],
+        )
+        push_image(
+            "localkube/pause",
+            PAUSE_VERSION,
+            {"pause": (bin_path("pause").read_bytes(), 0o755)},
+            ["/pause"],
+        )
 
     with stage("containerd", timings):
         (RUN / "containerd").mkdir(parents=True, exist_ok=True)
         start("containerd", ["/usr/bin/containerd", "--config", STATE / "conf" / "containerd.toml"])
         ctr = ["/usr/bin/ctr", "--address", CONTAINERD_SOCK, "--namespace", "k8s.io"]
-        wait_for("containerd socket", T(30), lambda: (check_running("containerd"),
-                                                      run([*ctr, "version"], timeout=10))[1],
-                 hint=lambda: log_tail("containerd"))
+        wait_for(
+            "containerd socket",
+            T(30),
+            lambda: (check_running("containerd"), run([*ctr, "version"], timeout=10))[1],
+            hint=lambda: log_tail("containerd"),
+        )
         archive = STATE / "pause.oci.tar"
-        write(archive, oci_archive(pause_image(), {"pause": (bin_path("pause").read_bytes(), 0o755)}, ["/pause"]))
+        write(
+            archive,
+            oci_archive(
+                pause_image(), {"pause": (bin_path("pause").read_bytes(), 0o755)}, ["/pause"]
+            ),
+        )
         run([*ctr, "images", "import", archive], timeout=60)
         archive.unlink()
 
     apiserver_url = f"https://{NODE_IP}:{APISERVER_PORT}"
     with stage("kube-apiserver", timings):
-        start("kube-apiserver", [
-            bin_path("kube-apiserver"),
-            f"--advertise-address={NODE_IP}", f"--bind-address={NODE_IP}", f"--secure-port={APISERVER_PORT}",
-            "--etcd-servers=https://127.0.0.1:2379", f"--etcd-cafile={PKI / 'etcd-ca.crt'}",
-            f"--etcd-certfile={PKI / 'apiserver-etcd-client.crt'}",
-            f"--etcd-keyfile={PKI / 'apiserver-etcd-client.key'}",
-            f"--tls-cert-file={PKI / 'apiserver.crt'}", f"--tls-private-key-file={PKI / 'apiserver.key'}",
-            f"--client-ca-file={PKI / 'ca.crt'}",
-            f"--kubelet-client-certificate={PKI / 'apiserver-kubelet-client.crt'}",
-            f"--kubelet-client-key={PKI / 'apiserver-kubelet-client.key'}",
-            f"--kubelet-certificate-authority={PKI / 'ca.crt'}",
-            "--kubelet-preferred-address-types=InternalIP",
-            "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
-            "--allow-privileged=true",
-            f"--service-account-key-file={PKI / 'sa.pub'}",
-            f"--service-account-signing-key-file={PKI / 'sa.key'}",
-            f"--service-account-issuer=https://kubernetes.default.svc.{CLUSTER_DOMAIN}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--profiling=false", "--v=1",
-        ])
-        wait_for("kube-apiserver /readyz", T(120), lambda: (check_running("kube-apiserver"),
-                                                           https_get(f"{apiserver_url}/readyz"))[1][0] == 200,
-                 hint=lambda: log_tail("kube-apiserver"))
+        start(
+            "kube-apiserver",
+            [
+                bin_path("kube-apiserver"),
+                f"--advertise-address={NODE_IP}",
+                f"--bind-address={NODE_IP}",
+                f"--secure-port={APISERVER_PORT}",
+                "--etcd-servers=https://127.0.0.1:2379",
+                f"--etcd-cafile={PKI / 'etcd-ca.crt'}",
+                f"--etcd-certfile={PKI / 'apiserver-etcd-client.crt'}",
+                f"--etcd-keyfile={PKI / 'apiserver-etcd-client.key'}",
+                f"--tls-cert-file={PKI / 'apiserver.crt'}",
+                f"--tls-private-key-file={PKI / 'apiserver.key'}",
+                f"--client-ca-file={PKI / 'ca.crt'}",
+                f"--kubelet-client-certificate={PKI / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={PKI / 'apiserver-kubelet-client.key'}",
+                f"--kubelet-certificate-authority={PKI / 'ca.crt'}",
+                "--kubelet-preferred-address-types=InternalIP",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                "--allow-privileged=true",
+                f"--service-account-key-file={PKI / 'sa.pub'}",
+                f"--service-account-signing-key-file={PKI / 'sa.key'}",
+                f"--service-account-issuer=https://kubernetes.default.svc.{CLUSTER_DOMAIN}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+        wait_for(
+            "kube-apiserver /readyz",
+            T(120),
+            lambda: (
+                (check_running("kube-apiserver"), https_get(f"{apiserver_url}/readyz"))[1][0] == 200
+            ),
+            hint=lambda: log_tail("kube-apiserver"),
+        )
 
     with stage("controller-manager and scheduler", timings):
         cm_kc = STATE / "controller-manager.kubeconfig"
-        start("kube-controller-manager", [
-            bin_path("kube-controller-manager"), f"--kubeconfig={cm_kc}",
-            f"--authentication-kubeconfig={cm_kc}", f"--authorization-kubeconfig={cm_kc}",
-            "--bind-address=127.0.0.1", "--leader-elect=false", "--use-service-account-credentials=true",
-            f"--service-account-private-key-file={PKI / 'sa.key'}", f"--root-ca-file={PKI / 'ca.crt'}",
-            f"--cluster-signing-cert-file={PKI / 'ca.crt'}", f"--cluster-signing-key-file={PKI / 'ca.key'}",
-            "--allocate-node-cidrs=true", f"--cluster-cidr={POD_CIDR}", "--node-cidr-mask-size=24",
-            f"--service-cluster-ip-range={SERVICE_CIDR}", "--v=1",
-        ])
+        start(
+            "kube-controller-manager",
+            [
+                bin_path("kube-controller-manager"),
+                f"--kubeconfig={cm_kc}",
+                f"--authentication-kubeconfig={cm_kc}",
+                f"--authorization-kubeconfig={cm_kc}",
+                "--bind-address=127.0.0.1",
+                "--leader-elect=false",
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={PKI / 'sa.key'}",
+                f"--root-ca-file={PKI / 'ca.crt'}",
+                f"--cluster-signing-cert-file={PKI / 'ca.crt'}",
+                f"--cluster-signing-key-file={PKI / 'ca.key'}",
+                "--allocate-node-cidrs=true",
+                f"--cluster-cidr={POD_CIDR}",
+                "--node-cidr-mask-size=24",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--v=1",
+            ],
+        )
         sch_kc = STATE / "scheduler.kubeconfig"
-        start("kube-scheduler", [
-            bin_path("kube-scheduler"), f"--kubeconfig={sch_kc}",
-            f"--authentication-kubeconfig={sch_kc}", f"--authorization-kubeconfig={sch_kc}",
-            "--bind-address=127.0.0.1", "--leader-elect=false", "--v=1",
-        ])
+        start(
+            "kube-scheduler",
+            [
+                bin_path("kube-scheduler"),
+                f"--kubeconfig={sch_kc}",
+                f"--authentication-kubeconfig={sch_kc}",
+                f"--authorization-kubeconfig={sch_kc}",
+                "--bind-address=127.0.0.1",
+                "--leader-elect=false",
+                "--v=1",
+            ],
+        )
         apply(namespace_user_objects(USER_NAMESPACE))
         apply(coredns_objects())
 
     with stage("kubelet and kube-proxy", timings):
         (STATE / "kubelet").mkdir(exist_ok=True)
-        start("kubelet", [
-            bin_path("kubelet"), f"--config={STATE / 'conf' / 'kubelet.json'}",
-            f"--kubeconfig={STATE / 'kubelet.kubeconfig'}", f"--root-dir={STATE / 'kubelet'}",
-            f"--cert-dir={STATE / 'kubelet' / 'pki'}",
-            f"--hostname-override={NODE_NAME}", f"--node-ip={NODE_IP}", "--v=1",
-        ])
-        start("kube-proxy", [bin_path("kube-proxy"), f"--config={STATE / 'conf' / 'kube-proxy.json'}", "--v=1"])
-        wait_for("node Ready", T(120), lambda: (check_running("kubelet"), check_running("kube-proxy"),
-                                                node_ready())[2],
-                 hint=lambda: log_tail("kubelet"))
+        start(
+            "kubelet",
+            [
+                bin_path("kubelet"),
+                f"--config={STATE / 'conf' / 'kubelet.json'}",
+                f"--kubeconfig={STATE / 'kubelet.kubeconfig'}",
+                f"--root-dir={STATE / 'kubelet'}",
+                f"--cert-dir={STATE / 'kubelet' / 'pki'}",
+                f"--hostname-override={NODE_NAME}",
+                f"--node-ip={NODE_IP}",
+                "--v=1",
+            ],
+        )
+        start(
+            "kube-proxy",
+            [bin_path("kube-proxy"), f"--config={STATE / 'conf' / 'kube-proxy.json'}", "--v=1"],
+        )
+        wait_for(
+            "node Ready",
+            T(120),
+            lambda: (check_running("kubelet"), check_running("kube-proxy"), node_ready())[2],
+            hint=lambda: log_tail("kubelet"),
+        )
 
     with stage("CoreDNS", timings):
-        wait_for("CoreDNS deployment available", T(120), lambda: (check_running("kubelet"), kubectl(
-            "-n", "kube-system", "get", "deployment", "coredns", "-o", "jsonpath={.status.availableReplicas}",
-        ).stdout.strip() == "1")[1], hint=lambda: kubectl("-n", "kube-system", "get", "events", check=False).stdout[-3000:])
-        wait_for("CoreDNS answering for kubernetes.default", T(60), lambda: KUBERNETES_SERVICE_IP in dns_query(
-            f"kubernetes.default.svc.{CLUSTER_DOMAIN}"), hint=lambda: log_tail("kube-proxy"))
+        wait_for(
+            "CoreDNS deployment available",
+            T(120),
+            lambda: (
+                check_running("kubelet"),
+                kubectl(
+                    "-n",
+                    "kube-system",
+                    "get",
+                    "deployment",
+                    "coredns",
+                    "-o",
+                    "jsonpath={.status.availableReplicas}",
+                ).stdout.strip()
+                == "1",
+            )[1],
+            hint=lambda: kubectl("-n", "kube-system", "get", "events", check=False).stdout[-3000:],
+        )
+        wait_for(
+            "CoreDNS answering for kubernetes.default",
+            T(60),
+            lambda: KUBERNETES_SERVICE_IP in dns_query(f"kubernetes.default.svc.{CLUSTER_DOMAIN}"),
+            hint=lambda: log_tail("kube-proxy"),
+        )
 
     timings["total"] = round(time.monotonic() - t0, 1)
     write(STATE / "up-timings.json", json.dumps(timings, indent=1))
@@ -1045,10 +1625,11 @@ def up(timeout_scale: float = 1.0) -> None:
     say(f"kubeconfig (admin): {ADMIN_KUBECONFIG}")
     say(f"kubeconfig (user {USER_NAME}, namespace {USER_NAMESPACE} only): {USER_KUBECONFIG}")
     say(f"registry: push to {REGISTRY_LISTEN}, pods pull {REGISTRY}/REPO:TAG")
-    say("shell setup: eval \"$(python3 tools/localkube/localkube.py env)\"")
+    say('shell setup: eval "$(python3 tools/localkube/localkube.py env)"')
 
 
 # ----------------------------------------------------------------- down
+
 
 def mounts() -> list[str]:
     points = []
@@ -1077,12 +1658,15 @@ def kill_cgroup_processes() -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         return not pids
+
     wait_for("pod processes to die", 30, kill_all)
 
 
 def remove_cgroups() -> None:
     for top in cgroup_dirs():
-        dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+        dirs = sorted(
+            (p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
+        )
         for d in [*dirs, top]:
             wait_for(f"rmdir {d}", 10, lambda d=d: (d.rmdir(), True)[1] if d.exists() else True)
 
@@ -1104,8 +1688,9 @@ def clean_iptables() -> None:
                     ours.setdefault(table, []).append(chain)
             elif line.startswith("-A "):
                 chain = line.split()[1]
-                if not chain.startswith(("KUBE-", "CNI-")) and (" KUBE-" in line or " CNI-" in line
-                                                                 or BRIDGE in line or POD_CIDR in line):
+                if not chain.startswith(("KUBE-", "CNI-")) and (
+                    " KUBE-" in line or " CNI-" in line or BRIDGE in line or POD_CIDR in line
+                ):
                     jumps.append((table, line))
         for table, line in jumps:
             run([tool, "-w", "5", "-t", table, "-D", *shlex.split(line)[1:]], check=False)
@@ -1128,7 +1713,12 @@ def remove_shim_leftovers() -> None:
                 sock.unlink(missing_ok=True)
             except OSError:
                 pass
-    for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True) + [root]:
+    for d in [
+        *sorted(
+            (p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
+        ),
+        root,
+    ]:
         with contextlib.suppress(OSError):
             d.rmdir()
 
@@ -1143,19 +1733,29 @@ def down() -> None:
     kill_cgroup_processes()
     stop_all(["containerd"])
     our_sock = str(CONTAINERD_SOCK)
-    shims = [pid for pid, cmd in processes().items() if "containerd-shim" in cmd and our_sock in cmd]
+    shims = [
+        pid for pid, cmd in processes().items() if "containerd-shim" in cmd and our_sock in cmd
+    ]
     for pid in shims:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    wait_for("containerd shims to exit", 15, lambda: not any(
-        "containerd-shim" in cmd and our_sock in cmd for cmd in processes().values()))
+    wait_for(
+        "containerd shims to exit",
+        15,
+        lambda: (
+            not any("containerd-shim" in cmd and our_sock in cmd for cmd in processes().values())
+        ),
+    )
     saved_dirs = {}
     with contextlib.suppress(OSError, ValueError):
         saved_dirs = json.loads((STATE / "saved-dirs.json").read_text())
     netns_before = saved_dirs.get("/run/netns", True)
     prefixes = (str(STATE) + "/", str(RUN) + "/", "/run/netns/cni-", "/var/run/netns/cni-")
-    for point in sorted((m for m in mounts() if m.startswith(prefixes) or m in (str(STATE), str(RUN))),
-                        key=lambda m: m.count("/"), reverse=True):
+    for point in sorted(
+        (m for m in mounts() if m.startswith(prefixes) or m in (str(STATE), str(RUN))),
+        key=lambda m: m.count("/"),
+        reverse=True,
+    ):
         if run(["umount", point], check=False).returncode != 0:
             run(["umount", "-l", point], check=False)
     for ns in Path("/run/netns").glob("cni-*"):
@@ -1186,14 +1786,17 @@ def down() -> None:
 
 # ----------------------------------------------------------------- CLI
 
+
 def env_lines() -> list[str]:
-    return [f"export KUBECONFIG={ADMIN_KUBECONFIG}",
-            f"export LOCALKUBE_USER_KUBECONFIG={USER_KUBECONFIG}",
-            f"export LOCALKUBE_USER={USER_NAME}",
-            f"export LOCALKUBE_USER_NAMESPACE={USER_NAMESPACE}",
-            f"export LOCALKUBE_REGISTRY={REGISTRY}",
-            f"export LOCALKUBE_REGISTRY_PUSH={REGISTRY_LISTEN}",
-            f"export PATH={build_dir() / 'bin'}:$PATH"]
+    return [
+        f"export KUBECONFIG={ADMIN_KUBECONFIG}",
+        f"export LOCALKUBE_USER_KUBECONFIG={USER_KUBECONFIG}",
+        f"export LOCALKUBE_USER={USER_NAME}",
+        f"export LOCALKUBE_USER_NAMESPACE={USER_NAMESPACE}",
+        f"export LOCALKUBE_REGISTRY={REGISTRY}",
+        f"export LOCALKUBE_REGISTRY_PUSH={REGISTRY_LISTEN}",
+        f"export PATH={build_dir() / 'bin'}:$PATH",
+    ]
 
 
 def status() -> int:
@@ -1202,9 +1805,13 @@ def status() -> int:
         print(f"{name:25} {state}")
         ok &= state.startswith("running")
     checks = {
-        "apiserver /readyz": lambda: https_get(f"https://{NODE_IP}:{APISERVER_PORT}/readyz")[0] == 200,
+        "apiserver /readyz": lambda: (
+            https_get(f"https://{NODE_IP}:{APISERVER_PORT}/readyz")[0] == 200
+        ),
         f"node {NODE_NAME} Ready": node_ready,
-        "CoreDNS answering": lambda: KUBERNETES_SERVICE_IP in dns_query(f"kubernetes.default.svc.{CLUSTER_DOMAIN}"),
+        "CoreDNS answering": lambda: (
+            KUBERNETES_SERVICE_IP in dns_query(f"kubernetes.default.svc.{CLUSTER_DOMAIN}")
+        ),
     }
     for what, check in checks.items():
         try:
@@ -1226,10 +1833,17 @@ def main(argv=None) -> int:
     sub.add_parser("status", help="show components and health; exit 1 unless fully up")
     sub.add_parser("env", help="shell lines that point kubectl and tests at the cluster")
     sub.add_parser("build", help="only build the binaries (cached)")
-    push = sub.add_parser("push-image", help="push a one-layer image made of local files to the registry")
+    push = sub.add_parser(
+        "push-image", help="push a one-layer image made of local files to the registry"
+    )
     push.add_argument("reference", help="REPO:TAG, e.g. myapp/server:1")
-    push.add_argument("--file", action="append", default=[], metavar="SRC:DEST",
-                      help="file to put in the image (mode is kept)")
+    push.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        metavar="SRC:DEST",
+        help="file to put in the image (mode is kept)",
+    )
     push.add_argument("--entrypoint", required=True, help="entrypoint, a JSON list or one path")
     args = parser.parse_args(argv)
     try:
@@ -1249,8 +1863,15 @@ def main(argv=None) -> int:
             files = {}
             for spec in args.file:
                 src, _, dest = spec.partition(":")
-                files[dest.lstrip("/")] = (Path(src).read_bytes(), Path(src).stat().st_mode & 0o7777)
-            ep = json.loads(args.entrypoint) if args.entrypoint.startswith("[") else [args.entrypoint]
+                files[dest.lstrip("/")] = (
+                    Path(src).read_bytes(),
+                    Path(src).stat().st_mode & 0o7777,
+                )
+            ep = (
+                json.loads(args.entrypoint)
+                if args.entrypoint.startswith("[")
+                else [args.entrypoint]
+            )
             print(push_image(repo, tag, files, ep))
     except LocalkubeError as e:
         print(f"localkube {args.command}: error: {e}", file=sys.stderr)

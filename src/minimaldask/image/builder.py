@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 
 from minimaldask.exceptions import MinimalDaskError
 from minimaldask.image import oci
-from minimaldask.image.debfile import unpack_deb
+from minimaldask.image.debfile import apply_alternatives, unpack_deb
 from minimaldask.image.debian import Archive, Package, apt_archive_url
+from minimaldask.image.elfcheck import missing_libraries
 from minimaldask.image.prune import SITE, prune
 from minimaldask.image.recipe import (
     FLAVORS,
@@ -90,6 +91,7 @@ class PlatformResult:
     seconds: float
     debian: list[Package]
     from_debian: dict[str, str]
+    signature: str
 
     @property
     def compressed(self) -> int:
@@ -170,6 +172,7 @@ class _Platform:
         ):
             for pkg in debs:
                 unpack_deb(self.archive.fetch(pkg), self.stages[layer])
+            apply_alternatives(self.stages[layer], tgt.triplet)
         paths = download(wheels, tgt, os.path.join(opts.cache_dir, "wheels"))
         for wheel in wheels:
             if wheel.debian:
@@ -188,6 +191,10 @@ class _Platform:
         self._system_files(runtime + numeric_debs + extra_debs, wheels)
         for stage in self.stages.values():
             prune(stage, opts.flavor)
+        problems = missing_libraries(self.stages.values(), tgt.triplet)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise BuildError(f"a shared library is missing: {problems[0]}{more}")
         self._compile()
         image = self._image()
         seconds = time.monotonic() - start
@@ -196,6 +203,7 @@ class _Platform:
             seconds,
             runtime + numeric_debs + extra_debs,
             {w.name: w.debian for w in wheels if w.debian},
+            self.archive.signature,
         )
 
     def _wheels(self) -> tuple[list[Wheel], set[str]]:
@@ -479,6 +487,7 @@ def build(opts: BuildOptions, log: Callable[[str], None] = _log) -> BuildResult:
                 result = _Platform(opts, tgt, work, mirror).run()
             except MinimalDaskError as e:
                 raise BuildError(f"{tgt.platform}: {e}") from e
+        log(f"  {tgt.platform}: Debian {tgt.suite} InRelease {result.signature}")
         for name, deb in sorted(result.from_debian.items()):
             log(f"  {tgt.platform}: {name} from Debian {tgt.suite} ({deb}): no wheel on the index")
         results.append(result)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from minimaldask.exceptions import MinimalDaskError
 from minimaldask.image import oci, registry
 from minimaldask.image.builder import BuildOptions, BuildResult, build, host_platform
-from minimaldask.image.recipe import FLAVORS, PLATFORMS, PYTHONS
+from minimaldask.image.recipe import FLAVORS, PLATFORMS, PYTHONS, target
 
 __all__ = ["main", "register", "run_build"]
 
@@ -135,6 +135,8 @@ def run_build(args: argparse.Namespace) -> int:
     platforms = _platforms(args.platform)
     python = args.python or ("3.13" if "linux/arm/v7" in platforms else _default_python())
     try:
+        for plat in platforms:
+            target(plat, python)  # an unknown platform or Python fails before anything else
         dask_version = args.dask or importlib.metadata.version("dask")
         for ref in args.push:
             registry.check(ref, insecure=args.insecure)
@@ -164,7 +166,7 @@ def run_build(args: argparse.Namespace) -> int:
             oci.write_rootfs(args.rootfs, result.platforms[0].image)
         for ref in args.push:
             _push(ref, result, args.insecure)
-    except MinimalDaskError as e:
+    except (MinimalDaskError, ValueError) as e:
         print(f"minimaldask image build: error: {e}", file=sys.stderr)
         return 1
     print_table(result)

@@ -20,7 +20,7 @@ from typing import IO
 
 from minimaldask.exceptions import MinimalDaskError
 
-__all__ = ["DebError", "ar_members", "merged_usr_path", "unpack_deb"]
+__all__ = ["DebError", "apply_alternatives", "ar_members", "merged_usr_path", "unpack_deb"]
 
 # Top-level directories that are symbolic links into /usr on a merged-/usr system.
 MERGED_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
@@ -128,3 +128,30 @@ def unpack_deb(deb: bytes, dest: str) -> list[str]:
                 continue
             written.append(rel)
     return written
+
+
+# Library directories whose libraries Debian's maintainer scripts register
+# with update-alternatives (BLAS and LAPACK implementations).
+ALTERNATIVE_DIRS = ("blas", "lapack", "openblas-pthread", "atlas")
+
+
+def apply_alternatives(root: str, triplet: str) -> list[str]:
+    """Make the links update-alternatives would make for BLAS and LAPACK libraries.
+
+    ``libblas3`` installs ``/usr/lib/<triplet>/blas/libblas.so.3`` and its
+    maintainer script links ``/usr/lib/<triplet>/libblas.so.3`` to it; as
+    maintainer scripts never run here, the link is made here (when no other
+    package provides that name). Returns the links made.
+    """
+    libdir = os.path.join(root, "usr/lib", triplet)
+    made = []
+    for sub in ALTERNATIVE_DIRS:
+        directory = os.path.join(libdir, sub)
+        if not os.path.isdir(directory):
+            continue
+        for name in sorted(os.listdir(directory)):
+            link = os.path.join(libdir, name)
+            if ".so." in name and not os.path.lexists(link):
+                os.symlink(f"{sub}/{name}", link)
+                made.append(os.path.relpath(link, root))
+    return made

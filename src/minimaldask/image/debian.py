@@ -3,8 +3,9 @@
 Used by the image builder and, inside the image, by the entrypoint for
 ``EXTRA_OS_PACKAGES``; so it needs nothing but the standard library.
 
-Trust: the ``InRelease`` file is checked with ``gpgv`` and the Debian archive
-keyring where both are installed; the digest chain is always checked:
+Trust: the signature of the ``InRelease`` file is checked with the Debian
+archive keyring where one is installed (every minimaldask image has it), in
+Python (:mod:`minimaldask.image.openpgp`); the digest chain is always checked:
 ``InRelease`` -> ``Packages`` (SHA256 and size) -> each ``.deb`` (SHA256 and
 size). The archive URL comes from an explicit setting or from the machine's
 apt sources; it is never built in.
@@ -18,16 +19,14 @@ import json
 import lzma
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from minimaldask.exceptions import MinimalDaskError
-from minimaldask.image.debfile import unpack_deb
+from minimaldask.image.debfile import apply_alternatives, unpack_deb
+from minimaldask.image.openpgp import SignatureError, verify_clearsigned
 
 __all__ = [
     "IMAGE_RECORD",
@@ -45,7 +44,7 @@ IMAGE_RECORD = "/etc/minimaldask-image.json"
 
 KEYRINGS = (
     "/usr/share/keyrings/debian-archive-keyring.gpg",
-    "/etc/apt/trusted.gpg.d/debian-archive-keyring.gpg",
+    "/usr/share/keyrings/debian-archive-keyring.pgp",
 )
 
 # Packages never unpacked: package-manager machinery and data a Dask process
@@ -280,29 +279,19 @@ class Archive:
 
     def _verify_signature(self, inrelease: str) -> str:
         keyring = _keyring()
-        gpgv = shutil.which("gpgv")
-        if keyring is None or gpgv is None:
-            self.signature = "not checked (no gpgv or Debian archive keyring here)"
+        if keyring is None:
+            self.signature = "not checked (no Debian archive keyring here)"
             return _clearsigned_text(inrelease)
-        with tempfile.TemporaryDirectory() as tmp:
-            signed = os.path.join(tmp, "InRelease")
-            out = os.path.join(tmp, "Release")
-            with open(signed, "w") as f:
-                f.write(inrelease)
-            result = subprocess.run(
-                [gpgv, "--keyring", keyring, "--output", out, signed],
-                capture_output=True,
-                text=True,
-            )
-            if result.returncode != 0:
-                last = result.stderr.strip().splitlines()[-1:] or ["no output"]
-                raise DebianError(
-                    f"InRelease of {self.url} {self.suite} has no valid signature"
-                    f" by a key in {keyring}: {last[0]}"
-                )
-            with open(out) as f:
-                self.signature = f"verified with {keyring}"
-                return f.read()
+        with open(keyring, "rb") as f:
+            keys = f.read()
+        try:
+            text, fingerprint = verify_clearsigned(inrelease, keys)
+        except SignatureError as e:
+            raise DebianError(
+                f"InRelease of {self.url} {self.suite} is not signed by a key in {keyring}: {e}"
+            ) from e
+        self.signature = f"signed by {fingerprint} ({keyring})"
+        return text
 
     def _cached(self, sha256: str, size: int, url: str, what: str) -> bytes:
         path = os.path.join(self.cache_dir, "sha256", sha256) if self.cache_dir else None
@@ -434,6 +423,7 @@ def install_runtime_packages(
         print(f"minimaldask: unpacking {pkg.name} {pkg.version} into {root}", flush=True)
         unpack_deb(archive.fetch(pkg), root)
     triplet = str(debian["triplet"])
+    apply_alternatives(root, triplet)
     additions = {
         "PATH": [f"{root}/usr/local/bin", f"{root}/usr/bin", f"{root}/usr/sbin"],
         "LD_LIBRARY_PATH": [f"{root}/usr/lib/{triplet}", f"{root}/usr/lib"],

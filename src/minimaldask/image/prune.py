@@ -33,6 +33,40 @@ def _bokeh_sources(root: str) -> list[str]:
     return out
 
 
+def link_duplicate_libraries(root: str) -> int:
+    """Replace copies of a shared library under other names by symbolic links.
+
+    Wheels cannot hold links, so ``libx.so``, ``libx.so.26`` and
+    ``libx.so.26.1`` arrive as three copies; one file and two links remain.
+    Returns bytes saved.
+    """
+    saved = 0
+    for dirpath, _, filenames in os.walk(os.path.join(root, SITE)):
+        groups: dict[tuple[str, int], list[str]] = {}
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if name.startswith("lib") and ".so" in name and not os.path.islink(path):
+                stem = name.split(".so", 1)[0]
+                groups.setdefault((stem, os.path.getsize(path)), []).append(name)
+        for (_, size), names in sorted(groups.items()):
+            if len(names) < 2:
+                continue
+            keep = max(names, key=len)
+            with open(os.path.join(dirpath, keep), "rb") as f:
+                content = f.read()
+            for name in sorted(names):
+                path = os.path.join(dirpath, name)
+                if name == keep:
+                    continue
+                with open(path, "rb") as f:
+                    if f.read() != content:
+                        continue
+                os.unlink(path)
+                os.symlink(keep, path)
+                saved += size
+    return saved
+
+
 def prune(root: str, flavor: str) -> int:
     """Prune the tree at ``root`` (one layer's staging directory); return bytes removed."""
     removed = 0
@@ -42,6 +76,7 @@ def prune(root: str, flavor: str) -> int:
                 removed += _remove(path)
     for path in _bokeh_sources(root):
         removed += _remove(path)
+    removed += link_duplicate_libraries(root)
     trees = [os.path.join(root, SITE), *glob.glob(os.path.join(root, "usr/lib/python3.*"))]
     for tree in trees:
         for dirpath, dirnames, filenames in os.walk(tree):

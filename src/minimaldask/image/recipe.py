@@ -101,7 +101,11 @@ LAYERS = ("runtime", "numeric", "dask", "minimaldask", "extras")
 
 #: Debian packages of the runtime layer (their dependencies are added).
 # libstdc++6 and libgcc-s1 are system libraries that manylinux wheels expect.
-RUNTIME_DEBS = ("python{v}-minimal", "libpython{v}-stdlib", "libstdc++6", "tini", "netbase")
+# debian-archive-keyring: EXTRA_OS_PACKAGES checks the archive's signature with it.
+RUNTIME_DEBS = (
+    "python{v}-minimal", "libpython{v}-stdlib", "libstdc++6", "tini", "netbase",
+    "debian-archive-keyring",
+)  # fmt: skip
 
 #: Paths removed from the root, as glob patterns relative to it.
 PRUNE_GLOBS = (
@@ -134,6 +138,12 @@ PRUNE_GLOBS = (
     "usr/lib/python3/dist-packages/numpy/_pyinstaller",
     "usr/lib/python3/dist-packages/numpy/random/_examples",
     "usr/lib/python3/dist-packages/pyarrow/src",
+    # Arrow Flight RPC: dask.dataframe does not use it (Substrait stays:
+    # pyarrow's Acero engine links it).
+    "usr/lib/python3/dist-packages/pyarrow/libarrow_flight.so*",
+    "usr/lib/python3/dist-packages/pyarrow/libarrow_python_flight.so*",
+    "usr/lib/python3/dist-packages/pyarrow/_flight*.so",
+    "usr/lib/python3/dist-packages/pyarrow/flight.py",
     "usr/lib/python3/dist-packages/pyarrow/includes",
     "usr/lib/python3/dist-packages/bokeh/server/static/js/lib",
     "usr/lib/python3/dist-packages/bokeh/server/static/js/compiler.js",
@@ -170,6 +180,10 @@ PRUNE_GLOBS = (
     "etc/init.d",
     "etc/ld.so.conf.d",
     "etc/ssl",
+    "etc/apt",
+    # One keyring is enough: the one that holds every current archive key.
+    "usr/share/keyrings/debian-archive-[!k]*",
+    "usr/share/keyrings/*.pgp",
     "var",
 )
 
