@@ -354,9 +354,9 @@ def pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
             )
         if reason in _CONFIG_ERRORS:
             return PodProblem("config", name, container, f"{reason}: {waiting.get('message', '')}")
-        last = (cs.get("lastState") or {}).get("terminated")
-        if reason == "CrashLoopBackOff" or (last and last.get("exitCode", 0) != 0):
-            detail = last or {}
+        # One crash can be a race (a scheduler being replaced); a crash loop is not.
+        if reason == "CrashLoopBackOff":
+            detail = (cs.get("lastState") or {}).get("terminated") or {}
             return PodProblem(
                 "crash",
                 name,

@@ -182,3 +182,23 @@ def test_expose_nodeport(namespace, kube, cluster_name):
         assert cluster.scheduler_address.endswith(f":{node_port}")
         with Client(cluster) as client:
             assert client.submit(lambda: 1).result() == 1
+
+
+def test_changing_an_option_updates_the_cluster_in_place(namespace, kube, cluster_name):
+    with MinimalCluster(name=cluster_name, workers=1) as first:
+        uid = kube.get("deployment", f"{cluster_name}-scheduler")["metadata"]["uid"]
+        old_scheduler = set(kube.pods(cluster_name, "scheduler"))
+        updated = MinimalCluster(name=cluster_name, workers=1, env={"TEAM": "data"})
+        try:
+            dep = kube.get("deployment", f"{cluster_name}-scheduler")
+            assert dep["metadata"]["uid"] == uid  # the same object, updated
+            env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
+            assert {"name": "TEAM", "value": "data"} in env
+            assert not set(kube.pods(cluster_name, "scheduler")) & old_scheduler
+            with Client(updated) as client:
+                client.wait_for_workers(1, timeout=120)
+                assert client.submit(lambda: 2).result() == 2
+        finally:
+            updated.close()
+        first.shutdown_on_close = False  # `updated` deleted it
+    assert kube.objects_of(cluster_name) == []

@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Coroutine
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from distributed.core import rpc
 from kr8s.asyncio.portforward import PortForward
@@ -39,6 +40,9 @@ from minimaldask.spec import ClusterSpec, client_versions, default_image_tag
 
 #: pod-deletion-cost of a retired worker: lower than any other pod's (default 0).
 RETIRED_COST = -1_000_000
+#: Seconds a wait may overrun its deadline while an API call is answered.
+API_GRACE = 15
+T = TypeVar("T")
 #: Seconds a scale-down may take until the retired pods are terminating.
 SCALE_TIMEOUT = 60
 
@@ -75,6 +79,7 @@ class KubernetesBackend(Backend):
         self._forwards: list[PortForward] = []
         self._dashboard: str | None = None
         self._forwarded = ""
+        self._forwarded_pod = ""
         self._deadline = 0.0
         #: The cluster ran before this handle; a failed start must not delete it.
         self.preexisting = False
@@ -176,7 +181,7 @@ class KubernetesBackend(Backend):
                     f"start one with MinimalCluster(name={spec.name!r}, namespace={spec.namespace!r})"
                 )
             await self._read_ports()
-            address = await self._wait_for_scheduler()
+            address = await self._within_deadline(self._wait_for_scheduler())
             self._deadline = 0.0  # attached: no start to finish
             self._ready = True
             return address
@@ -188,8 +193,14 @@ class KubernetesBackend(Backend):
             self._say(f"Updating the running cluster {spec.name!r} in {spec.namespace!r}")
         else:
             self._say(f"Creating cluster {spec.name!r} in namespace {spec.namespace!r}")
+        if existing is None:
+            await self._apply(replicas)
+            return await self._within_deadline(self._wait_for_scheduler())
+        # An update may replace the scheduler: new workers start once it answers.
+        await self._apply(replicas, workers=False)
+        address = await self._within_deadline(self._wait_for_scheduler())
         await self._apply(replicas)
-        return await self._wait_for_scheduler()
+        return address
 
     async def _read_ports(self) -> None:
         """Take the ports of a running cluster from its Service (they may not be the defaults)."""
@@ -206,15 +217,26 @@ class KubernetesBackend(Backend):
             dashboard_port=ports.get("http-dashboard", self.spec.dashboard_port),
         )
 
-    async def _apply(self, replicas: int) -> None:
+    async def _apply(self, replicas: int, workers: bool = True) -> None:
+        """Apply the scheduler Deployment, then its children (the worker Deployment if asked)."""
         self._applied = True
-        objects = cluster_objects(self.spec)
-        owner = await kube.update_or_deploy(objects[0], self._api)
+        owner = await kube.update_or_deploy(cluster_objects(self.spec)[0], self._api)
         for obj in cluster_objects(self.spec.with_workers(replicas), owner)[1:]:
-            await kube.update_or_deploy(obj, self._api)
+            if workers or obj["metadata"]["name"] != worker_name(self.spec):
+                await kube.update_or_deploy(obj, self._api)
 
     def _remaining(self) -> float:
         return self._deadline - time.monotonic()
+
+    async def _within_deadline(self, wait: Coroutine[Any, Any, T]) -> T:
+        """``wait``, cut off if an API call hangs past the start's deadline (plus a grace)."""
+        try:
+            return await asyncio.wait_for(wait, max(self._remaining(), 0) + API_GRACE)
+        except asyncio.TimeoutError:
+            raise ClusterStartError(
+                f"{self.spec.name!r} did not start within startup_timeout="
+                f"{self.spec.startup_timeout:g}s: the Kubernetes API server stopped answering"
+            ) from None
 
     async def _wait_for_scheduler(self) -> str:
         spec, api = self.spec, self._api
@@ -227,10 +249,13 @@ class KubernetesBackend(Backend):
                 if (p.get("status") or {}).get("phase") == "Running"
                 and not p["metadata"].get("deletionTimestamp")
             ]
+            if not await self._rolled_out():
+                running = []  # an updated scheduler replaces the old one: not the old one
             states = ", ".join(kube.pod_phase(p) for p in pods) or "no pod yet"
             self._say(f"Waiting for the scheduler ({states})")
             if running:
-                address = await self._address(running[0])
+                newest = max(running, key=lambda p: p["metadata"].get("creationTimestamp", ""))
+                address = await self._address(newest)
                 if address and await _answers(address):
                     return address
             if self._remaining() < 0:
@@ -246,6 +271,19 @@ class KubernetesBackend(Backend):
                     + await self._scheduler_log_tail(pods)
                 )
             await asyncio.sleep(kube.POLL)
+
+    async def _rolled_out(self) -> bool:
+        """Whether the scheduler Deployment's pods are all of its current template."""
+        deployment = await kube.get(
+            self._api, "Deployment", self.spec.namespace, scheduler_name(self.spec)
+        )
+        if deployment is None:
+            return False
+        status = deployment.get("status") or {}
+        return bool(
+            status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
+            and status.get("replicas", 0) == status.get("updatedReplicas", 0)
+        )
 
     async def _scheduler_log_tail(self, pods: list[dict[str, Any]]) -> str:
         if not pods:
@@ -264,8 +302,10 @@ class KubernetesBackend(Backend):
             self._dashboard = f"http://{scheduler_host(spec)}:{spec.dashboard_port}/status"
             return scheduler_address(spec)
         if mode == "port-forward":
-            if not self._forwards:
-                pod_name = pod["metadata"]["name"]
+            pod_name = pod["metadata"]["name"]
+            if self._forwarded_pod != pod_name:  # first time, or the scheduler was replaced
+                await self.disconnect()
+                self._forwarded_pod = pod_name
                 comm, comm_port = await kube.port_forward(
                     self._api, spec.namespace, pod_name, spec.port
                 )
@@ -298,8 +338,19 @@ class KubernetesBackend(Backend):
 
     async def wait_for_workers(self, n: int, count: WorkerCounter, timeout: float) -> None:
         """Wait until the scheduler counts ``n`` workers; fail fast when a worker pod cannot run."""
-        spec = self.spec
         deadline = min(time.monotonic() + timeout, self._deadline or float("inf"))
+        try:
+            await asyncio.wait_for(
+                self._wait_for_workers(n, count, deadline), deadline - time.monotonic() + API_GRACE
+            )
+        except asyncio.TimeoutError:
+            raise ClusterStartError(
+                f"waiting for {n} workers of {self.spec.name!r}: the Kubernetes API server or "
+                "the scheduler stopped answering"
+            ) from None
+
+    async def _wait_for_workers(self, n: int, count: WorkerCounter, deadline: float) -> None:
+        spec = self.spec
         selector = label_selector(spec.name, "worker")
         while True:
             connected = await count()
@@ -371,6 +422,7 @@ class KubernetesBackend(Backend):
             with contextlib.suppress(Exception):
                 await forward.stop()
         self._forwards.clear()
+        self._forwarded_pod = ""
 
     async def close(self) -> None:
         """Delete every object of the cluster and wait until they are gone.
