@@ -125,7 +125,12 @@ class MinimalCluster(Cluster):
             await self._backend.disconnect()
         else:
             self._log(f"Start failed; removing what was created for {self.spec.name!r}")
-            await self._backend.close()
+            try:
+                await self._backend.close()
+            except Exception as cleanup:  # the start's own error is the one to raise
+                self._log(
+                    f"Removing {self.spec.name!r} after the failed start failed too: {cleanup}"
+                )
         self.status = Status.closed
         if self.scheduler_comm:
             await self.scheduler_comm.close_rpc()
@@ -153,6 +158,9 @@ class MinimalCluster(Cluster):
                 continue
             except Exception as e:  # a scheduler without the janitor
                 self._log(f"The scheduler runs no minimaldask janitor ({e}); no self-shutdown")
+                return
+            if not isinstance(info, dict):  # an older scheduler answers unknown handlers with None
+                self._log("The scheduler runs no minimaldask janitor; no self-shutdown")
                 return
             self._janitor_info = info
             if info.get("shutdown_reason") and not self.shutdown_reason:
