@@ -304,6 +304,8 @@ class Janitor(SchedulerPlugin):
         self.namespace = namespace
         self.interval = interval
         self.api = api
+        #: Runs in a pod (a namespace is set): never end by closing the scheduler.
+        self.in_kubernetes = bool(namespace)
         self.usage = Usage()
         self.shutdown_reason: str | None = None
         self.handles: dict[str, float] = {}

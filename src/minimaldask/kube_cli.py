@@ -246,11 +246,11 @@ def dashboard(args: argparse.Namespace) -> int:
 
 def manifests(args: argparse.Namespace) -> int:
     """Print the YAML that ``up`` applies; ``| kubectl apply -f -`` makes the same cluster."""
-    from minimaldask.manifests import cluster_objects
+    from minimaldask.manifests import apply_order, cluster_objects
     from minimaldask.spec import ClusterSpec
 
     spec = ClusterSpec.from_options(**_options(args))
-    sys.stdout.write(render_yaml(cluster_objects(spec)))
+    sys.stdout.write(render_yaml(apply_order(cluster_objects(spec))))
     return 0
 
 
@@ -271,8 +271,12 @@ def default_manifests() -> str:
         "# kubectl apply -n NAMESPACE -f dask.yaml; remove it with\n"
         "# kubectl delete deployment,service -n NAMESPACE -l app.kubernetes.io/instance=dask\n"
         "# or `minimaldask down dask -n NAMESPACE`.\n"
+        "# Without the janitor's ServiceAccount and Role: whoever applies this file owns\n"
+        "# the cluster's lifetime (a janitor deleting what GitOps re-creates would fight it).\n"
+        "# `minimaldask manifests -n NAMESPACE` prints them too, for self-deletion.\n"
     )
-    return header + render_yaml([without_namespace(o) for o in cluster_objects(spec)])
+    objects = cluster_objects(spec, janitor=False)
+    return header + render_yaml([without_namespace(o) for o in objects])
 
 
 def register(subparsers: Any) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Coroutine
 from dataclasses import replace
 from datetime import datetime
@@ -30,6 +31,8 @@ from minimaldask.exceptions import (
 from minimaldask.manifests import (
     LABEL_INSTANCE,
     cluster_objects,
+    janitor_name,
+    janitor_service_account,
     label_selector,
     scheduler_address,
     scheduler_host,
@@ -88,6 +91,8 @@ class KubernetesBackend(Backend):
         self._ready = False
         #: One line saying where the start is; the CLI displays it live.
         self.progress = ""
+        #: Whether the cluster gets its janitor's ServiceAccount and Role (self-deletion).
+        self.janitor = True
 
     async def _connect(self) -> Any:
         if self._api is None:
@@ -113,7 +118,23 @@ class KubernetesBackend(Backend):
         api = await self._connect()
         await kube.check_namespace(api, spec.namespace)
         await kube.check_access(api, spec.namespace, port_forward=self._mode() == "port-forward")
+        await self._check_janitor_access(api)
         await self._check_image(api)
+
+    async def _check_janitor_access(self, api: Any) -> None:
+        """Without the rights to give the janitor its Role, start anyway and say what is lost."""
+        missing = await kube.missing_access(api, self.spec.namespace, kube.JANITOR_ACCESS)
+        self.janitor = not missing
+        if missing:
+            message = (
+                f"Self-deletion is off for cluster {self.spec.name!r}: you may not "
+                f"{', '.join(missing)} in namespace {self.spec.namespace!r}, so its janitor "
+                "cannot delete it when idle or without a client, nor scale it adaptively. "
+                "Delete it yourself (delete_dask_cluster / minimaldask down), or ask for the "
+                "'admin' role in the namespace"
+            )
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            self.log(message)
 
     async def _check_image(self, api: Any) -> None:
         """The image must exist, record this client's versions, and have the nodes' platforms."""
@@ -220,8 +241,14 @@ class KubernetesBackend(Backend):
     async def _apply(self, replicas: int, workers: bool = True) -> None:
         """Apply the scheduler Deployment, then its children (the worker Deployment if asked)."""
         self._applied = True
-        owner = await kube.update_or_deploy(cluster_objects(self.spec)[0], self._api)
-        for obj in cluster_objects(self.spec.with_workers(replicas), owner)[1:]:
+        janitor = self.janitor
+        if janitor:
+            # The scheduler pod runs as this ServiceAccount: it must exist before the pod.
+            await kube.update_or_deploy(janitor_service_account(self.spec), self._api)
+        owner = await kube.update_or_deploy(
+            cluster_objects(self.spec, janitor=janitor)[0], self._api
+        )
+        for obj in cluster_objects(self.spec.with_workers(replicas), owner, janitor=janitor)[1:]:
             if workers or obj["metadata"]["name"] != worker_name(self.spec):
                 await kube.update_or_deploy(obj, self._api)
 
@@ -462,6 +489,9 @@ class KubernetesBackend(Backend):
             ("Deployment", scheduler_name(spec)),
             ("Deployment", worker_name(spec)),
             ("Service", scheduler_name(spec)),
+            ("RoleBinding", janitor_name(spec)),
+            ("Role", janitor_name(spec)),
+            ("ServiceAccount", scheduler_name(spec)),
         ]
         return await kube.delete_cluster(api, namespace, name, objects, timeout)
 
