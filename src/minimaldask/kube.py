@@ -307,6 +307,22 @@ async def set_replicas(
     )
 
 
+async def annotate(
+    api: kr8s.asyncio.Api, kind: str, namespace: str, name: str, annotations: Mapping[str, Any]
+) -> None:
+    """Merge ``annotations`` into an object (``None`` values remove them)."""
+    await _call(
+        api,
+        "PATCH",
+        kind,
+        namespace,
+        name,
+        action=f"annotating {kind} {namespace}/{name}",
+        body={"metadata": {"annotations": dict(annotations)}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+
+
 async def set_deletion_cost(
     api: kr8s.asyncio.Api, namespace: str, pods: Iterable[str], cost: int
 ) -> None:

@@ -152,16 +152,56 @@ def list_(args: argparse.Namespace) -> int:
         console.print_json(json.dumps([c.__dict__ for c in clusters]))
         return 0
     table = Table(title=f"minimaldask clusters in {namespace}")
-    for column in ("name", "workers (ready/asked)", "scheduler", "age"):
+    for column in ("name", "workers (ready/asked)", "scheduler", "age", "idle", "ends"):
         table.add_column(column)
     for c in clusters:
-        age = f"{(time.time() - c.created) / 60:.0f} min" if c.created else "?"
+        age = _duration(time.time() - c.created) if c.created else "?"
         ready = "ready" if c.details.get("scheduler_ready") else "not ready"
         table.add_row(
-            c.name, f"{c.workers}/{c.requested_workers}", f"{c.scheduler_address} ({ready})", age
+            c.name,
+            f"{c.workers}/{c.requested_workers}",
+            f"{c.scheduler_address} ({ready})",
+            age,
+            _idle(c.details),
+            _ends(c.details),
         )
     console.print(table)
     return 0
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _idle(details: dict[str, Any]) -> str:
+    """How long the cluster has had nothing to do, as its janitor last reported."""
+    report = details.get("janitor") or {}
+    if not report:
+        return "?"
+    if not report.get("idle_since"):
+        return "busy"
+    return _duration(time.time() - report["idle_since"])
+
+
+def _ends(details: dict[str, Any]) -> str:
+    """The timeouts that will end the cluster; adaptive bounds too."""
+    parts = [
+        f"{label} {_duration(details[key])}"
+        for key, label in (
+            ("idle_timeout", "idle"),
+            ("no_client_timeout", "no client"),
+            ("max_lifetime", "age"),
+        )
+        if details.get(key)
+    ]
+    if "adapt" in details:
+        parts.append("adapt {}-{}".format(*details["adapt"]))
+    return ", ".join(parts) or "never (no timeout)"
 
 
 def status(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 import warnings
@@ -75,6 +76,7 @@ class KubernetesBackend(Backend):
 
     name = "kubernetes"
     close_retired = False
+    adapts_in_scheduler = True
 
     def __init__(self, spec: ClusterSpec, log: Logger) -> None:
         super().__init__(spec, log)
@@ -441,6 +443,30 @@ class KubernetesBackend(Backend):
             await asyncio.sleep(kube.POLL)
         self.requested = live
 
+    async def adapt(self, scheduler: Any, minimum: int, maximum: int | None) -> dict[str, Any]:
+        """Store the bounds on the scheduler Deployment, then hand them to the janitor."""
+        from minimaldask.janitor import ADAPT_MAXIMUM, ADAPT_MINIMUM
+
+        api = await self._connect()
+        bounds = {ADAPT_MINIMUM: str(minimum), ADAPT_MAXIMUM: str(maximum)}
+        if maximum is None:
+            bounds = {ADAPT_MINIMUM: None, ADAPT_MAXIMUM: None}  # type: ignore[dict-item]
+        await kube.annotate(
+            api, "Deployment", self.spec.namespace, scheduler_name(self.spec), bounds
+        )
+        try:
+            result: dict[str, Any] = await asyncio.wait_for(
+                scheduler.minimaldask_adapt(minimum=minimum, maximum=maximum), 30
+            )
+        except Exception as e:
+            raise KubernetesError(
+                f"the janitor of {self.spec.name!r} cannot scale it ({e}); without the rights to "
+                "create its Role (see the warning at start) adaptive scaling is off"
+            ) from e
+        if maximum is not None:
+            self.log(f"Adaptive scaling between {minimum} and {maximum} workers, in the scheduler")
+        return result
+
     # -- end --------------------------------------------------------------------------------
 
     async def disconnect(self) -> None:
@@ -528,10 +554,31 @@ class KubernetesBackend(Backend):
                     workers=int((w.get("status") or {}).get("readyReplicas") or 0),
                     requested_workers=int((w.get("spec") or {}).get("replicas") or 0),
                     created=_timestamp(d["metadata"].get("creationTimestamp")),
-                    details={"scheduler_ready": bool((d.get("status") or {}).get("readyReplicas"))},
+                    details={
+                        "scheduler_ready": bool((d.get("status") or {}).get("readyReplicas")),
+                        **_janitor_details(d),
+                    },
                 )
             )
         return out
+
+
+def _janitor_details(scheduler: dict[str, Any]) -> dict[str, Any]:
+    """The timeouts a scheduler Deployment sets, and what its janitor last reported."""
+    from minimaldask.janitor import ADAPT_MAXIMUM, ADAPT_MINIMUM, STATUS
+
+    containers = scheduler["spec"]["template"]["spec"].get("containers") or [{}]
+    env = {e["name"]: e.get("value") for e in containers[0].get("env") or []}
+    details: dict[str, Any] = {}
+    for key in ("idle_timeout", "no_client_timeout", "max_lifetime"):
+        value = env.get(f"MINIMALDASK_{key.upper()}") or ""
+        details[key] = float(value) if value else None
+    annotations = scheduler["metadata"].get("annotations") or {}
+    if ADAPT_MAXIMUM in annotations:
+        details["adapt"] = [int(annotations.get(ADAPT_MINIMUM, 0)), int(annotations[ADAPT_MAXIMUM])]
+    with contextlib.suppress(ValueError, TypeError):
+        details["janitor"] = json.loads(annotations.get(STATUS, ""))
+    return details
 
 
 async def _answers(address: str) -> bool:
