@@ -220,15 +220,20 @@ class MinimalCluster(Cluster):
         On Kubernetes the scheduler's janitor does it, so it goes on when this
         client is gone: the bounds are stored on the cluster, workers are
         retired gracefully (their data moves first) and scaling to zero works.
-        The local backend uses dask's Adaptive in this client.
+        ``cooldown`` (seconds between a scaling and the next scale-down, default
+        30) and ``min_worker_age`` (workers younger than this are never
+        retired, default 20) tune it. The local backend uses dask's Adaptive in
+        this client, with its options.
         """
         if not self._backend.adapts_in_scheduler:
             return super().adapt(minimum=minimum, maximum=maximum, **kwargs)
-        if kwargs:
+        unknown = set(kwargs) - {"cooldown", "min_worker_age"}
+        if unknown:
             raise ValueError(
-                f"invalid adapt options {sorted(kwargs)}: on Kubernetes adapt takes minimum "
-                "and maximum only (the janitor in the scheduler does the scaling)"
+                f"invalid adapt options {sorted(unknown)}: on Kubernetes adapt takes minimum, "
+                "maximum, cooldown and min_worker_age (the janitor in the scheduler scales)"
             )
+        policy = {k: float(v) for k, v in kwargs.items()}
         if not isinstance(minimum, int) or minimum < 0:
             raise ValueError(f"invalid minimum={minimum!r}: expected a whole number >= 0")
         if not math.isfinite(maximum) or int(maximum) != maximum or maximum < max(minimum, 1):
@@ -237,7 +242,7 @@ class MinimalCluster(Cluster):
                 "a cluster on Kubernetes needs a finite upper bound, e.g. adapt(0, 10)"
             )
         self._adapting = True
-        return self.sync(self._backend.adapt, self._scheduler, minimum, int(maximum))
+        return self.sync(self._backend.adapt, self._scheduler, minimum, int(maximum), **policy)
 
     async def _scale(self, n: int) -> None:
         if self._adapting:

@@ -46,7 +46,7 @@ HEARTBEAT = "minimaldask_heartbeat"
 #: Name of the scheduler handler that reports resource usage.
 USAGE = "minimaldask_usage"
 #: Name of the scheduler handler that sets adaptive bounds.
-ADAPT = "minimaldask_adapt"
+ADAPT_HANDLER = "minimaldask_adapt"
 #: A MinimalCluster handle counts as a client while its heartbeats are this recent.
 HANDLE_TTL = 10.0
 #: Idle time does not count before the first worker joins, up to this long.
@@ -189,9 +189,8 @@ class Usage:
 STATUS = "minimaldask.dask.org/status"
 #: How often that report is refreshed, in seconds.
 STATUS_INTERVAL = 15.0
-#: Annotations on the scheduler Deployment that store the adaptive bounds.
-ADAPT_MINIMUM = "minimaldask.dask.org/adapt-minimum"
-ADAPT_MAXIMUM = "minimaldask.dask.org/adapt-maximum"
+#: Annotation on the scheduler Deployment that stores the adaptive policy (JSON).
+ADAPT = "minimaldask.dask.org/adapt"
 
 
 @dataclass
@@ -352,7 +351,7 @@ class Janitor(SchedulerPlugin):
         self.scheduler = scheduler
         scheduler.handlers[HEARTBEAT] = self.heartbeat
         scheduler.handlers[USAGE] = self.report_usage
-        scheduler.handlers[ADAPT] = self.adapt
+        scheduler.handlers[ADAPT_HANDLER] = self.adapt
         if self.api is not None:
             self.scaler = AdaptiveScaler(scheduler, self.api, f"{self.cluster_name}-worker")
             await self._restore_adapt_bounds()
@@ -449,11 +448,13 @@ class Janitor(SchedulerPlugin):
             logger.warning("minimaldask janitor: cannot read adaptive bounds: %s", e)
             return
         annotations = deployment["metadata"].get("annotations") or {}
-        if ADAPT_MAXIMUM in annotations:
-            self.adapt(
-                minimum=int(annotations.get(ADAPT_MINIMUM, 0)),
-                maximum=int(annotations[ADAPT_MAXIMUM]),
-            )
+        try:
+            policy = json.loads(annotations.get(ADAPT, "null"))
+        except ValueError:
+            logger.warning("minimaldask janitor: ignoring a malformed %s annotation", ADAPT)
+            return
+        if policy:
+            self.adapt(**policy)
 
     def report_usage(self) -> dict[str, float]:
         """Worker-seconds, core-seconds, peak workers and lifetime so far."""

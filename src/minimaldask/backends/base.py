@@ -80,8 +80,10 @@ class Backend(abc.ABC):
     async def logs(self) -> dict[str, str]:
         """Logs of the scheduler and workers as the backend sees them (process, pod)."""
 
-    async def adapt(self, scheduler: Any, minimum: int, maximum: int | None) -> dict[str, Any]:
-        """Store adaptive bounds and hand them to the janitor (``maximum=None``: off)."""
+    async def adapt(
+        self, scheduler: Any, minimum: int, maximum: int | None, **policy: float
+    ) -> dict[str, Any]:
+        """Store the adaptive policy and hand it to the janitor (``maximum=None``: off)."""
         raise NotImplementedError(f"the {self.name} backend adapts in the client")
 
     @property

@@ -443,20 +443,21 @@ class KubernetesBackend(Backend):
             await asyncio.sleep(kube.POLL)
         self.requested = live
 
-    async def adapt(self, scheduler: Any, minimum: int, maximum: int | None) -> dict[str, Any]:
-        """Store the bounds on the scheduler Deployment, then hand them to the janitor."""
-        from minimaldask.janitor import ADAPT_MAXIMUM, ADAPT_MINIMUM
+    async def adapt(
+        self, scheduler: Any, minimum: int, maximum: int | None, **policy: float
+    ) -> dict[str, Any]:
+        """Store the policy on the scheduler Deployment, then hand it to the janitor."""
+        from minimaldask.janitor import ADAPT
 
         api = await self._connect()
-        bounds = {ADAPT_MINIMUM: str(minimum), ADAPT_MAXIMUM: str(maximum)}
-        if maximum is None:
-            bounds = {ADAPT_MINIMUM: None, ADAPT_MAXIMUM: None}  # type: ignore[dict-item]
+        bounds = {"minimum": minimum, "maximum": maximum, **policy}
+        stored = json.dumps(bounds) if maximum is not None else None
         await kube.annotate(
-            api, "Deployment", self.spec.namespace, scheduler_name(self.spec), bounds
+            api, "Deployment", self.spec.namespace, scheduler_name(self.spec), {ADAPT: stored}
         )
         try:
             result: dict[str, Any] = await asyncio.wait_for(
-                scheduler.minimaldask_adapt(minimum=minimum, maximum=maximum), 30
+                scheduler.minimaldask_adapt(**bounds), 30
             )
         except Exception as e:
             raise KubernetesError(
@@ -565,7 +566,7 @@ class KubernetesBackend(Backend):
 
 def _janitor_details(scheduler: dict[str, Any]) -> dict[str, Any]:
     """The timeouts a scheduler Deployment sets, and what its janitor last reported."""
-    from minimaldask.janitor import ADAPT_MAXIMUM, ADAPT_MINIMUM, STATUS
+    from minimaldask.janitor import ADAPT, STATUS
 
     containers = scheduler["spec"]["template"]["spec"].get("containers") or [{}]
     env = {e["name"]: e.get("value") for e in containers[0].get("env") or []}
@@ -574,8 +575,9 @@ def _janitor_details(scheduler: dict[str, Any]) -> dict[str, Any]:
         value = env.get(f"MINIMALDASK_{key.upper()}") or ""
         details[key] = float(value) if value else None
     annotations = scheduler["metadata"].get("annotations") or {}
-    if ADAPT_MAXIMUM in annotations:
-        details["adapt"] = [int(annotations.get(ADAPT_MINIMUM, 0)), int(annotations[ADAPT_MAXIMUM])]
+    with contextlib.suppress(ValueError, TypeError, KeyError):
+        policy = json.loads(annotations[ADAPT])
+        details["adapt"] = [policy["minimum"], policy["maximum"]]
     with contextlib.suppress(ValueError, TypeError):
         details["janitor"] = json.loads(annotations.get(STATUS, ""))
     return details
