@@ -38,7 +38,8 @@ from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-logger = logging.getLogger("minimaldask.janitor")
+# Under "distributed": the scheduler's own log handler and level apply.
+logger = logging.getLogger("distributed.minimaldask.janitor")
 
 TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 #: Name of the scheduler handler a MinimalCluster calls to say it is alive.

@@ -57,6 +57,8 @@ def namespace(kube_namespace, image, monkeypatch):
             "minimaldask.namespace": kube_namespace.name,
             "minimaldask.image.repository": repository,
             "minimaldask.image.tag": image.rpartition(":")[2],
+            # Each run pushes a new build under the same tag: a node must not run an old one.
+            "minimaldask.image.pull-policy": "Always",
             "minimaldask.worker.cpu": SMALL["cpu"],
             "minimaldask.worker.memory": SMALL["memory"],
             "minimaldask.scheduler.cpu": "100m",
