@@ -67,7 +67,17 @@ KINDS: dict[str, Kind] = {
     "NetworkPolicy": Kind("networking.k8s.io/v1", "networkpolicies"),
 }
 #: Kinds that hold a cluster's objects (ours and those controllers make for them).
-CLUSTER_KINDS = ("Deployment", "ReplicaSet", "Pod", "Service", "Endpoints", "EndpointSlice")
+CLUSTER_KINDS = (
+    "Deployment",
+    "ReplicaSet",
+    "Pod",
+    "Service",
+    "Endpoints",
+    "EndpointSlice",
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+)
 
 
 def _kind(name: str) -> Kind:
@@ -293,6 +303,22 @@ async def set_replicas(
         action=f"scaling Deployment {namespace}/{deployment} to {replicas}",
         params={"fieldManager": FIELD_MANAGER},
         body={"spec": {"replicas": replicas}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+
+
+async def annotate(
+    api: kr8s.asyncio.Api, kind: str, namespace: str, name: str, annotations: Mapping[str, Any]
+) -> None:
+    """Merge ``annotations`` into an object (``None`` values remove them)."""
+    await _call(
+        api,
+        "PATCH",
+        kind,
+        namespace,
+        name,
+        action=f"annotating {kind} {namespace}/{name}",
+        body={"metadata": {"annotations": dict(annotations)}},
         headers={"Content-Type": "application/merge-patch+json"},
     )
 
@@ -525,6 +551,15 @@ REQUIRED_ACCESS: tuple[tuple[str, str, str, str], ...] = (
     ("get", "", "pods", "log"),
 )
 PORT_FORWARD_ACCESS = ("create", "", "pods", "portforward")
+#: Rights to give the scheduler's janitor its own identity and Role (cost controls).
+JANITOR_ACCESS: tuple[tuple[str, str, str, str], ...] = (
+    ("create", "", "serviceaccounts", ""),
+    ("patch", "", "serviceaccounts", ""),
+    ("create", "rbac.authorization.k8s.io", "roles", ""),
+    ("patch", "rbac.authorization.k8s.io", "roles", ""),
+    ("create", "rbac.authorization.k8s.io", "rolebindings", ""),
+    ("patch", "rbac.authorization.k8s.io", "rolebindings", ""),
+)
 
 
 def _resource_name(group: str, resource: str, subresource: str) -> str:
@@ -569,6 +604,19 @@ async def can(
         ) as r,
     ):
         return bool(r.json().get("status", {}).get("allowed"))
+
+
+async def missing_access(
+    api: kr8s.asyncio.Api, namespace: str, needed: Iterable[tuple[str, str, str, str]]
+) -> list[str]:
+    """``verb resource`` for each of ``needed`` that this user may not do in ``namespace``."""
+    needed = list(needed)
+    answers = await asyncio.gather(*(can(api, namespace, *n) for n in needed))
+    return [
+        f"{verb} {_resource_name(g, r, s)}"
+        for (verb, g, r, s), ok in zip(needed, answers, strict=True)
+        if not ok
+    ]
 
 
 async def check_access(api: kr8s.asyncio.Api, namespace: str, port_forward: bool = False) -> None:

@@ -152,16 +152,56 @@ def list_(args: argparse.Namespace) -> int:
         console.print_json(json.dumps([c.__dict__ for c in clusters]))
         return 0
     table = Table(title=f"minimaldask clusters in {namespace}")
-    for column in ("name", "workers (ready/asked)", "scheduler", "age"):
+    for column in ("name", "workers (ready/asked)", "scheduler", "age", "idle", "ends"):
         table.add_column(column)
     for c in clusters:
-        age = f"{(time.time() - c.created) / 60:.0f} min" if c.created else "?"
+        age = _duration(time.time() - c.created) if c.created else "?"
         ready = "ready" if c.details.get("scheduler_ready") else "not ready"
         table.add_row(
-            c.name, f"{c.workers}/{c.requested_workers}", f"{c.scheduler_address} ({ready})", age
+            c.name,
+            f"{c.workers}/{c.requested_workers}",
+            f"{c.scheduler_address} ({ready})",
+            age,
+            _idle(c.details),
+            _ends(c.details),
         )
     console.print(table)
     return 0
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _idle(details: dict[str, Any]) -> str:
+    """How long the cluster has had nothing to do, as its janitor last reported."""
+    report = details.get("janitor") or {}
+    if not report:
+        return "?"
+    if not report.get("idle_since"):
+        return "busy"
+    return _duration(time.time() - report["idle_since"])
+
+
+def _ends(details: dict[str, Any]) -> str:
+    """The timeouts that will end the cluster; adaptive bounds too."""
+    parts = [
+        f"{label} {_duration(details[key])}"
+        for key, label in (
+            ("idle_timeout", "idle"),
+            ("no_client_timeout", "no client"),
+            ("max_lifetime", "age"),
+        )
+        if details.get(key)
+    ]
+    if "adapt" in details:
+        parts.append("adapt {}-{}".format(*details["adapt"]))
+    return ", ".join(parts) or "never (no timeout)"
 
 
 def status(args: argparse.Namespace) -> int:
@@ -246,11 +286,11 @@ def dashboard(args: argparse.Namespace) -> int:
 
 def manifests(args: argparse.Namespace) -> int:
     """Print the YAML that ``up`` applies; ``| kubectl apply -f -`` makes the same cluster."""
-    from minimaldask.manifests import cluster_objects
+    from minimaldask.manifests import apply_order, cluster_objects
     from minimaldask.spec import ClusterSpec
 
     spec = ClusterSpec.from_options(**_options(args))
-    sys.stdout.write(render_yaml(cluster_objects(spec)))
+    sys.stdout.write(render_yaml(apply_order(cluster_objects(spec))))
     return 0
 
 
@@ -271,8 +311,12 @@ def default_manifests() -> str:
         "# kubectl apply -n NAMESPACE -f dask.yaml; remove it with\n"
         "# kubectl delete deployment,service -n NAMESPACE -l app.kubernetes.io/instance=dask\n"
         "# or `minimaldask down dask -n NAMESPACE`.\n"
+        "# Without the janitor's ServiceAccount and Role: whoever applies this file owns\n"
+        "# the cluster's lifetime (a janitor deleting what GitOps re-creates would fight it).\n"
+        "# `minimaldask manifests -n NAMESPACE` prints them too, for self-deletion.\n"
     )
-    return header + render_yaml([without_namespace(o) for o in cluster_objects(spec)])
+    objects = cluster_objects(spec, janitor=False)
+    return header + render_yaml([without_namespace(o) for o in objects])
 
 
 def register(subparsers: Any) -> None:

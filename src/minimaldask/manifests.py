@@ -5,7 +5,10 @@ No I/O here: ``minimaldask manifests`` prints these objects and
 
 - Service ``NAME-scheduler`` (ports ``tcp-comm`` and ``http-dashboard``),
 - Deployment ``NAME-scheduler`` (one scheduler, the owner of the rest),
-- Deployment ``NAME-worker`` (``spec.workers`` replicas).
+- Deployment ``NAME-worker`` (``spec.workers`` replicas),
+- ServiceAccount ``NAME-scheduler``, Role and RoleBinding ``NAME-janitor``: the
+  rights of the scheduler's janitor (delete its own cluster, scale its workers),
+  when the user may grant them (``janitor=True``).
 
 Every object carries the ``app.kubernetes.io/{name,instance,component,managed-by}``
 labels; the children carry an ownerReference to the scheduler Deployment once
@@ -192,8 +195,91 @@ def _deployment(spec: ClusterSpec, name: str, component: str, replicas: int, pod
     }
 
 
-def scheduler_deployment(spec: ClusterSpec) -> Obj:
-    """Deployment ``NAME-scheduler``: one scheduler, sized by ``scheduler_resources``."""
+def janitor_name(spec: ClusterSpec) -> str:
+    """Name of the janitor's Role and RoleBinding."""
+    return f"{spec.name}-janitor"
+
+
+def janitor_rules(spec: ClusterSpec) -> list[Obj]:
+    """What the janitor may do: only to this cluster's objects, where Kubernetes allows.
+
+    Pods cannot be named in advance (the ReplicaSet names them), so patching
+    pods (the deletion-cost annotation of retired workers) is namespace-wide.
+    """
+    return [
+        {
+            "apiGroups": ["apps"],
+            "resources": ["deployments"],
+            "resourceNames": [scheduler_name(spec), worker_name(spec)],
+            "verbs": ["get", "patch", "delete"],
+        },
+        {
+            "apiGroups": ["apps"],
+            "resources": ["deployments/scale"],
+            "resourceNames": [worker_name(spec)],
+            "verbs": ["get", "patch"],
+        },
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]},
+    ]
+
+
+def janitor_service_account(spec: ClusterSpec) -> Obj:
+    """ServiceAccount ``NAME-scheduler``: the identity of the scheduler pod."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(spec, scheduler_name(spec), "scheduler"),
+        "automountServiceAccountToken": False,
+    }
+
+
+def janitor_role(spec: ClusterSpec) -> Obj:
+    """Role ``NAME-janitor``: see :func:`janitor_rules`."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(spec, janitor_name(spec), "scheduler"),
+        "rules": janitor_rules(spec),
+    }
+
+
+def janitor_role_binding(spec: ClusterSpec) -> Obj:
+    """RoleBinding ``NAME-janitor``: the Role to the scheduler's ServiceAccount."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(spec, janitor_name(spec), "scheduler"),
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": janitor_name(spec),
+        },
+        "subjects": [
+            {"kind": "ServiceAccount", "name": scheduler_name(spec), "namespace": spec.namespace}
+        ],
+    }
+
+
+#: The janitor's objects, applied before the scheduler Deployment (its pod needs them).
+JANITOR_BUILDERS: list[Callable[[ClusterSpec], Obj]] = [
+    janitor_service_account,
+    janitor_role,
+    janitor_role_binding,
+]
+
+
+def scheduler_arguments(spec: ClusterSpec) -> list[str]:
+    """Options of ``dask scheduler``: the janitor, then the user's."""
+    return ["--preload", "minimaldask.janitor", *spec.scheduler_options]
+
+
+def scheduler_deployment(spec: ClusterSpec, janitor: bool = True) -> Obj:
+    """Deployment ``NAME-scheduler``: one scheduler, sized by ``scheduler_resources``.
+
+    With ``janitor``, the pod runs as ServiceAccount ``NAME-scheduler`` with its
+    token mounted (the only pod of the cluster that has one); without, the
+    janitor cannot delete or scale the cluster and says so.
+    """
     env: list[Obj] = [
         {"name": "PORT", "value": str(spec.port)},
         {"name": "DASHBOARD_PORT", "value": str(spec.dashboard_port)},
@@ -205,8 +291,7 @@ def scheduler_deployment(spec: ClusterSpec) -> Obj:
         },
         *_env(spec),
     ]
-    if spec.scheduler_options:
-        env.append({"name": "ARGUMENTS", "value": shlex.join(spec.scheduler_options)})
+    env.append({"name": "ARGUMENTS", "value": shlex.join(scheduler_arguments(spec))})
     container = _container(spec, "scheduler", env, spec.scheduler_resources.to_kubernetes())
     container["ports"] = [
         {"name": "tcp-comm", "containerPort": spec.port, "protocol": "TCP"},
@@ -216,9 +301,11 @@ def scheduler_deployment(spec: ClusterSpec) -> Obj:
     container["startupProbe"] = _probe("http-dashboard", 2, 150)
     container["readinessProbe"] = _probe("http-dashboard", 5, 2)
     container["livenessProbe"] = _probe("http-dashboard", 10, 6)
-    deployment = _deployment(
-        spec, scheduler_name(spec), "scheduler", 1, _pod_spec(spec, container, grace=30)
-    )
+    pod = _pod_spec(spec, container, grace=30)
+    if janitor:
+        pod["serviceAccountName"] = scheduler_name(spec)
+        pod["automountServiceAccountToken"] = True
+    deployment = _deployment(spec, scheduler_name(spec), "scheduler", 1, pod)
     # A second scheduler would be a second cluster: replace, never overlap.
     deployment["spec"]["strategy"] = {"type": "Recreate"}
     return deep_merge(deployment, spec.patch.get("scheduler", {}))
@@ -315,11 +402,23 @@ def without_namespace(obj: Obj) -> Obj:
     return out
 
 
-def cluster_objects(spec: ClusterSpec, owner: Mapping[str, Any] | None = None) -> list[Obj]:
+def cluster_objects(
+    spec: ClusterSpec, owner: Mapping[str, Any] | None = None, janitor: bool = True
+) -> list[Obj]:
     """Every object of the cluster, the owner (scheduler Deployment) first.
 
     ``owner`` is the scheduler Deployment as the API server returned it; with
     it, the children carry an ownerReference to it. Without it (``minimaldask
     manifests``), delete the cluster by its label: see docs/kubernetes.md.
     """
-    return [scheduler_deployment(spec), *(owned(b(spec), owner) for b in CHILD_BUILDERS)]
+    builders = [*CHILD_BUILDERS, *(JANITOR_BUILDERS if janitor else [])]
+    return [scheduler_deployment(spec, janitor), *(owned(b(spec), owner) for b in builders)]
+
+
+def apply_order(objects: list[Obj]) -> list[Obj]:
+    """``objects`` in the order ``kubectl apply`` should create them: identities first.
+
+    The scheduler pod runs as its ServiceAccount, which must exist before it.
+    """
+    first = ("ServiceAccount", "Role", "RoleBinding")
+    return sorted(objects, key=lambda o: o["kind"] not in first)

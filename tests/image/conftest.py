@@ -108,13 +108,12 @@ def images():
 
 @pytest.fixture(scope="session")
 def docker_engine():
-    """A running Docker engine; started with tools/ci/docker-up.sh if there is none."""
-    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
-        up = subprocess.run(
-            ["bash", str(REPO / "tools/ci/docker-up.sh")], capture_output=True, text=True
-        )
-        print(up.stdout)
-        assert up.returncode == 0, up.stderr
+    """A running Docker engine and qemu binfmt entries: tools/ci/docker-up.sh (idempotent)."""
+    up = subprocess.run(
+        ["bash", str(REPO / "tools/ci/docker-up.sh")], capture_output=True, text=True, timeout=900
+    )
+    print(up.stdout)
+    assert up.returncode == 0, up.stdout + up.stderr
     return "docker"
 
 

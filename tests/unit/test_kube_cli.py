@@ -17,15 +17,21 @@ def manifests(capsys, *args):
     return list(yaml.safe_load_all(capsys.readouterr().out))
 
 
-def test_manifests_print_the_three_objects(capsys):
+def test_manifests_print_the_objects_identities_first(capsys):
     objs = manifests(capsys, "etl", "-n", "team", "--workers", "4", "--cpu", "2", "--memory", "3Gi")
     assert [(o["kind"], o["metadata"]["name"]) for o in objs] == [
+        ("ServiceAccount", "etl-scheduler"),
+        ("Role", "etl-janitor"),
+        ("RoleBinding", "etl-janitor"),
         ("Deployment", "etl-scheduler"),
         ("Service", "etl-scheduler"),
         ("Deployment", "etl-worker"),
     ]
     assert all(o["metadata"]["namespace"] == "team" for o in objs)
-    worker = objs[2]
+    assert objs[2]["subjects"] == [
+        {"kind": "ServiceAccount", "name": "etl-scheduler", "namespace": "team"}
+    ]
+    worker = objs[5]
     assert worker["spec"]["replicas"] == 4
     container = worker["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["requests"] == {"cpu": "2", "memory": "3Gi"}
@@ -38,8 +44,9 @@ def test_manifests_options(capsys):
     objs = manifests(
         capsys, "x", "--image", "reg/img:1", "--pip", "a b", "--env", "A=1", "--expose", "nodeport"
     )
-    assert objs[1]["spec"]["type"] == "NodePort"
-    container = objs[0]["spec"]["template"]["spec"]["containers"][0]
+    by_kind = {o["kind"]: o for o in objs if o["metadata"]["name"] != "x-worker"}
+    assert by_kind["Service"]["spec"]["type"] == "NodePort"
+    container = by_kind["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "reg/img:1"
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["EXTRA_PIP_PACKAGES"] == "a b" and env["A"] == "1"

@@ -31,6 +31,9 @@ def test_objects_are_named_per_cluster():
         ("Deployment", "demo-scheduler"),
         ("Deployment", "demo-worker"),
         ("Service", "demo-scheduler"),
+        ("ServiceAccount", "demo-scheduler"),
+        ("Role", "demo-janitor"),
+        ("RoleBinding", "demo-janitor"),
     }
     for obj in objs.values():
         assert obj["metadata"]["namespace"] == "team"
@@ -124,10 +127,19 @@ def test_worker_options_come_last():
     assert args[-4:] == ["--nthreads", "8", "--resources", "GPU=1"]
 
 
-@pytest.mark.parametrize("builder", [manifests.scheduler_deployment, manifests.worker_deployment])
+@pytest.mark.parametrize(
+    "builder",
+    [
+        manifests.worker_deployment,
+        lambda s: manifests.scheduler_deployment(s, janitor=False),
+        manifests.scheduler_deployment,
+    ],
+)
 def test_pods_are_locked_down(builder):
     pod = builder(spec())["spec"]["template"]["spec"]
-    assert pod["automountServiceAccountToken"] is False
+    # Only the scheduler with its janitor gets a token: its own, for its own Role.
+    janitor = pod.get("serviceAccountName") == "demo-scheduler"
+    assert pod["automountServiceAccountToken"] is janitor
     assert pod["enableServiceLinks"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -212,3 +224,36 @@ def test_label_selector():
         "app.kubernetes.io/name=minimaldask,app.kubernetes.io/instance=demo,"
         "app.kubernetes.io/component=worker"
     )
+
+
+def test_the_janitor_may_touch_only_this_clusters_objects():
+    objs = by_kind(manifests.cluster_objects(spec()))
+    rules = objs[("Role", "demo-janitor")]["rules"]
+    deployments = next(r for r in rules if r["resources"] == ["deployments"])
+    assert deployments["resourceNames"] == ["demo-scheduler", "demo-worker"]
+    assert set(deployments["verbs"]) == {"get", "patch", "delete"}
+    scale = next(r for r in rules if r["resources"] == ["deployments/scale"])
+    assert scale["resourceNames"] == ["demo-worker"]
+    # Pod names are made by the ReplicaSet: patching them cannot be limited by name.
+    pods = next(r for r in rules if r["resources"] == ["pods"])
+    assert pods["verbs"] == ["patch"]
+    binding = objs[("RoleBinding", "demo-janitor")]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "demo-scheduler", "namespace": "team"}
+    ]
+    sa = objs[("ServiceAccount", "demo-scheduler")]
+    assert sa["automountServiceAccountToken"] is False  # only the scheduler pod opts in
+    args = shlex.split(
+        env_of(objs[("Deployment", "demo-scheduler")]["spec"]["template"]["spec"]["containers"][0])[
+            "ARGUMENTS"
+        ]
+    )
+    assert args[:2] == ["--preload", "minimaldask.janitor"]
+
+
+def test_without_the_janitor_the_scheduler_has_no_token():
+    objs = by_kind(manifests.cluster_objects(spec(), janitor=False))
+    assert ("Role", "demo-janitor") not in objs
+    pod = objs[("Deployment", "demo-scheduler")]["spec"]["template"]["spec"]
+    assert "serviceAccountName" not in pod
+    assert pod["automountServiceAccountToken"] is False

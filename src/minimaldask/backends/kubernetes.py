@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
+import warnings
 from collections.abc import Coroutine
 from dataclasses import replace
 from datetime import datetime
@@ -30,6 +32,8 @@ from minimaldask.exceptions import (
 from minimaldask.manifests import (
     LABEL_INSTANCE,
     cluster_objects,
+    janitor_name,
+    janitor_service_account,
     label_selector,
     scheduler_address,
     scheduler_host,
@@ -72,6 +76,7 @@ class KubernetesBackend(Backend):
 
     name = "kubernetes"
     close_retired = False
+    adapts_in_scheduler = True
 
     def __init__(self, spec: ClusterSpec, log: Logger) -> None:
         super().__init__(spec, log)
@@ -88,6 +93,8 @@ class KubernetesBackend(Backend):
         self._ready = False
         #: One line saying where the start is; the CLI displays it live.
         self.progress = ""
+        #: Whether the cluster gets its janitor's ServiceAccount and Role (self-deletion).
+        self.janitor = True
 
     async def _connect(self) -> Any:
         if self._api is None:
@@ -113,7 +120,23 @@ class KubernetesBackend(Backend):
         api = await self._connect()
         await kube.check_namespace(api, spec.namespace)
         await kube.check_access(api, spec.namespace, port_forward=self._mode() == "port-forward")
+        await self._check_janitor_access(api)
         await self._check_image(api)
+
+    async def _check_janitor_access(self, api: Any) -> None:
+        """Without the rights to give the janitor its Role, start anyway and say what is lost."""
+        missing = await kube.missing_access(api, self.spec.namespace, kube.JANITOR_ACCESS)
+        self.janitor = not missing
+        if missing:
+            message = (
+                f"Self-deletion is off for cluster {self.spec.name!r}: you may not "
+                f"{', '.join(missing)} in namespace {self.spec.namespace!r}, so its janitor "
+                "cannot delete it when idle or without a client, nor scale it adaptively. "
+                "Delete it yourself (delete_dask_cluster / minimaldask down), or ask for the "
+                "'admin' role in the namespace"
+            )
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            self.log(message)
 
     async def _check_image(self, api: Any) -> None:
         """The image must exist, record this client's versions, and have the nodes' platforms."""
@@ -220,8 +243,14 @@ class KubernetesBackend(Backend):
     async def _apply(self, replicas: int, workers: bool = True) -> None:
         """Apply the scheduler Deployment, then its children (the worker Deployment if asked)."""
         self._applied = True
-        owner = await kube.update_or_deploy(cluster_objects(self.spec)[0], self._api)
-        for obj in cluster_objects(self.spec.with_workers(replicas), owner)[1:]:
+        janitor = self.janitor
+        if janitor:
+            # The scheduler pod runs as this ServiceAccount: it must exist before the pod.
+            await kube.update_or_deploy(janitor_service_account(self.spec), self._api)
+        owner = await kube.update_or_deploy(
+            cluster_objects(self.spec, janitor=janitor)[0], self._api
+        )
+        for obj in cluster_objects(self.spec.with_workers(replicas), owner, janitor=janitor)[1:]:
             if workers or obj["metadata"]["name"] != worker_name(self.spec):
                 await kube.update_or_deploy(obj, self._api)
 
@@ -414,6 +443,30 @@ class KubernetesBackend(Backend):
             await asyncio.sleep(kube.POLL)
         self.requested = live
 
+    async def adapt(self, scheduler: Any, minimum: int, maximum: int | None) -> dict[str, Any]:
+        """Store the bounds on the scheduler Deployment, then hand them to the janitor."""
+        from minimaldask.janitor import ADAPT_MAXIMUM, ADAPT_MINIMUM
+
+        api = await self._connect()
+        bounds = {ADAPT_MINIMUM: str(minimum), ADAPT_MAXIMUM: str(maximum)}
+        if maximum is None:
+            bounds = {ADAPT_MINIMUM: None, ADAPT_MAXIMUM: None}  # type: ignore[dict-item]
+        await kube.annotate(
+            api, "Deployment", self.spec.namespace, scheduler_name(self.spec), bounds
+        )
+        try:
+            result: dict[str, Any] = await asyncio.wait_for(
+                scheduler.minimaldask_adapt(minimum=minimum, maximum=maximum), 30
+            )
+        except Exception as e:
+            raise KubernetesError(
+                f"the janitor of {self.spec.name!r} cannot scale it ({e}); without the rights to "
+                "create its Role (see the warning at start) adaptive scaling is off"
+            ) from e
+        if maximum is not None:
+            self.log(f"Adaptive scaling between {minimum} and {maximum} workers, in the scheduler")
+        return result
+
     # -- end --------------------------------------------------------------------------------
 
     async def disconnect(self) -> None:
@@ -462,6 +515,9 @@ class KubernetesBackend(Backend):
             ("Deployment", scheduler_name(spec)),
             ("Deployment", worker_name(spec)),
             ("Service", scheduler_name(spec)),
+            ("RoleBinding", janitor_name(spec)),
+            ("Role", janitor_name(spec)),
+            ("ServiceAccount", scheduler_name(spec)),
         ]
         return await kube.delete_cluster(api, namespace, name, objects, timeout)
 
@@ -498,10 +554,31 @@ class KubernetesBackend(Backend):
                     workers=int((w.get("status") or {}).get("readyReplicas") or 0),
                     requested_workers=int((w.get("spec") or {}).get("replicas") or 0),
                     created=_timestamp(d["metadata"].get("creationTimestamp")),
-                    details={"scheduler_ready": bool((d.get("status") or {}).get("readyReplicas"))},
+                    details={
+                        "scheduler_ready": bool((d.get("status") or {}).get("readyReplicas")),
+                        **_janitor_details(d),
+                    },
                 )
             )
         return out
+
+
+def _janitor_details(scheduler: dict[str, Any]) -> dict[str, Any]:
+    """The timeouts a scheduler Deployment sets, and what its janitor last reported."""
+    from minimaldask.janitor import ADAPT_MAXIMUM, ADAPT_MINIMUM, STATUS
+
+    containers = scheduler["spec"]["template"]["spec"].get("containers") or [{}]
+    env = {e["name"]: e.get("value") for e in containers[0].get("env") or []}
+    details: dict[str, Any] = {}
+    for key in ("idle_timeout", "no_client_timeout", "max_lifetime"):
+        value = env.get(f"MINIMALDASK_{key.upper()}") or ""
+        details[key] = float(value) if value else None
+    annotations = scheduler["metadata"].get("annotations") or {}
+    if ADAPT_MAXIMUM in annotations:
+        details["adapt"] = [int(annotations.get(ADAPT_MINIMUM, 0)), int(annotations[ADAPT_MAXIMUM])]
+    with contextlib.suppress(ValueError, TypeError):
+        details["janitor"] = json.loads(annotations.get(STATUS, ""))
+    return details
 
 
 async def _answers(address: str) -> bool:

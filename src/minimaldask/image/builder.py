@@ -255,9 +255,11 @@ class _Platform:
     def _system_files(self, debs: list[Package], wheels: list[Wheel]) -> None:
         runtime = self.stages["runtime"]
         py = f"python{self.tgt.python}"
-        for top in ("bin", "sbin", "lib", "lib64"):
+        # Merged /usr: the ELF interpreter path (/lib/ld-linux-*.so, or
+        # /lib64/ld-linux-x86-64.so.2 on amd64) goes through these links.
+        for top in ("bin", "lib", "lib64"):
             target = f"usr/{top}"
-            if os.path.isdir(os.path.join(runtime, target)) or top in ("bin", "lib"):
+            if os.path.isdir(os.path.join(runtime, target)) or top != "lib64":
                 os.makedirs(os.path.join(runtime, target), exist_ok=True)
                 os.symlink(target, os.path.join(runtime, top))
         for link in ("python3", "python"):

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from minimaldask import config
 from minimaldask.exceptions import MinimalDaskError
 from minimaldask.image import oci, registry
 from minimaldask.image.builder import BuildOptions, BuildResult, build, host_platform
@@ -25,25 +26,9 @@ def _default_python() -> str:
     return here if here in PYTHONS else max(PYTHONS)
 
 
-def _repository() -> str:
-    try:
-        from minimaldask import config
-
-        return str(config.get("image.repository"))
-    except Exception:  # the builder also runs where dask config cannot load
-        return "minimaldask/minimaldask"
-
-
 def _mirror_setting() -> str | None:
-    env = os.environ.get("MINIMALDASK_DEBIAN_MIRROR")
-    if env:
-        return env
-    try:
-        from minimaldask import config
-
-        value = config.get("image.debian-mirror")
-    except Exception:
-        return None
+    """``MINIMALDASK_DEBIAN_MIRROR``, else dask config ``minimaldask.image.debian-mirror``."""
+    value = os.environ.get("MINIMALDASK_DEBIAN_MIRROR") or config.get("image.debian-mirror")
     return str(value) if value else None
 
 
@@ -157,7 +142,7 @@ def run_build(args: argparse.Namespace) -> int:
             source=args.source,
         )
         result = build(opts)
-        tag = args.tag or f"{_repository()}:{result.tag}"
+        tag = args.tag or f"{config.get('image.repository')}:{result.tag}"
         if args.output:
             oci.write_layout(args.output, [p.image for p in result.platforms], result.index, tag)
         if args.docker_archive:
