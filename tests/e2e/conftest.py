@@ -38,8 +38,8 @@ def image(localkube_cluster, localkube_registry):
     tag = default_image_tag()
     push = f"{localkube_registry.push_address}/minimaldask:{tag}"
     subprocess.run(
-        [sys.executable, "-m", "minimaldask.image", "build", "--platform", "linux/amd64",
-         "--push", push, "--insecure"],
+        # For this machine's platform: the local Kubernetes runs here.
+        [sys.executable, "-m", "minimaldask.image", "build", "--push", push, "--insecure"],
         check=True,
         timeout=900,
     )  # fmt: skip
