@@ -121,8 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="show start-up progress")
     p.set_defaults(func=demo)
 
+    from minimaldask import kube_cli
     from minimaldask.image import cli as image_cli
 
+    kube_cli.register(sub)
     image_cli.register(sub)
     return parser
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import socket
 import warnings
@@ -67,6 +68,7 @@ class MinimalCluster(Cluster):
         self.shutdown_reason: str | None = None
         self._janitor_info: dict[str, Any] = {}
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._adapting = False
         super().__init__(asynchronous=asynchronous, loop=loop, quiet=quiet, name=self.spec.name)
         self._backend = backend_class(self.spec.backend)(self.spec, self._log)
         if not self.asynchronous:
@@ -125,7 +127,12 @@ class MinimalCluster(Cluster):
             await self._backend.disconnect()
         else:
             self._log(f"Start failed; removing what was created for {self.spec.name!r}")
-            await self._backend.close()
+            try:
+                await self._backend.close()
+            except Exception as cleanup:  # the start's own error is the one to raise
+                self._log(
+                    f"Removing {self.spec.name!r} after the failed start failed too: {cleanup}"
+                )
         self.status = Status.closed
         if self.scheduler_comm:
             await self.scheduler_comm.close_rpc()
@@ -153,6 +160,9 @@ class MinimalCluster(Cluster):
                 continue
             except Exception as e:  # a scheduler without the janitor
                 self._log(f"The scheduler runs no minimaldask janitor ({e}); no self-shutdown")
+                return
+            if not isinstance(info, dict):  # an older scheduler answers unknown handlers with None
+                self._log("The scheduler runs no minimaldask janitor; no self-shutdown")
                 return
             self._janitor_info = info
             if info.get("shutdown_reason") and not self.shutdown_reason:
@@ -195,10 +205,49 @@ class MinimalCluster(Cluster):
     # -- scaling ------------------------------------------------------------------------------
 
     def scale(self, n: int) -> Any:
-        """Run ``n`` workers. Scaling down retires workers first, so their data moves."""
+        """Run ``n`` workers. Scaling down retires workers first, so their data moves.
+
+        Scaling by hand turns adaptive scaling off.
+        """
         return self.sync(self._scale, n)
 
+    # (minimum, maximum) first, as users write adapt(0, 10); dask's first is Adaptive.
+    def adapt(  # type: ignore[override]
+        self, minimum: int = 0, maximum: float = math.inf, **kwargs: Any
+    ) -> Any:
+        """Scale between ``minimum`` and ``maximum`` workers with the workload.
+
+        On Kubernetes the scheduler's janitor does it, so it goes on when this
+        client is gone: the bounds are stored on the cluster, workers are
+        retired gracefully (their data moves first) and scaling to zero works.
+        ``cooldown`` (seconds between a scaling and the next scale-down, default
+        30) and ``min_worker_age`` (workers younger than this are never
+        retired, default 20) tune it. The local backend uses dask's Adaptive in
+        this client, with its options.
+        """
+        if not self._backend.adapts_in_scheduler:
+            return super().adapt(minimum=minimum, maximum=maximum, **kwargs)
+        unknown = set(kwargs) - {"cooldown", "min_worker_age"}
+        if unknown:
+            raise ValueError(
+                f"invalid adapt options {sorted(unknown)}: on Kubernetes adapt takes minimum, "
+                "maximum, cooldown and min_worker_age (the janitor in the scheduler scales)"
+            )
+        policy = {k: float(v) for k, v in kwargs.items()}
+        if not isinstance(minimum, int) or minimum < 0:
+            raise ValueError(f"invalid minimum={minimum!r}: expected a whole number >= 0")
+        if not math.isfinite(maximum) or int(maximum) != maximum or maximum < max(minimum, 1):
+            raise ValueError(
+                f"invalid maximum={maximum!r}: expected a whole number >= max(minimum, 1); "
+                "a cluster on Kubernetes needs a finite upper bound, e.g. adapt(0, 10)"
+            )
+        self._adapting = True
+        return self.sync(self._backend.adapt, self._scheduler, minimum, int(maximum), **policy)
+
     async def _scale(self, n: int) -> None:
+        if self._adapting:
+            await self._backend.adapt(self._scheduler, 0, None)
+            self._adapting = False
         self.spec = self.spec.with_workers(n)
         requested = set(self._backend.requested)
         remove: list[str] = []

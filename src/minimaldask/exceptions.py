@@ -21,3 +21,15 @@ class ImageMismatchError(MinimalDaskError, ValueError):
 
 class ClusterShutdownError(MinimalDaskError):
     """The cluster shut itself down (idle, no client, or maximum lifetime)."""
+
+
+class KubernetesError(MinimalDaskError):
+    """The Kubernetes API refused or failed a request; the message names the request."""
+
+
+class ForbiddenError(KubernetesError, PermissionError):
+    """The user may not do something minimaldask needs: the message names verb and resource."""
+
+
+class NamespaceNotFoundError(KubernetesError, LookupError):
+    """The namespace does not exist."""

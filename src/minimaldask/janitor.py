@@ -46,7 +46,7 @@ HEARTBEAT = "minimaldask_heartbeat"
 #: Name of the scheduler handler that reports resource usage.
 USAGE = "minimaldask_usage"
 #: Name of the scheduler handler that sets adaptive bounds.
-ADAPT = "minimaldask_adapt"
+ADAPT_HANDLER = "minimaldask_adapt"
 #: A MinimalCluster handle counts as a client while its heartbeats are this recent.
 HANDLE_TTL = 10.0
 #: Idle time does not count before the first worker joins, up to this long.
@@ -129,6 +129,15 @@ class KubernetesAPI:
             "application/merge-patch+json",
         )
 
+    async def annotate_deployment(self, name: str, annotations: dict[str, str]) -> None:
+        """Merge annotations into a Deployment (metadata only: no rollout)."""
+        await self.call(
+            "PATCH",
+            self._deployment(name),
+            {"metadata": {"annotations": annotations}},
+            "application/merge-patch+json",
+        )
+
     async def annotate_pod(self, name: str, annotations: dict[str, str]) -> None:
         """Merge annotations into a pod."""
         await self.call(
@@ -176,9 +185,12 @@ class Usage:
         }
 
 
-#: Annotations on the scheduler Deployment that store the adaptive bounds.
-ADAPT_MINIMUM = "minimaldask.dask.org/adapt-minimum"
-ADAPT_MAXIMUM = "minimaldask.dask.org/adapt-maximum"
+#: Annotation on the scheduler Deployment where the janitor reports (for `minimaldask list`).
+STATUS = "minimaldask.dask.org/status"
+#: How often that report is refreshed, in seconds.
+STATUS_INTERVAL = 15.0
+#: Annotation on the scheduler Deployment that stores the adaptive policy (JSON).
+ADAPT = "minimaldask.dask.org/adapt"
 
 
 @dataclass
@@ -304,6 +316,8 @@ class Janitor(SchedulerPlugin):
         self.namespace = namespace
         self.interval = interval
         self.api = api
+        #: Runs in a pod (a namespace is set): never end by closing the scheduler.
+        self.in_kubernetes = bool(namespace)
         self.usage = Usage()
         self.shutdown_reason: str | None = None
         self.handles: dict[str, float] = {}
@@ -337,7 +351,7 @@ class Janitor(SchedulerPlugin):
         self.scheduler = scheduler
         scheduler.handlers[HEARTBEAT] = self.heartbeat
         scheduler.handlers[USAGE] = self.report_usage
-        scheduler.handlers[ADAPT] = self.adapt
+        scheduler.handlers[ADAPT_HANDLER] = self.adapt
         if self.api is not None:
             self.scaler = AdaptiveScaler(scheduler, self.api, f"{self.cluster_name}-worker")
             await self._restore_adapt_bounds()
@@ -434,11 +448,13 @@ class Janitor(SchedulerPlugin):
             logger.warning("minimaldask janitor: cannot read adaptive bounds: %s", e)
             return
         annotations = deployment["metadata"].get("annotations") or {}
-        if ADAPT_MAXIMUM in annotations:
-            self.adapt(
-                minimum=int(annotations.get(ADAPT_MINIMUM, 0)),
-                maximum=int(annotations[ADAPT_MAXIMUM]),
-            )
+        try:
+            policy = json.loads(annotations.get(ADAPT, "null"))
+        except ValueError:
+            logger.warning("minimaldask janitor: ignoring a malformed %s annotation", ADAPT)
+            return
+        if policy:
+            self.adapt(**policy)
 
     def report_usage(self) -> dict[str, float]:
         """Worker-seconds, core-seconds, peak workers and lifetime so far."""
@@ -476,9 +492,36 @@ class Janitor(SchedulerPlugin):
             )
         return None
 
+    def status(self) -> dict[str, Any]:
+        """What ``minimaldask list`` shows of a running cluster."""
+        idle_since = self.scheduler.idle_since
+        return {
+            "updated": time.time(),
+            "idle_since": idle_since,
+            "clients": self.clients(),
+            "last_client": self.last_client,
+            "started": self.usage.started,
+            "idle_timeout": self.idle_timeout,
+            "no_client_timeout": self.no_client_timeout,
+            "max_lifetime": self.max_lifetime,
+        }
+
+    async def _report(self) -> None:
+        assert self.api is not None
+        await self.api.annotate_deployment(
+            f"{self.cluster_name}-scheduler", {STATUS: json.dumps(self.status())}
+        )
+
     async def _watch(self) -> None:
+        last_report = 0.0
         while self.shutdown_reason is None:
             await asyncio.sleep(self.interval)
+            if self.api is not None and time.time() - last_report > STATUS_INTERVAL:
+                last_report = time.time()
+                try:
+                    await self._report()
+                except Exception as e:
+                    logger.warning("minimaldask janitor: cannot report status: %s", e)
             try:
                 reason = self.reason_to_end(time.time())
             except Exception:

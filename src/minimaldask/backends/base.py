@@ -42,6 +42,9 @@ class Backend(abc.ABC):
     #: Whether retired workers are closed by the scheduler (True) or removed
     #: by the backend after retirement (False, e.g. pods that would restart).
     close_retired: ClassVar[bool] = True
+    #: Whether adaptive scaling runs in the scheduler (the janitor) rather than in
+    #: this client (dask's Adaptive), so that it goes on when the client is gone.
+    adapts_in_scheduler: ClassVar[bool] = False
 
     def __init__(self, spec: ClusterSpec, log: Logger) -> None:
         self.spec = spec
@@ -76,6 +79,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def logs(self) -> dict[str, str]:
         """Logs of the scheduler and workers as the backend sees them (process, pod)."""
+
+    async def adapt(
+        self, scheduler: Any, minimum: int, maximum: int | None, **policy: float
+    ) -> dict[str, Any]:
+        """Store the adaptive policy and hand it to the janitor (``maximum=None``: off)."""
+        raise NotImplementedError(f"the {self.name} backend adapts in the client")
 
     @property
     def dashboard_link(self) -> str | None:

@@ -1,0 +1,217 @@
+"""Every way a start can fail, triggered for real: the message, the deadline, nothing left behind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import urllib.request
+
+import pytest
+
+from minimaldask import MinimalCluster
+from minimaldask.exceptions import (
+    ClusterStartError,
+    ForbiddenError,
+    ImageMismatchError,
+)
+from minimaldask.spec import client_versions
+
+pytestmark = [pytest.mark.kube, pytest.mark.slow]
+
+NAME = "broken"
+
+
+def start_fails(kube, error, match, within, **options):
+    """Start a cluster that cannot start: it fails with ``error`` matching ``match`` in time."""
+    t = time.monotonic()
+    with pytest.raises(error, match=match) as info:
+        MinimalCluster(name=NAME, workers=1, **options)
+    elapsed = time.monotonic() - t
+    assert elapsed < within, f"took {elapsed:.0f}s: {info.value}"
+    assert kube.objects_of(NAME) == []
+    return str(info.value)
+
+
+def test_an_image_that_does_not_exist(namespace, kube, image):
+    missing = image.rpartition(":")[0] + ":no-such-tag"
+    message = start_fails(kube, ClusterStartError, "does not exist", 30, image=missing)
+    assert missing in message
+
+
+def test_an_image_that_cannot_be_pulled(namespace, kube):
+    # Nothing listens there: the client cannot check it (and says so), the node cannot pull it.
+    message = start_fails(
+        kube, ClusterStartError, "cannot pull the image", 90, image="localhost:5999/minimaldask:1"
+    )
+    assert "localhost:5999/minimaldask:1" in message
+    assert "ErrImagePull" in message or "ImagePullBackOff" in message
+
+
+def test_a_crashing_command(namespace, kube):
+    message = start_fails(
+        kube, ClusterStartError, "CrashLoopBackOff", 90, worker_options="--no-such-option"
+    )
+    assert "exited with code 2" in message
+    assert "No such option" in message  # the last lines of the worker's log
+
+
+def test_a_request_larger_than_the_node(namespace, kube):
+    message = start_fails(
+        kube, ClusterStartError, "Unschedulable", 60, resources={"cpu": "64", "memory": "1Gi"}
+    )
+    assert "Insufficient cpu" in message
+
+
+def test_a_quota_refusal(namespace, kube):
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "two-pods", "namespace": namespace},
+        "spec": {"hard": {"pods": "1"}},
+    }
+    kube.kubectl("apply", "-f", "-", admin=True, input=json.dumps(quota))
+    deadline = time.monotonic() + 30
+    while not kube.get("resourcequota", "two-pods").get("status", {}).get("hard"):
+        assert time.monotonic() < deadline, "the quota controller did not count the namespace"
+        time.sleep(0.5)
+    message = start_fails(kube, ClusterStartError, "exceeded quota", 60)
+    assert f"{NAME}-worker" in message
+
+
+def test_a_forbidden_verb(namespace, kube):
+    # Take the admin role away; grant everything minimaldask needs but port-forwarding.
+    kube.kubectl("delete", "rolebinding", "--all", "-n", namespace, admin=True)
+    rules = [
+        {"apiGroups": ["apps"], "resources": ["deployments", "replicasets"], "verbs": ["*"]},
+        {"apiGroups": [""], "resources": ["services", "pods", "pods/log"], "verbs": ["*"]},
+    ]
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "no-portforward", "namespace": namespace},
+        "rules": rules,
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "no-portforward", "namespace": namespace},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": "no-portforward",
+        },
+        "subjects": [
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "minimaldask-e2e"}
+        ],
+    }
+    for obj in (role, binding):
+        kube.kubectl("apply", "-f", "-", admin=True, input=json.dumps(obj))
+    message = start_fails(kube, ForbiddenError, "may not create pods/portforward", 20)
+    assert "minimaldask-e2e" in message and namespace in message
+    assert "rolebinding" in message  # the fix
+
+
+def _push_with_labels(registry: str, image: str, tag: str, labels: dict[str, str]) -> str:
+    """Push a copy of ``image`` whose config records other labels; return its reference."""
+    repo = image.split("/", 1)[1].rpartition(":")[0]
+    base = f"http://{registry}/v2/{repo}"
+    accept = "application/vnd.oci.image.index.v1+json,application/vnd.oci.image.manifest.v1+json"
+
+    def get(url: str) -> dict:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Accept": accept})) as r:
+            return json.loads(r.read())
+
+    manifest = get(f"{base}/manifests/{image.rpartition(':')[2]}")
+    if "manifests" in manifest:
+        manifest = get(f"{base}/manifests/{manifest['manifests'][0]['digest']}")
+    with urllib.request.urlopen(f"{base}/blobs/{manifest['config']['digest']}") as r:
+        config = json.loads(r.read())
+    config["config"]["Labels"] = {**config["config"].get("Labels", {}), **labels}
+    data = json.dumps(config).encode()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    req = urllib.request.Request(f"{base}/blobs/uploads/", method="POST", data=b"")
+    with urllib.request.urlopen(req) as r:
+        location = r.headers["Location"]
+    if location.startswith("/"):
+        location = f"http://{registry}{location}"
+    sep = "&" if "?" in location else "?"
+    req = urllib.request.Request(
+        f"{location}{sep}digest={digest}",
+        method="PUT",
+        data=data,
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    urllib.request.urlopen(req).close()
+    manifest["config"] = {**manifest["config"], "digest": digest, "size": len(data)}
+    if "annotations" in manifest:
+        manifest["annotations"] = {**manifest["annotations"], **labels}
+    req = urllib.request.Request(
+        f"{base}/manifests/{tag}",
+        method="PUT",
+        data=json.dumps(manifest).encode(),
+        headers={
+            "Content-Type": manifest.get("mediaType", "application/vnd.oci.image.manifest.v1+json")
+        },
+    )
+    urllib.request.urlopen(req).close()
+    return f"{image.split('/', 1)[0]}/{repo}:{tag}"
+
+
+def test_a_mismatched_image(namespace, kube, image, localkube_registry):
+    other = _push_with_labels(
+        localkube_registry.push_address,
+        image,
+        "mismatch",
+        {
+            "org.minimaldask.dask.version": "2024.1.0",
+            "org.minimaldask.distributed.version": "2024.1.0",
+        },
+    )
+    message = start_fails(kube, ImageMismatchError, "does not match this client", 20, image=other)
+    mine = client_versions()["dask"]
+    assert f"dask 2024.1.0 in the image but {mine} here" in message
+    assert f"image={image}" in message  # the fix: the image built for this client
+
+
+def test_an_invalid_name(namespace, kube):
+    with pytest.raises(ValueError, match=r"invalid name='Not_A_Name'.*DNS-1123"):
+        MinimalCluster(name="Not_A_Name")
+
+
+def test_a_missing_namespace(namespace, kube):
+    t = time.monotonic()
+    with pytest.raises(ForbiddenError, match="no rights in namespace 'no-such-namespace'") as info:
+        MinimalCluster(name=NAME, namespace="no-such-namespace")
+    assert time.monotonic() - t < 20
+    assert "does the namespace exist?" in str(info.value)
+
+
+def test_apk_packages_with_the_debian_image(namespace, kube):
+    with pytest.raises(ValueError, match=r"Debian-based.*os_packages"):
+        MinimalCluster(name=NAME, apk_packages="apache2 php7-apache2")
+    assert kube.objects_of(NAME) == []
+
+
+def test_keep_on_failure_keeps_the_objects(namespace, kube):
+    with pytest.raises(ClusterStartError, match="CrashLoopBackOff"):
+        MinimalCluster(
+            name=NAME, workers=1, worker_options="--no-such-option", keep_on_failure=True
+        )
+    assert f"deployment.apps/{NAME}-worker" in kube.objects_of(NAME)
+    from minimaldask import delete_dask_cluster
+
+    assert delete_dask_cluster(namespace=namespace, name=NAME)
+    assert kube.objects_of(NAME) == []
+
+
+def test_a_load_balancer_that_never_comes(namespace, kube):
+    # The local Kubernetes has no load-balancer controller.
+    start_fails(
+        kube,
+        ClusterStartError,
+        "got no address within startup_timeout=20s: does this Kubernetes have a load-balancer",
+        60,
+        expose="loadbalancer",
+        startup_timeout=20,
+    )

@@ -1,0 +1,259 @@
+"""Manifests are pure functions of the spec: checked here without any cluster."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from minimaldask import manifests
+from minimaldask.spec import ClusterSpec
+
+
+def spec(**options):
+    options.setdefault("name", "demo")
+    options.setdefault("namespace", "team")
+    options.setdefault("backend", "kubernetes")
+    return ClusterSpec.from_options(**options)
+
+
+def env_of(container):
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def by_kind(objects):
+    return {(o["kind"], o["metadata"]["name"]): o for o in objects}
+
+
+def test_objects_are_named_per_cluster():
+    objs = by_kind(manifests.cluster_objects(spec()))
+    assert set(objs) == {
+        ("Deployment", "demo-scheduler"),
+        ("Deployment", "demo-worker"),
+        ("Service", "demo-scheduler"),
+        ("ServiceAccount", "demo-scheduler"),
+        ("Role", "demo-janitor"),
+        ("RoleBinding", "demo-janitor"),
+    }
+    for obj in objs.values():
+        assert obj["metadata"]["namespace"] == "team"
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "minimaldask"
+        assert labels["app.kubernetes.io/instance"] == "demo"
+        assert labels["app.kubernetes.io/managed-by"] == "minimaldask"
+        assert labels["app.kubernetes.io/component"] in ("scheduler", "worker")
+
+
+def test_two_clusters_do_not_share_names_or_selectors():
+    a = manifests.cluster_objects(spec(name="a"))
+    b = manifests.cluster_objects(spec(name="b"))
+    assert not {o["metadata"]["name"] for o in a} & {o["metadata"]["name"] for o in b}
+    sel_a = a[0]["spec"]["selector"]["matchLabels"]
+    sel_b = b[0]["spec"]["selector"]["matchLabels"]
+    assert sel_a != sel_b
+
+
+def test_children_are_owned_by_the_scheduler_deployment():
+    owner = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "demo-scheduler", "uid": "1234"},
+    }
+    objs = manifests.cluster_objects(spec(), owner)
+    assert "ownerReferences" not in objs[0]["metadata"]
+    for child in objs[1:]:
+        assert child["metadata"]["ownerReferences"] == [
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": "demo-scheduler", "uid": "1234"}
+        ]
+
+
+def test_service_ports_are_named_and_select_the_scheduler():
+    svc = manifests.scheduler_service(spec(port=9000, dashboard_port=9001))
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert [(p["name"], p["port"]) for p in svc["spec"]["ports"]] == [
+        ("tcp-comm", 9000),
+        ("http-dashboard", 9001),
+    ]
+    assert svc["spec"]["selector"]["app.kubernetes.io/component"] == "scheduler"
+
+
+@pytest.mark.parametrize(
+    ("expose", "kind"), [("nodeport", "NodePort"), ("loadbalancer", "LoadBalancer")]
+)
+def test_expose_changes_the_service_type(expose, kind):
+    assert manifests.scheduler_service(spec(expose=expose))["spec"]["type"] == kind
+
+
+def test_scheduler_and_workers_are_sized_separately():
+    s = spec(resources={"cpu": "2", "memory": "4Gi"})
+    sched = manifests.scheduler_deployment(s)["spec"]["template"]["spec"]["containers"][0]
+    worker = manifests.worker_deployment(s)["spec"]["template"]["spec"]["containers"][0]
+    assert sched["resources"] == {
+        "requests": {"cpu": "250m", "memory": "512Mi"},
+        "limits": {"memory": "512Mi"},
+    }
+    assert worker["resources"] == {
+        "requests": {"cpu": "2", "memory": "4Gi"},
+        "limits": {"memory": "4Gi"},
+    }
+
+
+def test_worker_arguments_come_from_resources_and_pod():
+    s = spec(resources={"cpu": "1500m", "memory": "1Gi"}, death_timeout="45s", workers=4)
+    dep = manifests.worker_deployment(s)
+    assert dep["spec"]["replicas"] == 4
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    env = env_of(container)
+    names = [e["name"] for e in container["env"]]
+    # $(POD_NAME) only expands if POD_NAME is defined before ARGUMENTS.
+    assert names.index("POD_NAME") < names.index("ARGUMENTS")
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["WORKER"] == "1"
+    assert env["DASK_SCHEDULER_ADDRESS"] == "tcp://demo-scheduler:8786"
+    args = shlex.split(env["ARGUMENTS"])
+    assert args[args.index("--name") + 1] == "$(POD_NAME)"
+    assert args[args.index("--nthreads") + 1] == "2"
+    assert args[args.index("--memory-limit") + 1] == str(2**30)
+    assert args[args.index("--death-timeout") + 1] == "45s"
+
+
+def test_worker_options_come_last():
+    s = spec(worker_options="--nthreads 8 --resources GPU=1")
+    args = shlex.split(
+        env_of(manifests.worker_deployment(s)["spec"]["template"]["spec"]["containers"][0])[
+            "ARGUMENTS"
+        ]
+    )
+    assert args[-4:] == ["--nthreads", "8", "--resources", "GPU=1"]
+
+
+@pytest.mark.parametrize(
+    "builder",
+    [
+        manifests.worker_deployment,
+        lambda s: manifests.scheduler_deployment(s, janitor=False),
+        manifests.scheduler_deployment,
+    ],
+)
+def test_pods_are_locked_down(builder):
+    pod = builder(spec())["spec"]["template"]["spec"]
+    # Only the scheduler with its janitor gets a token: its own, for its own Role.
+    janitor = pod.get("serviceAccountName") == "demo-scheduler"
+    assert pod["automountServiceAccountToken"] is janitor
+    assert pod["enableServiceLinks"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert {"name": "tmp", "emptyDir": {}} in pod["volumes"]
+    for probe in ("startupProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/health"
+
+
+def test_scheduler_probes_its_dashboard_and_exposes_named_ports():
+    c = manifests.scheduler_deployment(spec())["spec"]["template"]["spec"]["containers"][0]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http-dashboard"}
+    assert {p["name"] for p in c["ports"]} == {"tcp-comm", "http-dashboard"}
+
+
+def test_packages_and_env_reach_both_roles():
+    s = spec(pip_packages="camelcase pymongo", os_packages=["libgomp1"], env={"A": "1"})
+    for builder in (manifests.scheduler_deployment, manifests.worker_deployment):
+        env = env_of(builder(s)["spec"]["template"]["spec"]["containers"][0])
+        assert env["EXTRA_PIP_PACKAGES"] == "camelcase pymongo"
+        assert env["EXTRA_OS_PACKAGES"] == "libgomp1"
+        assert env["A"] == "1"
+
+
+def test_cost_controls_are_readable_by_the_janitor():
+    s = spec(idle_timeout="10 minutes", no_client_timeout=None, max_lifetime="2h")
+    env = env_of(manifests.scheduler_deployment(s)["spec"]["template"]["spec"]["containers"][0])
+    assert env["MINIMALDASK_IDLE_TIMEOUT"] == "600"
+    assert env["MINIMALDASK_NO_CLIENT_TIMEOUT"] == ""
+    assert env["MINIMALDASK_MAX_LIFETIME"] == "7200"
+    assert env["MINIMALDASK_CLUSTER_NAME"] == "demo"
+
+
+def test_placement_options():
+    s = spec(
+        node_selector={"pool": "spot"},
+        tolerations=[{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}],
+        image_pull_secrets="regcred",
+        annotations={"team": "data"},
+        labels={"cost-center": "42"},
+    )
+    for builder in (manifests.scheduler_deployment, manifests.worker_deployment):
+        dep = builder(s)
+        pod = dep["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == {"pool": "spot"}
+        assert pod["tolerations"][0]["key"] == "spot"
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+        assert dep["metadata"]["annotations"] == {"team": "data"}
+        assert dep["spec"]["template"]["metadata"]["labels"]["cost-center"] == "42"
+        # The user's labels never replace ours.
+        assert dep["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/instance"] == "demo"
+
+
+def test_raw_patch_merges_into_each_object():
+    s = spec(
+        patch={
+            "worker": {"spec": {"template": {"spec": {"priorityClassName": "low"}}}},
+            "scheduler": {"spec": {"template": {"spec": {"nodeSelector": {"pool": "stable"}}}}},
+            "service": {"metadata": {"annotations": {"x": "y"}}},
+        }
+    )
+    assert manifests.worker_deployment(s)["spec"]["template"]["spec"]["priorityClassName"] == "low"
+    w = manifests.worker_deployment(s)["spec"]["template"]["spec"]
+    assert w["containers"][0]["name"] == "worker"
+    assert manifests.scheduler_deployment(s)["spec"]["template"]["spec"]["nodeSelector"] == {
+        "pool": "stable"
+    }
+    assert manifests.scheduler_service(s)["metadata"]["annotations"] == {"x": "y"}
+
+
+def test_deep_merge_removes_with_none():
+    assert manifests.deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"b": None}}) == {"a": {"c": 2}}
+
+
+def test_label_selector():
+    assert manifests.label_selector("demo", "worker") == (
+        "app.kubernetes.io/name=minimaldask,app.kubernetes.io/instance=demo,"
+        "app.kubernetes.io/component=worker"
+    )
+
+
+def test_the_janitor_may_touch_only_this_clusters_objects():
+    objs = by_kind(manifests.cluster_objects(spec()))
+    rules = objs[("Role", "demo-janitor")]["rules"]
+    deployments = next(r for r in rules if r["resources"] == ["deployments"])
+    assert deployments["resourceNames"] == ["demo-scheduler", "demo-worker"]
+    assert set(deployments["verbs"]) == {"get", "patch", "delete"}
+    scale = next(r for r in rules if r["resources"] == ["deployments/scale"])
+    assert scale["resourceNames"] == ["demo-worker"]
+    # Pod names are made by the ReplicaSet: patching them cannot be limited by name.
+    pods = next(r for r in rules if r["resources"] == ["pods"])
+    assert pods["verbs"] == ["patch"]
+    binding = objs[("RoleBinding", "demo-janitor")]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "demo-scheduler", "namespace": "team"}
+    ]
+    sa = objs[("ServiceAccount", "demo-scheduler")]
+    assert sa["automountServiceAccountToken"] is False  # only the scheduler pod opts in
+    args = shlex.split(
+        env_of(objs[("Deployment", "demo-scheduler")]["spec"]["template"]["spec"]["containers"][0])[
+            "ARGUMENTS"
+        ]
+    )
+    assert args[:2] == ["--preload", "minimaldask.janitor"]
+
+
+def test_without_the_janitor_the_scheduler_has_no_token():
+    objs = by_kind(manifests.cluster_objects(spec(), janitor=False))
+    assert ("Role", "demo-janitor") not in objs
+    pod = objs[("Deployment", "demo-scheduler")]["spec"]["template"]["spec"]
+    assert "serviceAccountName" not in pod
+    assert pod["automountServiceAccountToken"] is False
