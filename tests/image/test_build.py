@@ -17,12 +17,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def local_registry(tmp_path):
-    """Debian's docker-registry (the distribution server) on a free port, plain http."""
+def local_registry(tmp_path, docker_engine):
+    """Debian's docker-registry (the distribution server) on a free port, plain http.
+
+    tools/ci/docker-up.sh (run by the docker_engine fixture) installs it.
+    """
     exe = shutil.which("docker-registry")
-    if exe is None:
-        subprocess.run(["apt-get", "install", "-y", "-q", "docker-registry"], check=True)
-        exe = shutil.which("docker-registry")
+    assert exe, "docker-registry is not installed: run tools/ci/docker-up.sh"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

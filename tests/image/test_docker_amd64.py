@@ -52,6 +52,13 @@ def test_every_extension_module_imports(amd64):
     print(result.stdout)
 
 
+def test_modules_the_pods_load_import_in_the_image(amd64):
+    # The scheduler pod preloads the janitor; nothing beyond the image's packages.
+    code = "import minimaldask, minimaldask.entrypoint, minimaldask.janitor; print('ok')"
+    result = docker("run", "--rm", "--entrypoint", "/usr/bin/python3", amd64, "-c", code)
+    assert result.stdout.strip() == "ok"
+
+
 def test_demo_computation_from_the_host(cluster):
     _, client, _ = cluster
     x = da.random.RandomState(0).random((10000, 10000), chunks=(1000, 1000))

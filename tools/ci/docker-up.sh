@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Prepare this machine for the image tests: Debian's docker.io and
-# qemu-user-static, a running Docker engine, binfmt entries for arm64 and
-# armv7. Idempotent; prints what it did. Run as root (CI machines are).
+# Prepare this machine for the image tests: Debian's docker.io,
+# qemu-user-static, debootstrap (the Dockerfile test's base image) and
+# docker-registry (the push test), a running Docker engine, binfmt entries
+# for arm64 and armv7. Idempotent; prints what it did. Run as root.
 set -euo pipefail
 log() { printf 'docker-up: %s\n' "$*"; }
 
@@ -10,12 +11,13 @@ command -v dockerd >/dev/null || missing+=(docker.io)
 command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
 command -v update-binfmts >/dev/null || missing+=(binfmt-support)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
+command -v docker-registry >/dev/null || missing+=(docker-registry)
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
 else
-    log "docker.io, qemu-user-static, binfmt-support, debootstrap already installed"
+    log "docker.io, qemu-user-static, binfmt-support, debootstrap, docker-registry already installed"
 fi
 
 if docker info >/dev/null 2>&1; then
