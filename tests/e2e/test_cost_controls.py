@@ -97,7 +97,12 @@ def test_adapt_scales_with_the_work_without_losing_data_and_without_the_client(
     namespace, kube, cluster_name
 ):
     cluster = MinimalCluster(
-        name=cluster_name, workers=0, idle_timeout=None, no_client_timeout=None
+        name=cluster_name,
+        workers=0,
+        idle_timeout=None,
+        no_client_timeout=None,
+        # Keep every transition, to show below that no key was computed twice.
+        env={"DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH": "1000000"},
     )
     try:
         client = Client(cluster)
