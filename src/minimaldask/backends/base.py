@@ -8,9 +8,12 @@ to retire, moving their data first, the client-facing API.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+from distributed.core import rpc
 
 from minimaldask.spec import ClusterSpec
 
@@ -32,6 +35,16 @@ class ClusterInfo:
     requested_workers: int = 0
     created: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+
+async def scheduler_answers(address: str) -> bool:
+    """Whether a dask scheduler answers at ``address`` within a few seconds."""
+    try:
+        async with rpc(address, timeout=2) as r:
+            await asyncio.wait_for(r.identity(), 3)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    return True
 
 
 class Backend(abc.ABC):

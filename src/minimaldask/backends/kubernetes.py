@@ -18,11 +18,16 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeVar
 
-from distributed.core import rpc
 from kr8s.asyncio.portforward import PortForward
 
 from minimaldask import kube
-from minimaldask.backends.base import Backend, ClusterInfo, Logger, WorkerCounter
+from minimaldask.backends.base import (
+    Backend,
+    ClusterInfo,
+    Logger,
+    WorkerCounter,
+    scheduler_answers,
+)
 from minimaldask.exceptions import (
     ClusterNotFoundError,
     ClusterStartError,
@@ -285,7 +290,7 @@ class KubernetesBackend(Backend):
             if running:
                 newest = max(running, key=lambda p: p["metadata"].get("creationTimestamp", ""))
                 address = await self._address(newest)
-                if address and await _answers(address):
+                if address and await scheduler_answers(address):
                     return address
             if self._remaining() < 0:
                 if running and self._mode() == "loadbalancer":
@@ -581,12 +586,3 @@ def _janitor_details(scheduler: dict[str, Any]) -> dict[str, Any]:
     with contextlib.suppress(ValueError, TypeError):
         details["janitor"] = json.loads(annotations.get(STATUS, ""))
     return details
-
-
-async def _answers(address: str) -> bool:
-    try:
-        async with rpc(address, timeout=2) as r:
-            await asyncio.wait_for(r.identity(), 3)
-    except (OSError, asyncio.TimeoutError):
-        return False
-    return True

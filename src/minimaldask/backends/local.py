@@ -30,7 +30,13 @@ from typing import Any
 
 from distributed.core import rpc
 
-from minimaldask.backends.base import Backend, ClusterInfo, Logger, WorkerCounter
+from minimaldask.backends.base import (
+    Backend,
+    ClusterInfo,
+    Logger,
+    WorkerCounter,
+    scheduler_answers,
+)
 from minimaldask.exceptions import ClusterNotFoundError, ClusterStartError
 from minimaldask.spec import ClusterSpec, janitor_env
 
@@ -213,7 +219,7 @@ class LocalBackend(Backend):
     async def start(self, attach_only: bool = False) -> str:
         """Attach to a running local cluster of this name, or start one."""
         state = self._load(self.dir)
-        if state and await self._answers(state["address"]):
+        if state and await scheduler_answers(state["address"]):
             self.address = state["address"]
             self.dashboard_port = state["dashboard_port"]
             self.pids = state["pids"]
@@ -237,7 +243,7 @@ class LocalBackend(Backend):
         self._start_scheduler()
         self._save()
         deadline = time.monotonic() + self.spec.startup_timeout
-        while not await self._answers(self.address):
+        while not await scheduler_answers(self.address):
             if not _alive(self.pids["scheduler"]):
                 raise self._failure("scheduler", "The scheduler exited during start-up")
             if time.monotonic() > deadline:
@@ -250,14 +256,6 @@ class LocalBackend(Backend):
             self._start_worker()
         self._save()
         return self.address
-
-    async def _answers(self, address: str) -> bool:
-        try:
-            async with rpc(address, timeout=2) as r:
-                await asyncio.wait_for(r.identity(), 3)
-        except (OSError, asyncio.TimeoutError):
-            return False
-        return True
 
     async def wait_for_workers(self, n: int, count: WorkerCounter, timeout: float) -> None:
         """Wait for ``n`` connected workers; a worker process that exits fails the wait."""
