@@ -263,6 +263,16 @@ class AdaptiveScaler:
             # Pods still starting go first (the ReplicaSet prefers them anyway).
             await self.set_replicas(max(target, len(self.scheduler.workers)))
             return
+        # Workers retired earlier whose pods are still there (a failed API call): their
+        # data is gone already, so they go before anyone else is retired.
+        leftovers = [
+            str(ws.name)
+            for ws in self.scheduler.workers.values()
+            if ws.status.name == "closing_gracefully"
+        ]
+        if leftovers:
+            await self._remove(leftovers[: replicas - target], replicas)
+            return
         step = max(1, int(replicas * policy.max_fraction))
         wanted = min(replicas - target, step)
         old_enough = {
@@ -290,6 +300,10 @@ class AdaptiveScaler:
             )
             self.last_change = now
             return
+        await self._remove(names, replicas)
+
+    async def _remove(self, names: list[str], replicas: int) -> None:
+        """Remove the pods of these retired workers: lowest deletion cost, then fewer replicas."""
         for name in names:
             await self.api.annotate_pod(name, {DELETION_COST: "-1000"})
         await self.set_replicas(replicas - len(names))
@@ -329,6 +343,7 @@ class Janitor(SchedulerPlugin):
         self._task: asyncio.Task[None] | None = None
         self.scheduler: Any = None
         self.scaler: AdaptiveScaler | None = None
+        self._closing: asyncio.Future[Any] | None = None
 
     @classmethod
     def from_environment(cls) -> Janitor:
@@ -348,7 +363,9 @@ class Janitor(SchedulerPlugin):
     # -- SchedulerPlugin ----------------------------------------------------------------------
 
     async def start(self, scheduler: Any) -> None:
-        """Register the handlers and start watching."""
+        """Register the handlers and start watching (once, however often it is called)."""
+        if self._task is not None:
+            return
         self.scheduler = scheduler
         scheduler.handlers[HEARTBEAT] = self.heartbeat
         scheduler.handlers[USAGE] = self.report_usage
@@ -560,9 +577,13 @@ class Janitor(SchedulerPlugin):
                     "minimaldask janitor: could not delete the cluster (%s); closing the scheduler",
                     e,
                 )
-        await self.scheduler.close(reason=f"minimaldask-{timeout}")
+        # Not awaited here: closing the scheduler closes this plugin, which ends this task.
+        self._closing = asyncio.ensure_future(self.scheduler.close(reason=f"minimaldask-{timeout}"))
 
 
 async def dask_setup(scheduler: Any) -> None:
-    """Entry point of ``--preload minimaldask.janitor``."""
-    await scheduler.register_scheduler_plugin(Janitor.from_environment(), idempotent=True)
+    """Entry point of ``--preload minimaldask.janitor``.
+
+    Preloads run before the scheduler starts its plugins, which starts this one.
+    """
+    scheduler.add_plugin(Janitor.from_environment(), idempotent=True)
