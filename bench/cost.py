@@ -95,6 +95,8 @@ def run(mode: str, args: argparse.Namespace, namespace: str) -> dict[str, float]
         "name": name,
         "namespace": namespace,
         "image": args.image,
+        # The tag is rebuilt under the same name during development: never a stale one.
+        "image_pull_policy": "Always",
         "resources": {"cpu": args.cpu, "memory": args.memory},
         "scheduler_resources": {"cpu": "100m", "memory": "384Mi"},
         "idle_timeout": None,
@@ -133,6 +135,7 @@ def sigkill_to_nothing_left(args: argparse.Namespace, namespace: str) -> float:
         import time
         from minimaldask import MinimalCluster
         MinimalCluster(name={name!r}, namespace={namespace!r}, image={args.image!r}, workers=1,
+                       image_pull_policy="Always",
                        resources={{"cpu": {args.cpu!r}, "memory": {args.memory!r}}},
                        scheduler_resources={{"cpu": "100m", "memory": "384Mi"}},
                        no_client_timeout={args.no_client_timeout!r}, quiet=True)
