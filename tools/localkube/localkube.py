@@ -1348,6 +1348,8 @@ def setup_host() -> None:
     ):
         write_sysctl(key, "1")
     # A bridge without ports: the kernel here has no dummy driver, bridge is built in.
+    # One left by an `up` that a concurrent `down` cut short (no state to find it by) goes.
+    run(["ip", "link", "del", NODE_IFACE], check=False)
     run(["ip", "link", "add", NODE_IFACE, "type", "bridge"])
     run(["ip", "addr", "add", f"{NODE_IP}/32", "dev", NODE_IFACE])
     run(["ip", "link", "set", NODE_IFACE, "up"])
