@@ -391,8 +391,8 @@ def _openssl_cnf(eku="serverAuth,clientAuth", sans=()) -> str:
     return str(path)
 
 
-def make_ca(name: str, cn: str) -> None:
-    key, crt = PKI / f"{name}.key", PKI / f"{name}.crt"
+def _make_key(key: Path) -> None:
+    """A P-256 private key for a CA or a leaf certificate."""
     run(
         [
             "openssl",
@@ -405,6 +405,11 @@ def make_ca(name: str, cn: str) -> None:
             key,
         ]
     )
+
+
+def make_ca(name: str, cn: str) -> None:
+    key, crt = PKI / f"{name}.key", PKI / f"{name}.crt"
+    _make_key(key)
     run(
         [
             "openssl",
@@ -435,18 +440,7 @@ def make_cert(
     subj = "".join(f"/O={o}" for o in orgs) + f"/CN={cn}"
     sans = [f"IP:{i}" for i in ips] + [f"DNS:{d}" for d in dns]
     cnf = _openssl_cnf(eku, sans)
-    run(
-        [
-            "openssl",
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            key,
-        ]
-    )
+    _make_key(key)
     run(["openssl", "req", "-new", "-key", key, "-subj", subj, "-config", cnf, "-out", csr])
     run(
         [
