@@ -110,15 +110,15 @@ class MinimalCluster(Cluster):
                 await self._backend.wait_for_workers(
                     spec.workers, self._count_workers, spec.startup_timeout
                 )
-        except BaseException as e:
-            await self._abort(e)
+        except BaseException:
+            await self._abort()
             raise
         self._log(
             f"Cluster {spec.name!r} ({spec.backend}) is ready: {self.scheduler_address}, "
             f"dashboard {self.dashboard_link}"
         )
 
-    async def _abort(self, error: BaseException) -> None:
+    async def _abort(self) -> None:
         """Clean up after a failed start, unless the user asked to keep the objects."""
         if self._attach_only:
             await self._backend.disconnect()

@@ -422,14 +422,7 @@ class Janitor(SchedulerPlugin):
         """A MinimalCluster handle is alive; tell it whether the cluster is ending."""
         if handle:
             self.handles[handle] = time.time()
-        return {
-            "shutdown_reason": self.shutdown_reason,
-            "idle_timeout": self.idle_timeout,
-            "no_client_timeout": self.no_client_timeout,
-            "max_lifetime": self.max_lifetime,
-            "idle_since": self.scheduler.idle_since if self.scheduler else None,
-            **self.usage.report(),
-        }
+        return {"shutdown_reason": self.shutdown_reason, **self.status(), **self.usage.report()}
 
     def adapt(
         self,
