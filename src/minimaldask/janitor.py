@@ -130,13 +130,18 @@ class KubernetesAPI:
             "application/merge-patch+json",
         )
 
-    async def annotate_deployment(self, name: str, annotations: dict[str, str]) -> None:
-        """Merge annotations into a Deployment (metadata only: no rollout)."""
+    def _config_map(self, name: str) -> str:
+        return f"/api/v1/namespaces/{self.namespace}/configmaps/{name}"
+
+    async def get_config_map(self, name: str) -> dict[str, str]:
+        """The data of a ConfigMap."""
+        result: dict[str, Any] = await self.call("GET", self._config_map(name))
+        return dict(result.get("data") or {})
+
+    async def set_config_map_data(self, name: str, data: dict[str, str]) -> None:
+        """Merge keys into a ConfigMap's data."""
         await self.call(
-            "PATCH",
-            self._deployment(name),
-            {"metadata": {"annotations": annotations}},
-            "application/merge-patch+json",
+            "PATCH", self._config_map(name), {"data": data}, "application/merge-patch+json"
         )
 
     async def annotate_pod(self, name: str, annotations: dict[str, str]) -> None:
@@ -186,12 +191,14 @@ class Usage:
         }
 
 
-#: Annotation on the scheduler Deployment where the janitor reports (for `minimaldask list`).
-STATUS = "minimaldask.dask.org/status"
+#: Key of the janitor's ConfigMap (NAME-janitor) where it reports (for `minimaldask list`).
+#: Not an annotation of the Deployment: any change to a Deployment's annotations
+#: raises its generation, which would look like a change of the cluster.
+STATUS = "status"
 #: How often that report is refreshed, in seconds.
 STATUS_INTERVAL = 15.0
-#: Annotation on the scheduler Deployment that stores the adaptive policy (JSON).
-ADAPT = "minimaldask.dask.org/adapt"
+#: Key of the janitor's ConfigMap that stores the adaptive policy (JSON).
+ADAPT = "adapt"
 
 
 @dataclass
@@ -454,15 +461,14 @@ class Janitor(SchedulerPlugin):
         """Adaptive bounds survive a scheduler restart: they live in annotations."""
         assert self.api is not None
         try:
-            deployment = await self.api.get_deployment(f"{self.cluster_name}-scheduler")
+            data = await self.api.get_config_map(f"{self.cluster_name}-janitor")
         except Exception as e:
             logger.warning("minimaldask janitor: cannot read adaptive bounds: %s", e)
             return
-        annotations = deployment["metadata"].get("annotations") or {}
         try:
-            policy = json.loads(annotations.get(ADAPT, "null"))
+            policy = json.loads(data.get(ADAPT) or "null")
         except ValueError:
-            logger.warning("minimaldask janitor: ignoring a malformed %s annotation", ADAPT)
+            logger.warning("minimaldask janitor: ignoring a malformed adaptive policy %r", data)
             return
         if policy:
             self.adapt(**policy)
@@ -519,8 +525,8 @@ class Janitor(SchedulerPlugin):
 
     async def _report(self) -> None:
         assert self.api is not None
-        await self.api.annotate_deployment(
-            f"{self.cluster_name}-scheduler", {STATUS: json.dumps(self.status())}
+        await self.api.set_config_map_data(
+            f"{self.cluster_name}-janitor", {STATUS: json.dumps(self.status())}
         )
 
     async def _watch(self) -> None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 try:
@@ -62,13 +64,14 @@ KINDS: dict[str, Kind] = {
     "EndpointSlice": Kind("discovery.k8s.io/v1", "endpointslices"),
     "Event": Kind("v1", "events"),
     "ServiceAccount": Kind("v1", "serviceaccounts"),
+    "ConfigMap": Kind("v1", "configmaps"),
     "Role": Kind("rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": Kind("rbac.authorization.k8s.io/v1", "rolebindings"),
     "NetworkPolicy": Kind("networking.k8s.io/v1", "networkpolicies"),
 }
 #: Kinds that hold a cluster's objects (ours and those controllers make for them).
 #: Kinds of the janitor's objects, which a cluster may lack (see JANITOR_ACCESS).
-JANITOR_KINDS = ("ServiceAccount", "Role", "RoleBinding")
+JANITOR_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap")
 CLUSTER_KINDS = (
     "Deployment",
     "ReplicaSet",
@@ -79,6 +82,7 @@ CLUSTER_KINDS = (
     "ServiceAccount",
     "Role",
     "RoleBinding",
+    "ConfigMap",
 )
 
 
@@ -315,18 +319,18 @@ async def set_replicas(
     )
 
 
-async def annotate(
-    api: kr8s.asyncio.Api, kind: str, namespace: str, name: str, annotations: Mapping[str, Any]
+async def merge_patch(
+    api: kr8s.asyncio.Api, kind: str, namespace: str, name: str, patch: Mapping[str, Any]
 ) -> None:
-    """Merge ``annotations`` into an object (``None`` values remove them)."""
+    """Merge ``patch`` into an object (JSON merge patch: ``None`` values remove keys)."""
     await _call(
         api,
         "PATCH",
         kind,
         namespace,
         name,
-        action=f"annotating {kind} {namespace}/{name}",
-        body={"metadata": {"annotations": dict(annotations)}},
+        action=f"updating {kind} {namespace}/{name}",
+        body=dict(patch),
         headers={"Content-Type": "application/merge-patch+json"},
     )
 
@@ -365,8 +369,26 @@ class PodProblem:
     message: str
 
 
-def pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
-    """The reason a pod will not become ready by itself, read from its status; else None."""
+def _time(value: str | None) -> float | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+#: Seconds by which two nodes' clocks may disagree when a worker's crash is compared
+#: with the moment its scheduler became ready.
+CLOCK_SKEW = 2.0
+
+
+def pod_problem(
+    pod: Mapping[str, Any], crashes_count_after: float | None = None
+) -> PodProblem | None:
+    """The reason a pod will not become ready by itself, read from its status; else None.
+
+    ``crashes_count_after`` (a time, seconds since the epoch) forgives a crash that
+    ended before it: a worker that gave up waiting for a scheduler that was not yet
+    listening. Kubernetes restarts it, and the next try finds the scheduler.
+    """
     name = pod.get("metadata", {}).get("name", "?")
     status = pod.get("status") or {}
     for cond in status.get("conditions") or []:
@@ -391,6 +413,11 @@ def pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
         # One crash can be a race (a scheduler being replaced); a crash loop is not.
         if reason == "CrashLoopBackOff":
             detail = (cs.get("lastState") or {}).get("terminated") or {}
+            ended = _time(detail.get("finishedAt"))
+            if crashes_count_after is not None and (
+                ended is None or ended <= crashes_count_after + CLOCK_SKEW
+            ):
+                continue
             return PodProblem(
                 "crash",
                 name,
@@ -416,11 +443,17 @@ async def pod_log(
     pod: str,
     tail: int | None = None,
     previous: bool = False,
+    limit_bytes: int | None = None,
 ) -> str:
-    """A pod's log (its last ``tail`` lines; the previous container's with ``previous``)."""
+    """A pod's log (its last ``tail`` lines; the previous container's with ``previous``).
+
+    ``limit_bytes`` reads at most that much from the start of the log.
+    """
     params: dict[str, Any] = {}
     if tail:
         params["tailLines"] = tail
+    if limit_bytes:
+        params["limitBytes"] = limit_bytes
     if previous:
         params["previous"] = "true"
     k = KINDS["Pod"]
@@ -449,24 +482,65 @@ async def _scale_up_triggered(api: kr8s.asyncio.Api, namespace: str, pod: str) -
     return any(e.get("reason") == "TriggeredScaleUp" for e in (events or {}).get("items", []))
 
 
-async def _crash_log(api: kr8s.asyncio.Api, namespace: str, pod: str) -> str:
-    """The end of a crashed container's log: the previous run's, else the current one's.
+#: Bytes of a crashed container's log read to find its first error.
+LOG_LIMIT = 256 * 1024
+_ERROR_LINE = re.compile(r"^(minimaldask-entrypoint: |Error: |[A-Za-z_][\w.]*(Error|Exception)\b)")
 
-    Right after a crash the runtime may not hand out the log yet: a few tries.
+
+def first_error(log: str) -> str | None:
+    """The first error in a log: a whole Python traceback, or one line that names an error.
+
+    The last lines of a crash often show only the consequence (``Nanny failed to
+    start``); the first error shows the cause.
+    """
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        text = _strip_log_prefix(line)
+        if text.startswith("Traceback (most recent call last):"):
+            block = [line]
+            for following in lines[i + 1 :]:
+                block.append(following)
+                if following and not following[0].isspace():  # the exception line ends it
+                    break
+            return "\n".join(block)
+        if _ERROR_LINE.match(text):
+            return line
+    return None
+
+
+def _strip_log_prefix(line: str) -> str:
+    # dask's own log lines start with a timestamp and a logger name: "2026-... - distributed.x - ERROR - ..."
+    parts = line.split(" - ", 3)
+    return parts[3] if len(parts) == 4 and parts[2].strip().isupper() else line
+
+
+async def _crash_log(api: kr8s.asyncio.Api, namespace: str, pod: str) -> str:
+    """What a crashed container printed: its first error, then its last lines.
+
+    The previous run's log, else the current one's. Right after a crash the
+    runtime may not hand out the log yet: a few tries.
     """
     reason = "empty"
     for attempt in range(5):
         for previous in (True, False):
             try:
-                log = await pod_log(api, namespace, pod, tail=LOG_TAIL, previous=previous)
+                log = await pod_log(api, namespace, pod, previous=previous, limit_bytes=LOG_LIMIT)
+                tail = "\n".join(log.rstrip().splitlines()[-LOG_TAIL:])
+                if len(log.encode()) >= LOG_LIMIT:  # a long log: its end is not in the first part
+                    tail = await pod_log(api, namespace, pod, tail=LOG_TAIL, previous=previous)
             except KubernetesError as e:
                 reason = str(e)
                 continue
             if log.strip() and "unable to retrieve container logs" not in log:
-                return log
+                first = first_error(log)
+                if first and first.strip() not in tail:
+                    return (
+                        f"First error in its log:\n{first.rstrip()}\nLast lines of its log:\n{tail}"
+                    )
+                return f"Last lines of its log:\n{tail}"
             reason = log.strip() or "empty"
         await asyncio.sleep(0.5 * (attempt + 1))
-    return f"(log unavailable: {reason})"
+    return f"Its log is unavailable: {reason}"
 
 
 async def explain(api: kr8s.asyncio.Api, namespace: str, problem: PodProblem) -> str:
@@ -475,7 +549,7 @@ async def explain(api: kr8s.asyncio.Api, namespace: str, problem: PodProblem) ->
         log = await _crash_log(api, namespace, problem.pod)
         return (
             f"pod {problem.pod}: container {problem.container} {problem.message} "
-            f"(CrashLoopBackOff). Last lines of its log:\n{log.rstrip()}"
+            f"(CrashLoopBackOff). {log.rstrip()}"
         )
     if problem.kind == "unschedulable":
         return (
@@ -491,17 +565,22 @@ async def explain(api: kr8s.asyncio.Api, namespace: str, problem: PodProblem) ->
 
 
 async def check_pods(
-    api: kr8s.asyncio.Api, namespace: str, deployment: str, selector: str
+    api: kr8s.asyncio.Api,
+    namespace: str,
+    deployment: str,
+    selector: str,
+    crashes_count_after: float | None = None,
 ) -> list[Obj]:
     """The pods of a Deployment; raise :class:`ClusterStartError` if one cannot run.
 
-    A quota or admission refusal shows on the Deployment, not on a pod.
+    A quota or admission refusal shows on the Deployment, not on a pod. For
+    ``crashes_count_after``, see :func:`pod_problem`.
     """
     pods = await list_objects(api, "Pod", namespace, selector)
     for pod in pods:
         if pod["metadata"].get("deletionTimestamp"):
             continue
-        problem = pod_problem(pod)
+        problem = pod_problem(pod, crashes_count_after)
         if problem is None:
             continue
         if problem.kind == "unschedulable" and await _scale_up_triggered(
@@ -516,6 +595,14 @@ async def check_pods(
         if failure:
             raise ClusterStartError(f"Deployment {deployment} cannot create its pods: {failure}")
     return pods
+
+
+def ready_since(pod: Mapping[str, Any]) -> float | None:
+    """When the pod last became Ready (seconds since the epoch), or None if it is not Ready."""
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready" and cond.get("status") == "True":
+            return _time(cond.get("lastTransitionTime"))
+    return None
 
 
 def pod_ready(pod: Mapping[str, Any]) -> bool:
@@ -567,6 +654,8 @@ JANITOR_ACCESS: tuple[tuple[str, str, str, str], ...] = (
     ("patch", "rbac.authorization.k8s.io", "roles", ""),
     ("create", "rbac.authorization.k8s.io", "rolebindings", ""),
     ("patch", "rbac.authorization.k8s.io", "rolebindings", ""),
+    ("create", "", "configmaps", ""),
+    ("patch", "", "configmaps", ""),
 )
 
 

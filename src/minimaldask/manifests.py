@@ -8,7 +8,8 @@ No I/O here: ``minimaldask manifests`` prints these objects and
 - Deployment ``NAME-worker`` (``spec.workers`` replicas),
 - ServiceAccount ``NAME-scheduler``, Role and RoleBinding ``NAME-janitor``: the
   rights of the scheduler's janitor (delete its own cluster, scale its workers),
-  when the user may grant them (``janitor=True``).
+  and ConfigMap ``NAME-janitor`` (its report, the adaptive policy), when the user
+  may grant them (``janitor=True``).
 
 Every object carries the ``app.kubernetes.io/{name,instance,component,managed-by}``
 labels; the children carry an ownerReference to the scheduler Deployment once
@@ -211,7 +212,13 @@ def janitor_rules(spec: ClusterSpec) -> list[Obj]:
             "apiGroups": ["apps"],
             "resources": ["deployments"],
             "resourceNames": [scheduler_name(spec), worker_name(spec)],
-            "verbs": ["get", "patch", "delete"],
+            "verbs": ["get", "delete"],
+        },
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": [janitor_name(spec)],
+            "verbs": ["get", "patch"],
         },
         {
             "apiGroups": ["apps"],
@@ -260,11 +267,21 @@ def janitor_role_binding(spec: ClusterSpec) -> Obj:
     }
 
 
+def janitor_state(spec: ClusterSpec) -> Obj:
+    """ConfigMap ``NAME-janitor``: the janitor's report and the adaptive policy."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(spec, janitor_name(spec), "scheduler"),
+    }
+
+
 #: The janitor's objects, applied before the scheduler Deployment (its pod needs them).
 JANITOR_BUILDERS: list[Callable[[ClusterSpec], Obj]] = [
     janitor_service_account,
     janitor_role,
     janitor_role_binding,
+    janitor_state,
 ]
 
 
@@ -420,5 +437,5 @@ def apply_order(objects: list[Obj]) -> list[Obj]:
 
     The scheduler pod runs as its ServiceAccount, which must exist before it.
     """
-    first = ("ServiceAccount", "Role", "RoleBinding")
+    first = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap")
     return sorted(objects, key=lambda o: o["kind"] not in first)

@@ -23,6 +23,7 @@ def test_manifests_print_the_objects_identities_first(capsys):
         ("ServiceAccount", "etl-scheduler"),
         ("Role", "etl-janitor"),
         ("RoleBinding", "etl-janitor"),
+        ("ConfigMap", "etl-janitor"),
         ("Deployment", "etl-scheduler"),
         ("Service", "etl-scheduler"),
         ("Deployment", "etl-worker"),
@@ -31,7 +32,7 @@ def test_manifests_print_the_objects_identities_first(capsys):
     assert objs[2]["subjects"] == [
         {"kind": "ServiceAccount", "name": "etl-scheduler", "namespace": "team"}
     ]
-    worker = objs[5]
+    (worker,) = [o for o in objs if o["metadata"]["name"] == "etl-worker"]
     assert worker["spec"]["replicas"] == 4
     container = worker["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["requests"] == {"cpu": "2", "memory": "3Gi"}

@@ -105,3 +105,79 @@ def test_pod_phase_prefers_the_waiting_reason():
     p["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     assert kube.pod_phase(p) == "Terminating"
     assert not kube.pod_ready(p)
+
+
+def crash_loop(finished_at):
+    return pod(
+        {
+            "containerStatuses": [
+                {
+                    "name": "worker",
+                    "restartCount": 2,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {
+                        "terminated": {"exitCode": 1, "reason": "Error", "finishedAt": finished_at}
+                    },
+                }
+            ]
+        }
+    )
+
+
+def test_a_worker_crash_before_its_scheduler_was_ready_is_forgiven():
+    ready = kube._time("2026-11-29T10:00:30Z")
+    assert kube.pod_problem(crash_loop("2026-11-29T10:00:20Z"), ready) is None
+    # Within the clock skew allowed between two nodes: still forgiven.
+    assert kube.pod_problem(crash_loop("2026-11-29T10:00:31Z"), ready) is None
+    assert kube.pod_problem(crash_loop("2026-11-29T10:00:40Z"), ready).kind == "crash"
+    # The scheduler is not ready yet: every worker crash is forgiven.
+    assert kube.pod_problem(crash_loop("2026-11-29T10:00:40Z"), float("inf")) is None
+    # A scheduler's own crash always counts.
+    assert kube.pod_problem(crash_loop("2026-11-29T10:00:20Z")).kind == "crash"
+
+
+def test_ready_since_reads_the_ready_condition():
+    p = pod(
+        {
+            "conditions": [
+                {"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-29T10:00:30Z"}
+            ]
+        }
+    )
+    assert kube.ready_since(p) == kube._time("2026-11-29T10:00:30Z")
+    p["status"]["conditions"][0]["status"] = "False"
+    assert kube.ready_since(p) is None
+
+
+NANNY_LOG = (
+    """\
+2026-11-29 10:00:00,000 - distributed.nanny - INFO - Start Nanny at: 'tcp://10.244.0.5:34567'
+Traceback (most recent call last):
+  File "distributed/comm/tcp.py", line 360, in read_bytes_rw
+    buf = host_array(n)
+numpy._core._exceptions._ArrayMemoryError: Unable to allocate 3.07 EiB for an array
+"""
+    + "2026-11-29 10:00:01,000 - distributed.worker - INFO - noise\n" * 30
+    + """\
+Traceback (most recent call last):
+  File "distributed/core.py", line 517, in start
+RuntimeError: Nanny failed to start.
+"""
+)
+
+
+def test_the_first_error_is_the_first_traceback_whole():
+    first = kube.first_error(NANNY_LOG)
+    assert first.startswith("Traceback (most recent call last):")
+    assert first.endswith("Unable to allocate 3.07 EiB for an array")
+    assert "Nanny failed to start" not in first
+
+
+def test_the_first_error_of_a_one_line_failure():
+    assert kube.first_error("starting\nminimaldask-entrypoint: PORT='x' is not a port\n") == (
+        "minimaldask-entrypoint: PORT='x' is not a port"
+    )
+    assert kube.first_error("Usage: dask worker\nError: No such option: --x\n") == (
+        "Error: No such option: --x"
+    )
+    assert kube.first_error("all went well\n") is None

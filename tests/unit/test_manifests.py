@@ -34,6 +34,7 @@ def test_objects_are_named_per_cluster():
         ("ServiceAccount", "demo-scheduler"),
         ("Role", "demo-janitor"),
         ("RoleBinding", "demo-janitor"),
+        ("ConfigMap", "demo-janitor"),
     }
     for obj in objs.values():
         assert obj["metadata"]["namespace"] == "team"
@@ -231,7 +232,11 @@ def test_the_janitor_may_touch_only_this_clusters_objects():
     rules = objs[("Role", "demo-janitor")]["rules"]
     deployments = next(r for r in rules if r["resources"] == ["deployments"])
     assert deployments["resourceNames"] == ["demo-scheduler", "demo-worker"]
-    assert set(deployments["verbs"]) == {"get", "patch", "delete"}
+    # No patch: a patched pod template could name any ServiceAccount of the namespace.
+    assert set(deployments["verbs"]) == {"get", "delete"}
+    state = next(r for r in rules if r["resources"] == ["configmaps"])
+    assert state["resourceNames"] == ["demo-janitor"]
+    assert set(state["verbs"]) == {"get", "patch"}
     scale = next(r for r in rules if r["resources"] == ["deployments/scale"])
     assert scale["resourceNames"] == ["demo-worker"]
     # Pod names are made by the ReplicaSet: patching them cannot be limited by name.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import time
 import warnings
@@ -31,6 +32,7 @@ from minimaldask.backends.base import (
 from minimaldask.exceptions import (
     ClusterNotFoundError,
     ClusterStartError,
+    ForbiddenError,
     ImageMismatchError,
     KubernetesError,
 )
@@ -383,12 +385,29 @@ class KubernetesBackend(Backend):
                 "the scheduler stopped answering"
             ) from None
 
+    async def _scheduler_ready_at(self) -> float:
+        """When the scheduler pod became Ready, as its node's kubelet recorded it; inf if not yet.
+
+        A worker that crashed before then was waiting for a scheduler that did not
+        listen yet: Kubernetes restarts it, and that is no reason to fail the start.
+        """
+        pods = await kube.list_objects(
+            self._api, "Pod", self.spec.namespace, label_selector(self.spec.name, "scheduler")
+        )
+        times = [t for p in pods if (t := kube.ready_since(p)) is not None]
+        return max(times) if times else math.inf
+
     async def _wait_for_workers(self, n: int, count: WorkerCounter, deadline: float) -> None:
         spec = self.spec
         selector = label_selector(spec.name, "worker")
+        scheduler_ready = math.inf
         while True:
             connected = await count()
-            pods = await kube.check_pods(self._api, spec.namespace, worker_name(spec), selector)
+            if scheduler_ready == math.inf:
+                scheduler_ready = await self._scheduler_ready_at()
+            pods = await kube.check_pods(
+                self._api, spec.namespace, worker_name(spec), selector, scheduler_ready
+            )
             live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
             self.requested = {p["metadata"]["name"] for p in live}
             if connected >= n:
@@ -457,8 +476,12 @@ class KubernetesBackend(Backend):
         api = await self._connect()
         bounds = {"minimum": minimum, "maximum": maximum, **policy}
         stored = json.dumps(bounds) if maximum is not None else None
-        await kube.annotate(
-            api, "Deployment", self.spec.namespace, scheduler_name(self.spec), {ADAPT: stored}
+        await kube.merge_patch(
+            api,
+            "ConfigMap",
+            self.spec.namespace,
+            janitor_name(self.spec),
+            {"data": {ADAPT: stored}},
         )
         try:
             result: dict[str, Any] = await asyncio.wait_for(
@@ -524,6 +547,7 @@ class KubernetesBackend(Backend):
             ("RoleBinding", janitor_name(spec)),
             ("Role", janitor_name(spec)),
             ("ServiceAccount", scheduler_name(spec)),
+            ("ConfigMap", janitor_name(spec)),
         ]
         return await kube.delete_cluster(api, namespace, name, objects, timeout)
 
@@ -546,6 +570,15 @@ class KubernetesBackend(Backend):
                 "app.kubernetes.io/name=minimaldask,app.kubernetes.io/component=worker",
             )
         }
+        try:
+            states = {
+                c["metadata"]["labels"].get(LABEL_INSTANCE): c.get("data") or {}
+                for c in await kube.list_objects(
+                    api, "ConfigMap", namespace, "app.kubernetes.io/name=minimaldask"
+                )
+            }
+        except ForbiddenError:  # what the janitors report is not essential to a list
+            states = {}
         out = []
         for d in schedulers:
             name = d["metadata"]["labels"].get(LABEL_INSTANCE, "")
@@ -562,14 +595,14 @@ class KubernetesBackend(Backend):
                     created=_timestamp(d["metadata"].get("creationTimestamp")),
                     details={
                         "scheduler_ready": bool((d.get("status") or {}).get("readyReplicas")),
-                        **_janitor_details(d),
+                        **_janitor_details(d, states.get(name) or {}),
                     },
                 )
             )
         return out
 
 
-def _janitor_details(scheduler: dict[str, Any]) -> dict[str, Any]:
+def _janitor_details(scheduler: dict[str, Any], state: dict[str, str]) -> dict[str, Any]:
     """The timeouts a scheduler Deployment sets, and what its janitor last reported."""
     from minimaldask.janitor import ADAPT, STATUS
 
@@ -579,10 +612,9 @@ def _janitor_details(scheduler: dict[str, Any]) -> dict[str, Any]:
     for key in ("idle_timeout", "no_client_timeout", "max_lifetime"):
         value = env.get(f"MINIMALDASK_{key.upper()}") or ""
         details[key] = float(value) if value else None
-    annotations = scheduler["metadata"].get("annotations") or {}
     with contextlib.suppress(ValueError, TypeError, KeyError):
-        policy = json.loads(annotations[ADAPT])
+        policy = json.loads(state[ADAPT])
         details["adapt"] = [policy["minimum"], policy["maximum"]]
-    with contextlib.suppress(ValueError, TypeError):
-        details["janitor"] = json.loads(annotations.get(STATUS, ""))
+    with contextlib.suppress(ValueError, TypeError, KeyError):
+        details["janitor"] = json.loads(state[STATUS])
     return details
