@@ -40,6 +40,8 @@ WORKER_HTTP_PORT = 8788
 TMP_DIR = "/tmp"
 #: The image's user (see docs/image.md); set explicitly so ``runAsNonRoot`` can be verified.
 IMAGE_UID = 1000
+#: Seconds the scheduler pod gets to exit after SIGTERM.
+SCHEDULER_GRACE_PERIOD = 30
 
 Obj = dict[str, Any]
 
@@ -318,7 +320,7 @@ def scheduler_deployment(spec: ClusterSpec, janitor: bool = True) -> Obj:
     container["startupProbe"] = _probe("http-dashboard", 2, 150)
     container["readinessProbe"] = _probe("http-dashboard", 5, 2)
     container["livenessProbe"] = _probe("http-dashboard", 10, 6)
-    pod = _pod_spec(spec, container, grace=30)
+    pod = _pod_spec(spec, container, grace=SCHEDULER_GRACE_PERIOD)
     if janitor:
         pod["serviceAccountName"] = scheduler_name(spec)
         pod["automountServiceAccountToken"] = True
@@ -342,6 +344,11 @@ def worker_arguments(spec: ClusterSpec) -> list[str]:
     return [*arguments, *spec.worker_options]
 
 
+def worker_grace_period(spec: ClusterSpec) -> int:
+    """Seconds a worker pod gets to exit after SIGTERM (a retired worker hands over its data)."""
+    return max(30, int(spec.death_timeout))
+
+
 def worker_deployment(spec: ClusterSpec) -> Obj:
     """Deployment ``NAME-worker``: ``spec.workers`` workers, sized by ``resources``."""
     env: list[Obj] = [
@@ -359,8 +366,7 @@ def worker_deployment(spec: ClusterSpec) -> Obj:
     container["ports"] = [{"name": "http-health", "containerPort": WORKER_HTTP_PORT}]
     container["startupProbe"] = _probe("http-health", 2, 150)
     container["livenessProbe"] = _probe("http-health", 10, 6)
-    # A retired worker hands over its data on SIGTERM; give it time to.
-    pod = _pod_spec(spec, container, grace=max(30, int(spec.death_timeout)))
+    pod = _pod_spec(spec, container, grace=worker_grace_period(spec))
     deployment = _deployment(spec, worker_name(spec), "worker", spec.workers, pod)
     return deep_merge(deployment, spec.patch.get("worker", {}))
 

@@ -15,6 +15,7 @@ import textwrap
 import threading
 import time
 
+import budgets
 import distributed
 import pytest
 from distributed import Client
@@ -54,7 +55,8 @@ def test_a_client_killed_with_sigkill_leaves_no_object(namespace, kube, cluster_
         owner.send_signal(signal.SIGKILL)
         owner.wait()
         t = time.monotonic()
-        assert wait_until(lambda: kube.objects_of(cluster_name) == [], timeout=15 + 30, interval=1)
+        budget = budgets.self_deletion(15)
+        assert wait_until(lambda: kube.objects_of(cluster_name) == [], budget, interval=1)
         print(f"every object gone {time.monotonic() - t:.0f}s after the SIGKILL")
     finally:
         owner.kill()
@@ -205,29 +207,51 @@ def test_without_the_right_to_create_roles_the_cluster_starts_and_warns(
     assert kube.objects_of(cluster_name) == []
 
 
+def _list(namespace, *args, **kwargs):
+    return subprocess.run(
+        [sys.executable, "-m", "minimaldask.cli", "list", "-n", namespace, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        **kwargs,
+    ).stdout
+
+
 def test_list_shows_age_workers_idle_time_and_timeouts(namespace, kube, cluster_name):
+    from minimaldask.janitor import STATUS_INTERVAL
+
+    started = time.time()
     with MinimalCluster(
         name=cluster_name, workers=1, idle_timeout="10 minutes", max_lifetime="2h"
     ) as cluster:
+        with Client(cluster) as client:
+            assert client.submit(sum, [1, 2]).result() == 3
         assert cluster.usage()["peak_workers"] == 1
-        time.sleep(17)  # the janitor reports every 15 s
-        result = subprocess.run(
-            [sys.executable, "-m", "minimaldask.cli", "list", "-n", namespace, "--json"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        (info,) = [c for c in json.loads(result.stdout) if c["name"] == cluster_name]
+
+        def report():
+            (info,) = [
+                c for c in json.loads(_list(namespace, "--json")) if c["name"] == cluster_name
+            ]
+            return info if (info["details"].get("janitor") or {}).get("idle_since") else None
+
+        # The janitor reports when it starts and every STATUS_INTERVAL: two of them at most.
+        assert wait_until(lambda: report() is not None, 2 * STATUS_INTERVAL + 10, 1)
+        info = report()
         details = info["details"]
         assert details["idle_timeout"] == 600 and details["max_lifetime"] == 7200
-        assert details["janitor"]["idle_since"] is not None
-        table = subprocess.run(
-            [sys.executable, "-m", "minimaldask.cli", "list", "-n", namespace],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-            env={**os.environ, "COLUMNS": "200"},
-        ).stdout
-        assert "idle 10 min" in table and "age 2.0 h" in table
+        assert (info["workers"], info["requested_workers"]) == (1, 1)
+        assert started - 5 <= info["created"] <= time.time()
+        idle_since = details["janitor"]["idle_since"]
+        assert started - 5 <= idle_since <= time.time()
+
+        table = _list(namespace, env={**os.environ, "COLUMNS": "200"})
+        now = time.time()
+        (row,) = [line for line in table.splitlines() if cluster_name in line]
+        cells = [c.strip() for c in row.split("│") if c.strip()]
+        name, workers, scheduler, age, idle, ends = cells
+        assert (name, workers) == (cluster_name, "1/1")
+        assert "(ready)" in scheduler
+        assert age.endswith("s") and abs(int(age[:-1]) - (now - info["created"])) <= 5
+        assert idle.endswith("s") and abs(int(idle[:-1]) - (now - idle_since)) <= 5
+        assert "idle 10 min" in ends and "age 2.0 h" in ends

@@ -142,13 +142,27 @@ def test_a_worker_pod_deleted_during_a_computation(namespace, kube, cluster_name
         z = (x @ x.T).sum(axis=0)
         expected = z.compute(scheduler="threads")
         future = client.compute(z)
+        workers = client.scheduler_info()["workers"]
         deadline = time.monotonic() + 30
-        while not any(client.processing().values()):
+        # The victim is a worker busy with the computation at the moment it goes.
+        while not (busy := [w for w, tasks in client.processing().items() if tasks]):
             assert time.monotonic() < deadline, "the computation did not start"
-            time.sleep(0.1)
-        victim = sorted(kube.pods(cluster_name, "worker"))[0]
+            time.sleep(0.05)
+        victim = workers[busy[0]]["name"]
         kube.kubectl("delete", "pod", victim, "-n", namespace, "--wait=false")
+        assert not future.done(), "the computation ended before the pod went: nothing recovered"
         np.testing.assert_allclose(future.result(timeout=300), expected)
+        removed = [
+            msg
+            for _, msg in client.get_events("all")
+            if isinstance(msg, dict)
+            and msg.get("action") == "remove-worker"
+            and msg.get("worker") == busy[0]
+        ]
+        assert removed, "the scheduler never saw the victim go"
+        lost = removed[0]["processing-tasks"] or removed[0]["lost-computed-tasks"]
+        assert lost, f"the victim held no work when it went: {removed[0]}"
+        print(f"the victim's work redone elsewhere: {len(lost)} keys")
 
 
 def test_manifests_piped_into_kubectl_make_a_working_cluster(namespace, kube, image):

@@ -115,8 +115,8 @@ class KubernetesBackend(Backend):
 
     # -- pre-flight -------------------------------------------------------------------------
 
-    async def preflight(self) -> None:
-        """Refuse, before anything is created, what cannot work."""
+    def check_options(self) -> None:
+        """Refuse, before any request, options that cannot work on Kubernetes."""
         spec = self.spec
         if spec.apk_packages:
             raise ValueError(
@@ -124,6 +124,10 @@ class KubernetesBackend(Backend):
                 "is Debian-based and has no apk; list the Debian names of these packages in "
                 "os_packages=... instead"
             )
+
+    async def preflight(self) -> None:
+        """Refuse, before anything is created, what cannot work."""
+        spec = self.spec
         api = await self._connect()
         await kube.check_namespace(api, spec.namespace)
         await kube.check_access(api, spec.namespace, port_forward=self._mode() == "port-forward")
@@ -199,6 +203,8 @@ class KubernetesBackend(Backend):
         """Apply the cluster's objects (or find them), then connect to the scheduler."""
         spec = self.spec
         self._deadline = time.monotonic() + spec.startup_timeout
+        if not attach_only:
+            self.check_options()
         api = await self._connect()
         if not attach_only:
             await self.preflight()
