@@ -38,4 +38,4 @@ ENV PATH=/usr/local/bin:/usr/bin:/bin \
 USER 1000:1000
 WORKDIR /home/dask
 EXPOSE 8786 8787
-ENTRYPOINT ["/usr/bin/tini", "--", "/usr/bin/python3", "-m", "minimaldask.entrypoint"]
+ENTRYPOINT ["/usr/bin/tini", "--", "/usr/bin/python3", "-m", "minimaldask.pod.entrypoint"]

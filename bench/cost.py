@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from minimaldask import MinimalCluster, delete_dask_cluster, kube
-from minimaldask.manifests import label_selector
+from minimaldask.contract import label_selector
 from minimaldask.spec import default_image_tag
 
 LOCALKUBE_USER = Path("/var/lib/localkube/user.kubeconfig")

@@ -4,7 +4,7 @@ import time
 
 import psutil
 
-from minimaldask.backends.local import state_root
+from minimaldask.local.backend import state_root
 
 
 def cluster_processes(name):

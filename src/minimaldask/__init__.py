@@ -1,19 +1,40 @@
 """minimaldask: a Dask cluster on Kubernetes for exactly as long as you need it.
 
 One call starts a cluster, one ends it, and it ends itself when nobody uses it.
+
+The public names are imported when first used: the code that runs in the pods
+(:mod:`minimaldask.pod`) lives in this package too, and a pod must not pay for
+loading the client.
 """
 
-from minimaldask import config as _config  # noqa: F401  (loads the defaults first)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from minimaldask._version import __version__
-from minimaldask.api import (
-    delete_dask_cluster,
-    list_clusters,
-    start_dask_cluster,
-    update_or_deploy,
-)
-from minimaldask.backends import ClusterInfo
-from minimaldask.cluster import MinimalCluster
-from minimaldask.spec import ClusterSpec
+
+if TYPE_CHECKING:
+    from minimaldask.api import (
+        delete_dask_cluster,
+        list_clusters,
+        start_dask_cluster,
+        update_or_deploy,
+    )
+    from minimaldask.backend import ClusterInfo
+    from minimaldask.cluster import MinimalCluster
+    from minimaldask.spec import ClusterSpec
+
+#: Where each public name is defined.
+_PUBLIC = {
+    "ClusterInfo": "minimaldask.backend",
+    "ClusterSpec": "minimaldask.spec",
+    "MinimalCluster": "minimaldask.cluster",
+    "delete_dask_cluster": "minimaldask.api",
+    "list_clusters": "minimaldask.api",
+    "start_dask_cluster": "minimaldask.api",
+    "update_or_deploy": "minimaldask.api",
+}
 
 __all__ = [
     "ClusterInfo",
@@ -25,3 +46,15 @@ __all__ = [
     "start_dask_cluster",
     "update_or_deploy",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'minimaldask' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

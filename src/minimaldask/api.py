@@ -10,9 +10,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from minimaldask import config
-from minimaldask.backends import ClusterInfo, backend_class
+from minimaldask.backend import BACKENDS, ClusterInfo, backend_class
 from minimaldask.cluster import MinimalCluster
-from minimaldask.spec import BACKENDS, ClusterSpec
+from minimaldask.spec import ClusterSpec
 
 
 def start_dask_cluster(
@@ -64,6 +64,6 @@ def update_or_deploy(obj: Mapping[str, Any]) -> dict[str, Any]:
 
     >>> update_or_deploy(yaml.safe_load(open("service.yaml")))  # doctest: +SKIP
     """
-    from minimaldask import kube
+    from minimaldask.kubernetes import api
 
-    return asyncio.run(kube.update_or_deploy(obj))
+    return asyncio.run(api.update_or_deploy(obj))

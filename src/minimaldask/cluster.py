@@ -19,7 +19,7 @@ from distributed.core import Status, rpc
 from distributed.deploy.cluster import Cluster
 from distributed.utils import Logs
 
-from minimaldask.backends import backend_class
+from minimaldask.backend import backend_class
 from minimaldask.spec import ClusterSpec
 
 

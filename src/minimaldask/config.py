@@ -30,3 +30,9 @@ def get(key: str, override: Any = None) -> Any:
     ``None`` as override means "not given": the configured value is returned.
     """
     return dask.config.get(f"minimaldask.{key}", override_with=override)
+
+
+def shipped_defaults() -> dict[str, Any]:
+    """The defaults as shipped in minimaldask.yaml, whatever the user's config says."""
+    defaults: dict[str, Any] = _defaults["minimaldask"]
+    return defaults

@@ -7,21 +7,23 @@ that names the option, the value given and what would be valid.
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 import math
 import re
 import shlex
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dask.utils import parse_timedelta
 
 from minimaldask import config
+from minimaldask.backend import BACKENDS
+from minimaldask.kubernetes.expose import EXPOSURES
+from minimaldask.options import Flag, markdown_table, option, options_of
 
-BACKENDS = ("kubernetes", "local")
-EXPOSE_MODES = ("port-forward", "nodeport", "loadbalancer", "none")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 # NAME-scheduler must fit in a 63-character DNS label.
 MAX_NAME_LENGTH = 53
@@ -227,162 +229,6 @@ def default_image_tag() -> str:
     )
 
 
-@dataclass(frozen=True)
-class ClusterSpec:
-    """Every option of one cluster, validated. Build it with :meth:`from_options`."""
-
-    name: str
-    namespace: str
-    workers: int
-    backend: str
-    image: str
-    image_pull_policy: str
-    pip_packages: tuple[str, ...]
-    os_packages: tuple[str, ...]
-    apk_packages: tuple[str, ...]
-    env: Mapping[str, str]
-    resources: Resources
-    scheduler_resources: Resources
-    port: int
-    dashboard_port: int
-    expose: str
-    idle_timeout: float | None
-    no_client_timeout: float | None
-    max_lifetime: float | None
-    death_timeout: float
-    startup_timeout: float
-    keep_on_failure: bool
-    node_selector: Mapping[str, str] = field(default_factory=dict)
-    tolerations: tuple[Mapping[str, Any], ...] = ()
-    image_pull_secrets: tuple[str, ...] = ()
-    annotations: Mapping[str, str] = field(default_factory=dict)
-    labels: Mapping[str, str] = field(default_factory=dict)
-    patch: Mapping[str, Any] = field(default_factory=dict)
-    scheduler_options: tuple[str, ...] = ()
-    worker_options: tuple[str, ...] = ()
-
-    @property
-    def nthreads(self) -> int:
-        """Threads per worker, from the worker's cpu."""
-        return self.resources.nthreads
-
-    @property
-    def memory_limit(self) -> int | None:
-        """Memory limit of a worker in bytes, from the worker's memory."""
-        return self.resources.memory
-
-    def with_workers(self, workers: int) -> ClusterSpec:
-        """A copy with another number of workers (validated)."""
-        return replace(self, workers=_workers(workers))
-
-    @classmethod
-    def from_options(
-        cls,
-        *,
-        name: str | None = None,
-        namespace: str | None = None,
-        workers: int | None = None,
-        backend: str | None = None,
-        image: str | None = None,
-        image_pull_policy: str | None = None,
-        pip_packages: str | Iterable[str] | None = None,
-        os_packages: str | Iterable[str] | None = None,
-        apk_packages: str | Iterable[str] | None = None,
-        env: Mapping[str, Any] | None = None,
-        resources: Mapping[str, Any] | None = None,
-        scheduler_resources: Mapping[str, Any] | None = None,
-        port: int | None = None,
-        dashboard_port: int | None = None,
-        expose: str | None = None,
-        idle_timeout: Any = "config",
-        no_client_timeout: Any = "config",
-        max_lifetime: Any = "config",
-        death_timeout: Any = None,
-        startup_timeout: Any = None,
-        keep_on_failure: bool | None = None,
-        node_selector: Mapping[str, str] | None = None,
-        tolerations: Iterable[Mapping[str, Any]] | None = None,
-        image_pull_secrets: str | Iterable[str] | None = None,
-        annotations: Mapping[str, str] | None = None,
-        labels: Mapping[str, str] | None = None,
-        patch: Mapping[str, Any] | None = None,
-        scheduler_options: str | Iterable[str] | None = None,
-        worker_options: str | Iterable[str] | None = None,
-    ) -> ClusterSpec:
-        """Validate every option, fill defaults from dask config, return the spec.
-
-        Timeouts accept seconds, strings such as ``"5 minutes"``, or ``None``
-        (off); leaving them out takes the configured default.
-        """
-        name = _dns_label("name", config.get("name", name), MAX_NAME_LENGTH)
-        namespace = _dns_label("namespace", config.get("namespace", namespace), 63)
-        backend = config.get("backend", backend)
-        if backend not in BACKENDS:
-            raise _invalid("backend", backend, f"expected one of {', '.join(map(repr, BACKENDS))}")
-        expose = config.get("expose", expose)
-        if expose not in EXPOSE_MODES:
-            raise _invalid(
-                "expose", expose, f"expected one of {', '.join(map(repr, EXPOSE_MODES))}"
-            )
-        pull_policy = config.get("image.pull-policy", image_pull_policy)
-        if pull_policy not in PULL_POLICIES:
-            raise _invalid(
-                "image_pull_policy", pull_policy, f"expected one of {', '.join(PULL_POLICIES)}"
-            )
-        if image is None:
-            image = (
-                f"{config.get('image.repository')}:{config.get('image.tag') or default_image_tag()}"
-            )
-        elif not isinstance(image, str) or not image.strip() or any(c.isspace() for c in image):
-            raise _invalid("image", image, "expected an image reference such as 'repo/name:tag'")
-
-        worker_defaults = {"cpu": config.get("worker.cpu"), "memory": config.get("worker.memory")}
-        scheduler_defaults = {
-            "cpu": config.get("scheduler.cpu"),
-            "memory": config.get("scheduler.memory"),
-        }
-        apk = split_packages(apk_packages, "apk_packages")
-        return cls(
-            name=name,
-            namespace=namespace,
-            workers=_workers(config.get("workers", workers)),
-            backend=backend,
-            image=image,
-            image_pull_policy=pull_policy,
-            pip_packages=split_packages(pip_packages, "pip_packages"),
-            os_packages=split_packages(os_packages, "os_packages"),
-            apk_packages=apk,
-            env=_env(env),
-            resources=Resources.parse(
-                resources if resources is not None else worker_defaults, "resources"
-            ),
-            scheduler_resources=Resources.parse(
-                scheduler_resources if scheduler_resources is not None else scheduler_defaults,
-                "scheduler_resources",
-            ),
-            port=_port("port", config.get("port", port)),
-            dashboard_port=_port("dashboard_port", config.get("dashboard-port", dashboard_port)),
-            expose=expose,
-            idle_timeout=_timeout("idle_timeout", idle_timeout),
-            no_client_timeout=_timeout("no_client_timeout", no_client_timeout),
-            max_lifetime=_timeout("max_lifetime", max_lifetime),
-            death_timeout=_required_timeout("death_timeout", death_timeout),
-            startup_timeout=_required_timeout("startup_timeout", startup_timeout),
-            keep_on_failure=bool(config.get("keep-on-failure", keep_on_failure)),
-            node_selector=_string_map("node_selector", node_selector, label_values=True),
-            tolerations=_tolerations(tolerations),
-            image_pull_secrets=tuple(
-                _dns_label("image_pull_secrets", s, 253)
-                for s in split_packages(image_pull_secrets, "image_pull_secrets")
-            ),
-            annotations=_string_map("annotations", annotations, label_values=False),
-            labels=_string_map("labels", labels, label_values=True),
-            patch=_patch(patch),
-            scheduler_options=_options("scheduler_options", scheduler_options),
-            worker_options=_options("worker_options", worker_options),
-        )
-
-
 def _dns_label(option: str, value: Any, max_length: int) -> str:
     if not isinstance(value, str) or not _DNS_LABEL.match(value):
         raise _invalid(
@@ -401,9 +247,9 @@ def _dns_label(option: str, value: Any, max_length: int) -> str:
     return value
 
 
-def _workers(value: Any) -> int:
+def _workers(value: Any, option: str = "workers") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _invalid("workers", value, "expected a whole number >= 0, e.g. workers=3")
+        raise _invalid(option, value, "expected a whole number >= 0, e.g. workers=3")
     return value
 
 
@@ -413,14 +259,8 @@ def _port(option: str, value: Any) -> int:
     return value
 
 
-def _timeout(option: str, value: Any) -> float | None:
-    if isinstance(value, str) and value == "config":
-        value = config.get(option.replace("_", "-"))
-    return parse_timeout(value, option)
-
-
 def _required_timeout(option: str, value: Any) -> float:
-    seconds = parse_timeout(config.get(option.replace("_", "-"), value), option, allow_none=False)
+    seconds = parse_timeout(value, option, allow_none=False)
     assert seconds is not None  # parse_timeout raised otherwise
     return seconds
 
@@ -493,6 +333,7 @@ def _patch(value: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _options(option: str, value: str | Iterable[str] | None) -> tuple[str, ...]:
+    """Command-line options: a string split like a shell would, or a list."""
     if value is None:
         return ()
     if isinstance(value, str):
@@ -512,15 +353,237 @@ def client_versions() -> dict[str, str]:
     }
 
 
-def janitor_env(spec: ClusterSpec) -> dict[str, str]:
-    """Environment of the scheduler that configures the janitor (minimaldask.janitor)."""
+def _image_default() -> str:
+    return f"{config.get('image.repository')}:{config.get('image.tag') or default_image_tag()}"
 
-    def seconds(value: float | None) -> str:
-        return f"{value:g}" if value else ""
 
-    return {
-        "MINIMALDASK_CLUSTER_NAME": spec.name,
-        "MINIMALDASK_IDLE_TIMEOUT": seconds(spec.idle_timeout),
-        "MINIMALDASK_NO_CLIENT_TIMEOUT": seconds(spec.no_client_timeout),
-        "MINIMALDASK_MAX_LIFETIME": seconds(spec.max_lifetime),
-    }
+def _choice(choices: Iterable[str]) -> Callable[[str, Any], str]:
+    choices = tuple(choices)
+
+    def parse(option: str, value: Any) -> str:
+        if value not in choices:
+            raise _invalid(option, value, f"expected one of {', '.join(map(repr, choices))}")
+        return str(value)
+
+    return parse
+
+
+def _image(option: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
+        raise _invalid(option, value, "expected an image reference such as 'repo/name:tag'")
+    return value
+
+
+def _resources_default(role: str) -> Callable[[], dict[str, Any]]:
+    return lambda: {"cpu": config.get(f"{role}.cpu"), "memory": config.get(f"{role}.memory")}
+
+
+def _env_flag(items: list[str]) -> dict[str, str]:
+    env = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"invalid --env {item!r}: expected NAME=VALUE")
+        env[key] = value
+    return env
+
+
+def _secrets(option: str, value: Any) -> tuple[str, ...]:
+    return tuple(_dns_label(option, s, 253) for s in split_packages(value, option))
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Every option of one cluster, validated. Build it with :meth:`from_options`.
+
+    Each field is declared once, with its config key, validator, help and flag:
+    ``from_options``, the flags of ``minimaldask up`` and docs/options.md are
+    made from these declarations.
+    """
+
+    name: str = option(
+        "Cluster name; its objects are called NAME-scheduler and NAME-worker.",
+        lambda o, v: _dns_label(o, v, MAX_NAME_LENGTH),
+        key="name",
+        flag=Flag(("name",), positional=True),
+    )
+    namespace: str = option(
+        "Namespace the cluster lives in (Kubernetes).",
+        lambda o, v: _dns_label(o, v, 63),
+        key="namespace",
+        flag=Flag(("-n", "--namespace")),
+    )
+    workers: int = option(
+        "Number of workers.",
+        lambda o, v: _workers(v, o),
+        key="workers",
+        flag=Flag(("--workers",), type=int),
+    )
+    backend: str = option(
+        "Where the cluster runs: 'kubernetes' (pods) or 'local' (processes on this machine).",
+        _choice(BACKENDS),
+        key="backend",
+    )
+    image: str = option(
+        "Image of the scheduler and workers; the default matches this client's dask and "
+        "Python: REPOSITORY:DASK-pyX.Y.",
+        _image,
+        default=_image_default,
+        default_keys=("image.repository", "image.tag"),
+        flag=Flag(("--image",)),
+    )
+    image_pull_policy: str = option(
+        "When the nodes pull the image: Always, IfNotPresent or Never.",
+        _choice(PULL_POLICIES),
+        key="image.pull-policy",
+    )
+    pip_packages: tuple[str, ...] = option(
+        "Extra pip packages installed in each pod at start (a list, or space-separated).",
+        lambda o, v: split_packages(v, o),
+        flag=Flag(("--pip",), metavar="PACKAGES"),
+    )
+    os_packages: tuple[str, ...] = option(
+        "Extra Debian packages unpacked in each pod at start.",
+        lambda o, v: split_packages(v, o),
+        flag=Flag(("--os-packages",), metavar="PACKAGES"),
+    )
+    apk_packages: tuple[str, ...] = option(
+        "Alpine packages: only for an Alpine image of your own (ours is Debian-based).",
+        lambda o, v: split_packages(v, o),
+    )
+    env: Mapping[str, str] = option(
+        "Environment variables of the scheduler and workers.",
+        lambda o, v: _env(v),
+        flag=Flag(("--env",), metavar="NAME=VALUE", action="append", convert=_env_flag),
+    )
+    resources: Resources = option(
+        "Resources of each worker: cpu sets --nthreads, memory --memory-limit.",
+        lambda o, v: Resources.parse(v, o),
+        default=_resources_default("worker"),
+        default_keys=("worker.cpu", "worker.memory"),
+    )
+    scheduler_resources: Resources = option(
+        "Resources of the scheduler.",
+        lambda o, v: Resources.parse(v, o),
+        default=_resources_default("scheduler"),
+        default_keys=("scheduler.cpu", "scheduler.memory"),
+    )
+    port: int = option("The scheduler's port.", _port, key="port")
+    dashboard_port: int = option("The dashboard's port.", _port, key="dashboard-port")
+    expose: str = option(
+        "How a client outside Kubernetes reaches the scheduler: "
+        + "; ".join(f"'{name}': {mode.help}" for name, mode in EXPOSURES.items())
+        + ".",
+        _choice(EXPOSURES),
+        key="expose",
+        flag=Flag(("--expose",), metavar="MODE"),
+    )
+    idle_timeout: float | None = option(
+        "The cluster deletes itself after this long with no task to run; None: never.",
+        lambda o, v: parse_timeout(v, o),
+        key="idle-timeout",
+        nullable=True,
+    )
+    no_client_timeout: float | None = option(
+        "The cluster deletes itself after this long with no client; None: never.",
+        lambda o, v: parse_timeout(v, o),
+        key="no-client-timeout",
+        nullable=True,
+    )
+    max_lifetime: float | None = option(
+        "The cluster deletes itself this long after it started, busy or not; None: never.",
+        lambda o, v: parse_timeout(v, o),
+        key="max-lifetime",
+        nullable=True,
+    )
+    death_timeout: float = option(
+        "A worker that has lost its scheduler exits after this long.",
+        _required_timeout,
+        key="death-timeout",
+    )
+    startup_timeout: float = option(
+        "Deadline for the start: the scheduler up and every worker connected.",
+        _required_timeout,
+        key="startup-timeout",
+        flag=Flag(("--timeout",), metavar="DURATION"),
+    )
+    keep_on_failure: bool = option(
+        "Keep the objects of a cluster that failed to start, for debugging.",
+        lambda o, v: bool(v),
+        key="keep-on-failure",
+        flag=Flag(("--keep-on-failure",), action="store_true"),
+    )
+    node_selector: Mapping[str, str] = option(
+        "Node labels the pods must run on.",
+        lambda o, v: _string_map(o, v, label_values=True),
+    )
+    tolerations: tuple[Mapping[str, Any], ...] = option(
+        "Kubernetes tolerations of the pods.", lambda o, v: _tolerations(v)
+    )
+    image_pull_secrets: tuple[str, ...] = option(
+        "Secrets with the credentials of a private registry.", _secrets
+    )
+    annotations: Mapping[str, str] = option(
+        "Annotations of every object and pod.",
+        lambda o, v: _string_map(o, v, label_values=False),
+    )
+    labels: Mapping[str, str] = option(
+        "Extra labels of every object and pod.",
+        lambda o, v: _string_map(o, v, label_values=True),
+    )
+    patch: Mapping[str, Any] = option(
+        "Partial objects merged into the generated ones: {'scheduler': ..., 'worker': ..., "
+        "'service': ...}.",
+        lambda o, v: _patch(v),
+    )
+    scheduler_options: tuple[str, ...] = option("Extra options of dask scheduler.", _options)
+    worker_options: tuple[str, ...] = option("Extra options of dask worker.", _options)
+
+    @property
+    def nthreads(self) -> int:
+        """Threads per worker, from the worker's cpu."""
+        return self.resources.nthreads
+
+    @property
+    def memory_limit(self) -> int | None:
+        """Memory limit of a worker in bytes, from the worker's memory."""
+        return self.resources.memory
+
+    def with_workers(self, workers: int) -> ClusterSpec:
+        """A copy with another number of workers (validated)."""
+        return replace(self, workers=_workers(workers))
+
+    @classmethod
+    def from_options(cls, **options: Any) -> ClusterSpec:
+        """Validate every option, fill defaults from dask config, return the spec.
+
+        Leaving an option out (or passing None) takes its configured default;
+        timeouts accept seconds, strings such as ``"5 minutes"``, or ``None``
+        (off). See docs/options.md for every option.
+        """
+        declared = options_of(cls)
+        unknown = sorted(set(options) - {o.name for o in declared})
+        if unknown:
+            names = [o.name for o in declared]
+            hints = []
+            for u in unknown:
+                close = difflib.get_close_matches(u, names, n=1)
+                hints.append(f"{u!r} (did you mean {close[0]!r}?)" if close else repr(u))
+            raise ValueError(
+                f"unknown option {', '.join(hints)}; the options are: {', '.join(names)}"
+            )
+        values = {}
+        for o in declared:
+            value = options.get(o.name)
+            if o.name not in options or (value is None and not o.nullable):
+                value = config.get(o.key) if o.key else o.default()
+            values[o.name] = o.parse(o.name, value)
+        return cls(**values)
+
+
+OPTIONS = options_of(ClusterSpec)
+
+
+def options_table() -> str:
+    """The table of docs/options.md: every option with its config key and shipped default."""
+    return markdown_table(OPTIONS, config.shipped_defaults())

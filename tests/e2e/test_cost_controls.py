@@ -219,7 +219,7 @@ def _list(namespace, *args, **kwargs):
 
 
 def test_list_shows_age_workers_idle_time_and_timeouts(namespace, kube, cluster_name):
-    from minimaldask.janitor import STATUS_INTERVAL
+    from minimaldask.contract import STATUS_INTERVAL
 
     started = time.time()
     with MinimalCluster(

@@ -54,7 +54,7 @@ def test_every_extension_module_imports(amd64):
 
 def test_modules_the_pods_load_import_in_the_image(amd64):
     # The scheduler pod preloads the janitor; nothing beyond the image's packages.
-    code = "import minimaldask, minimaldask.entrypoint, minimaldask.janitor; print('ok')"
+    code = "import minimaldask, minimaldask.pod.entrypoint, minimaldask.pod.janitor; print('ok')"
     result = docker("run", "--rm", "--entrypoint", "/usr/bin/python3", amd64, "-c", code)
     assert result.stdout.strip() == "ok"
 

@@ -13,7 +13,7 @@ from distributed import Client
 
 def run_entrypoint(env, timeout=120):
     return subprocess.run(
-        [sys.executable, "-m", "minimaldask.entrypoint"],
+        [sys.executable, "-m", "minimaldask.pod.entrypoint"],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -51,13 +51,13 @@ def test_scheduler_and_worker_exec_dask_and_sigterm_is_graceful(tmp_path):
     port = _free_port()
     env = {**os.environ, "PORT": str(port), "DASHBOARD_PORT": str(_free_port())}
     scheduler = subprocess.Popen(
-        [sys.executable, "-m", "minimaldask.entrypoint"],
+        [sys.executable, "-m", "minimaldask.pod.entrypoint"],
         env={**env, "ARGUMENTS": "--host 127.0.0.1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
     worker = subprocess.Popen(
-        [sys.executable, "-m", "minimaldask.entrypoint"],
+        [sys.executable, "-m", "minimaldask.pod.entrypoint"],
         env={
             **env,
             "WORKER": "1",

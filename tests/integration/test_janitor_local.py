@@ -11,7 +11,7 @@ from distributed import Client
 from distributed.client import FutureCancelledError
 
 from minimaldask import MinimalCluster
-from minimaldask.backends.local import state_root
+from minimaldask.local.backend import state_root
 from testutil import cluster_processes, wait_until
 
 pytestmark = pytest.mark.timeout(180)

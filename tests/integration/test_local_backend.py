@@ -20,9 +20,9 @@ from minimaldask import (
     list_clusters,
     start_dask_cluster,
 )
-from minimaldask.backends.local import state_root
 from minimaldask.cli import article_computation
 from minimaldask.exceptions import ClusterNotFoundError, ClusterStartError
+from minimaldask.local.backend import state_root
 from testutil import cluster_processes, wait_until
 
 pytestmark = pytest.mark.timeout(300)

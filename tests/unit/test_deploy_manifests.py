@@ -6,14 +6,14 @@ from pathlib import Path
 
 import dask
 
-from minimaldask.kube_cli import default_manifests
+from minimaldask.cli.kube import default_manifests
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "dask.yaml"
 
 
 def test_deploy_manifests_are_in_sync_with_the_code():
-    # Regenerate with: python -m minimaldask.kube_cli > deploy/kubernetes/dask.yaml
+    # Regenerate with: python -m minimaldask.cli.kube > deploy/kubernetes/dask.yaml
     with dask.config.set({"minimaldask.image.tag": None}):
         assert DEPLOY.read_text() == default_manifests(), (
-            f"{DEPLOY} is stale; regenerate it: python -m minimaldask.kube_cli > {DEPLOY}"
+            f"{DEPLOY} is stale; regenerate it: python -m minimaldask.cli.kube > {DEPLOY}"
         )

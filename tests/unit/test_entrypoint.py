@@ -2,7 +2,7 @@ import sys
 
 import pytest
 
-from minimaldask.entrypoint import EntrypointError, plan, prepare, site_packages
+from minimaldask.pod.entrypoint import EntrypointError, plan, prepare, site_packages
 
 SCHEDULER = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
 WORKER = [sys.executable, "-m", "distributed.cli.dask_worker"]

@@ -1,8 +1,15 @@
 import time
 
 from minimaldask import ClusterSpec
-from minimaldask.janitor import Janitor, Usage
-from minimaldask.spec import janitor_env
+from minimaldask.kubernetes.manifests import scheduler_deployment
+from minimaldask.pod.janitor import Janitor, Usage
+
+
+def janitor_env(spec):
+    """The janitor's variables in the scheduler Deployment made for ``spec``."""
+    container = scheduler_deployment(spec)["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    return {k: v for k, v in env.items() if k.startswith("MINIMALDASK_") and v is not None}
 
 
 def test_janitor_env_carries_the_timeouts_of_the_spec():

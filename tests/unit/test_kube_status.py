@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from minimaldask import kube
+from minimaldask.kubernetes import status as kube
 
 
 def pod(status, containers=(("worker", "img:1"),), name="p-1"):

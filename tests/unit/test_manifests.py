@@ -6,7 +6,8 @@ import shlex
 
 import pytest
 
-from minimaldask import manifests
+from minimaldask import contract
+from minimaldask.kubernetes import manifests
 from minimaldask.spec import ClusterSpec
 
 
@@ -221,7 +222,7 @@ def test_deep_merge_removes_with_none():
 
 
 def test_label_selector():
-    assert manifests.label_selector("demo", "worker") == (
+    assert contract.label_selector("demo", "worker") == (
         "app.kubernetes.io/name=minimaldask,app.kubernetes.io/instance=demo,"
         "app.kubernetes.io/component=worker"
     )
@@ -253,7 +254,7 @@ def test_the_janitor_may_touch_only_this_clusters_objects():
             "ARGUMENTS"
         ]
     )
-    assert args[:2] == ["--preload", "minimaldask.janitor"]
+    assert args[:2] == ["--preload", "minimaldask.pod.janitor"]
 
 
 def test_without_the_janitor_the_scheduler_has_no_token():

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from minimaldask import contract
 from minimaldask.exceptions import MinimalDaskError
 from minimaldask.image import oci
 from minimaldask.image.debfile import apply_alternatives, unpack_deb
@@ -412,7 +413,7 @@ class _Platform:
                     "--",
                     "/usr/bin/python3",
                     "-m",
-                    "minimaldask.entrypoint",
+                    contract.ENTRYPOINT_MODULE,
                 ],
                 "WorkingDir": HOME,
                 "ExposedPorts": {"8786/tcp": {}, "8787/tcp": {}},

@@ -9,6 +9,7 @@ both answered. Plain http only with ``insecure=True``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -22,6 +23,8 @@ from typing import Any
 from minimaldask.exceptions import MinimalDaskError
 
 __all__ = [
+    "AuthenticationRequiredError",
+    "ImageNotFoundError",
     "Reference",
     "RegistryError",
     "check",
@@ -52,6 +55,14 @@ VERSION_KEYS = {
 
 class RegistryError(MinimalDaskError):
     """The registry could not be reached, refused us, or has no such image."""
+
+
+class ImageNotFoundError(RegistryError, LookupError):
+    """The registry answered: it has no such image (tag or digest)."""
+
+
+class AuthenticationRequiredError(RegistryError, PermissionError):
+    """The registry answered 401 to a request made with the credentials this client has."""
 
 
 @dataclass(frozen=True)
@@ -149,16 +160,15 @@ class Client:
                 if e.code == 404 and method in ("HEAD", "GET"):
                     return 404, dict(e.headers.items()), b""
                 body = e.read().decode("utf-8", "replace")[:300]
-                raise RegistryError(
-                    f"{method} {url}: HTTP {e.code} {e.reason} {body}".strip()
-                ) from e
+                error = AuthenticationRequiredError if e.code == 401 else RegistryError
+                raise error(f"{method} {url}: HTTP {e.code} {e.reason} {body}".strip()) from e
             except (urllib.error.URLError, OSError) as e:
                 reason = getattr(e, "reason", e)
                 hint = "" if self.insecure else " (a plain-http registry needs --insecure)"
                 raise RegistryError(
                     f"cannot reach the registry {self.registry}: {reason}{hint}"
                 ) from e
-        raise RegistryError(f"{method} {url}: authentication refused")
+        raise AuthenticationRequiredError(f"{method} {url}: authentication refused")
 
     def _authenticate(self, challenge: str, scope: str) -> None:
         scheme, _, params = challenge.partition(" ")
@@ -181,7 +191,8 @@ class Client:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 token = json.load(resp)
         except urllib.error.HTTPError as e:
-            raise RegistryError(
+            error = AuthenticationRequiredError if e.code == 401 else RegistryError
+            raise error(
                 f"{self.registry} refused a token for {scope} (HTTP {e.code}):"
                 f" run 'docker login {self.registry}'"
             ) from e
@@ -196,7 +207,7 @@ class Client:
             "GET", f"/v2/{ref.repository}/manifests/{what}", scope, headers={"Accept": accept}
         )
         if status == 404:
-            raise RegistryError(f"no image {ref.registry}/{ref.repository}:{what}")
+            raise ImageNotFoundError(f"no image {ref.registry}/{ref.repository}:{what}")
         data = json.loads(body)
         media = headers.get("Content-Type", data.get("mediaType", "")).split(";")[0]
         return media, data
@@ -288,11 +299,9 @@ def check(ref: str, insecure: bool = False) -> None:
     """Fail early, before a build, when a registry cannot be reached."""
     parsed = parse_reference(ref)
     client = Client(parsed.registry, insecure, timeout=10)
-    try:
+    # A registry that answers 401 to an anonymous look is reachable: the push logs in.
+    with contextlib.suppress(AuthenticationRequiredError):
         client.request("GET", "/v2/", f"repository:{parsed.repository}:pull")
-    except RegistryError as e:
-        if "HTTP 401" not in str(e):
-            raise
 
 
 def push(

@@ -1,6 +1,7 @@
 """The container entrypoint: environment variables in, a dask scheduler or worker out.
 
-The contract is the article's, done right:
+The contract is the article's, done right (see :class:`minimaldask.contract.Launch`
+and docs/entrypoint.md):
 
 ``WORKER``
     Set (to anything but ``""``, ``0``, ``false`` or ``no``): run a worker;
@@ -26,7 +27,8 @@ The contract is the article's, done right:
 
 The process replaces itself with dask (``exec``), so SIGTERM reaches dask and
 shutdown is graceful. A bad value stops it with exit status 2 and one line
-naming the variable.
+naming the variable. It runs in every pod: it imports the standard library
+and :mod:`minimaldask.contract` only, nothing of the client.
 """
 
 from __future__ import annotations
@@ -36,14 +38,10 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-DEFAULT_PORT = 8786
-DEFAULT_DASHBOARD_PORT = 8787
-DEFAULT_SCHEDULER_HOST = "master-node"
-_FALSE = ("", "0", "false", "no", "off")
+from minimaldask.contract import ContractError, Launch
 
 
 class EntrypointError(Exception):
@@ -62,60 +60,31 @@ class Plan:
     prefix: str = ""
 
 
-def _port(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
-        raise EntrypointError(
-            f"{name}={raw!r} is not a port number; use 1-65535, e.g. {name}={default}"
-        )
-    return int(raw)
-
-
-def _split(env: Mapping[str, str], name: str) -> list[str]:
-    try:
-        return shlex.split(env.get(name, ""))
-    except ValueError as e:
-        raise EntrypointError(f"{name} could not be split like a shell would: {e}") from None
-
-
 def plan(env: Mapping[str, str]) -> Plan:
     """Build the plan from an environment. Pure: raises :class:`EntrypointError`."""
-    port = _port(env, "PORT", DEFAULT_PORT)
-    arguments = _split(env, "ARGUMENTS")
-    worker = env.get("WORKER", "").strip().lower() not in _FALSE
+    try:
+        launch = Launch.from_env(env)
+    except ContractError as e:
+        raise EntrypointError(str(e)) from None
     python = [sys.executable, "-m"]
-    if worker:
-        address = (
-            env.get("DASK_SCHEDULER_ADDRESS", "").strip() or f"{DEFAULT_SCHEDULER_HOST}:{port}"
-        )
-        if any(c.isspace() for c in address):
-            raise EntrypointError(
-                f"DASK_SCHEDULER_ADDRESS={address!r} is not an address; use host:port or tcp://host:port"
-            )
-        argv = [*python, "distributed.cli.dask_worker", address, *arguments]
+    if launch.worker:
+        argv = [*python, "distributed.cli.dask_worker", launch.scheduler_address]
     else:
-        dashboard = _port(env, "DASHBOARD_PORT", DEFAULT_DASHBOARD_PORT)
         argv = [
             *python,
             "distributed.cli.dask_scheduler",
             "--port",
-            str(port),
+            str(launch.port),
             "--dashboard-address",
-            f":{dashboard}",
-            *arguments,
+            f":{launch.dashboard_port}",
         ]
-    prefix = env.get("MINIMALDASK_PREFIX", "").strip() or os.path.join(
-        env.get("TMPDIR", "") or tempfile.gettempdir(), "minimaldask"
-    )
     return Plan(
-        role="worker" if worker else "scheduler",
-        argv=argv,
-        pip_packages=_split(env, "EXTRA_PIP_PACKAGES"),
-        os_packages=_split(env, "EXTRA_OS_PACKAGES"),
-        apk_packages=_split(env, "EXTRA_APK_PACKAGES"),
-        prefix=prefix,
+        role="worker" if launch.worker else "scheduler",
+        argv=[*argv, *launch.arguments],
+        pip_packages=list(launch.pip_packages),
+        os_packages=list(launch.os_packages),
+        apk_packages=list(launch.apk_packages),
+        prefix=launch.prefix,
     )
 
 
@@ -172,7 +141,7 @@ def install_os(packages: Sequence[str], prefix: str, env: dict[str, str]) -> Non
     Debian suite, architecture and archive (see :mod:`minimaldask.image.debian`).
     """
     from minimaldask.exceptions import MinimalDaskError
-    from minimaldask.image.debian import install_runtime_packages
+    from minimaldask.image.debian import install_runtime_packages  # only when asked: it is big
 
     print(f"minimaldask: installing EXTRA_OS_PACKAGES: {' '.join(packages)}", flush=True)
     try:

@@ -1,6 +1,6 @@
 """The janitor: a scheduler plugin that ends a cluster nobody uses, and scales it.
 
-Loaded into the scheduler with ``--preload minimaldask.janitor``. It runs
+Loaded into the scheduler with ``--preload minimaldask.pod.janitor``. It runs
 where the scheduler runs, so it keeps working when the client is gone: no
 operator, no CRD. Settings come from environment variables set by the
 backend:
@@ -26,132 +26,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import ssl
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
+from minimaldask import contract
+from minimaldask.pod.kubeapi import KubernetesAPI
+
 # Under "distributed": the scheduler's own log handler and level apply.
 logger = logging.getLogger("distributed.minimaldask.janitor")
 
-TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-#: Name of the scheduler handler a MinimalCluster calls to say it is alive.
-HEARTBEAT = "minimaldask_heartbeat"
-#: Name of the scheduler handler that reports resource usage.
-USAGE = "minimaldask_usage"
-#: Name of the scheduler handler that sets adaptive bounds.
-ADAPT_HANDLER = "minimaldask_adapt"
-#: A MinimalCluster handle counts as a client while its heartbeats are this recent.
-HANDLE_TTL = 10.0
 #: Idle time does not count before the first worker joins, up to this long.
 STARTUP_GRACE = 300.0
-#: Annotation on worker pods the janitor retires: the ReplicaSet removes them first.
-DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
-
-
-def _seconds(name: str) -> float | None:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
-    value = float(raw)
-    return value if value > 0 else None
-
-
-class KubernetesAPI:
-    """The few REST calls the janitor needs, with the pod's service account.
-
-    The image has no Kubernetes client library and needs none: this is
-    urllib, the token and the cluster CA the kubelet mounts.
-    """
-
-    def __init__(self, namespace: str, token_dir: str = TOKEN_DIR) -> None:
-        host = os.environ["KUBERNETES_SERVICE_HOST"]
-        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-        self.base = f"https://{host}:{port}" if ":" not in host else f"https://[{host}]:{port}"
-        self.namespace = namespace
-        self.token_path = os.path.join(token_dir, "token")
-        self.ssl = ssl.create_default_context(cafile=os.path.join(token_dir, "ca.crt"))
-
-    @classmethod
-    def available(cls, token_dir: str = TOKEN_DIR) -> bool:
-        """Whether this process runs in a pod with a service account token."""
-        return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(
-            os.path.join(token_dir, "token")
-        )
-
-    def _call(self, method: str, path: str, body: Any = None, content_type: str = "") -> Any:
-        with open(self.token_path) as f:  # re-read: projected tokens rotate
-            token = f.read().strip()
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            self.base + path, data=data, method=method, headers={"Authorization": f"Bearer {token}"}
-        )
-        if data is not None:
-            request.add_header("Content-Type", content_type or "application/json")
-        try:
-            with urllib.request.urlopen(request, context=self.ssl, timeout=10) as response:
-                payload = response.read()
-        except urllib.error.HTTPError as e:
-            detail = e.read().decode(errors="replace")
-            with contextlib.suppress(ValueError, KeyError):
-                detail = json.loads(detail)["message"]
-            raise RuntimeError(f"{method} {path}: HTTP {e.code}: {detail}") from None
-        return json.loads(payload) if payload else None
-
-    async def call(self, method: str, path: str, body: Any = None, content_type: str = "") -> Any:
-        """One API call, off the event loop."""
-        return await asyncio.to_thread(self._call, method, path, body, content_type)
-
-    def _deployment(self, name: str) -> str:
-        return f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{name}"
-
-    async def delete_deployment(self, name: str) -> None:
-        """Delete a Deployment; its dependents are garbage-collected."""
-        await self.call("DELETE", self._deployment(name), {"propagationPolicy": "Background"})
-
-    async def get_deployment(self, name: str) -> dict[str, Any]:
-        """A Deployment object."""
-        result: dict[str, Any] = await self.call("GET", self._deployment(name))
-        return result
-
-    async def set_replicas(self, name: str, replicas: int) -> None:
-        """Patch a Deployment's scale subresource."""
-        await self.call(
-            "PATCH",
-            self._deployment(name) + "/scale",
-            {"spec": {"replicas": replicas}},
-            "application/merge-patch+json",
-        )
-
-    def _config_map(self, name: str) -> str:
-        return f"/api/v1/namespaces/{self.namespace}/configmaps/{name}"
-
-    async def get_config_map(self, name: str) -> dict[str, str]:
-        """The data of a ConfigMap."""
-        result: dict[str, Any] = await self.call("GET", self._config_map(name))
-        return dict(result.get("data") or {})
-
-    async def set_config_map_data(self, name: str, data: dict[str, str]) -> None:
-        """Merge keys into a ConfigMap's data."""
-        await self.call(
-            "PATCH", self._config_map(name), {"data": data}, "application/merge-patch+json"
-        )
-
-    async def annotate_pod(self, name: str, annotations: dict[str, str]) -> None:
-        """Merge annotations into a pod."""
-        await self.call(
-            "PATCH",
-            f"/api/v1/namespaces/{self.namespace}/pods/{name}",
-            {"metadata": {"annotations": annotations}},
-            "application/merge-patch+json",
-        )
 
 
 @dataclass
@@ -189,16 +79,6 @@ class Usage:
             "peak_workers": self.peak_workers,
             "workers": len(self.running),
         }
-
-
-#: Key of the janitor's ConfigMap (NAME-janitor) where it reports (for `minimaldask list`).
-#: Not an annotation of the Deployment: any change to a Deployment's annotations
-#: raises its generation, which would look like a change of the cluster.
-STATUS = "status"
-#: How often that report is refreshed, in seconds.
-STATUS_INTERVAL = 15.0
-#: Key of the janitor's ConfigMap that stores the adaptive policy (JSON).
-ADAPT = "adapt"
 
 
 @dataclass
@@ -312,7 +192,9 @@ class AdaptiveScaler:
     async def _remove(self, names: list[str], replicas: int) -> None:
         """Remove the pods of these retired workers: lowest deletion cost, then fewer replicas."""
         for name in names:
-            await self.api.annotate_pod(name, {DELETION_COST: "-1000"})
+            await self.api.annotate_pod(
+                name, {contract.DELETION_COST: str(contract.RETIRED_DELETION_COST)}
+            )
         await self.set_replicas(replicas - len(names))
 
 
@@ -355,15 +237,16 @@ class Janitor(SchedulerPlugin):
     @classmethod
     def from_environment(cls) -> Janitor:
         """Settings from MINIMALDASK_* environment variables (see the module docstring)."""
-        namespace = os.environ.get("MINIMALDASK_NAMESPACE", "")
+        settings = contract.JanitorSettings.from_env(os.environ)
+        namespace = settings.namespace
         api = KubernetesAPI(namespace) if namespace and KubernetesAPI.available() else None
         return cls(
-            idle_timeout=_seconds("MINIMALDASK_IDLE_TIMEOUT"),
-            no_client_timeout=_seconds("MINIMALDASK_NO_CLIENT_TIMEOUT"),
-            max_lifetime=_seconds("MINIMALDASK_MAX_LIFETIME"),
-            cluster_name=os.environ.get("MINIMALDASK_CLUSTER_NAME", ""),
+            idle_timeout=settings.idle_timeout,
+            no_client_timeout=settings.no_client_timeout,
+            max_lifetime=settings.max_lifetime,
+            cluster_name=settings.cluster,
             namespace=namespace,
-            interval=_seconds("MINIMALDASK_JANITOR_INTERVAL") or 1.0,
+            interval=settings.interval,
             api=api,
         )
 
@@ -374,11 +257,13 @@ class Janitor(SchedulerPlugin):
         if self._task is not None:
             return
         self.scheduler = scheduler
-        scheduler.handlers[HEARTBEAT] = self.heartbeat
-        scheduler.handlers[USAGE] = self.report_usage
-        scheduler.handlers[ADAPT_HANDLER] = self.adapt
+        scheduler.handlers[contract.HEARTBEAT] = self.heartbeat
+        scheduler.handlers[contract.USAGE] = self.report_usage
+        scheduler.handlers[contract.ADAPT] = self.adapt
         if self.api is not None:
-            self.scaler = AdaptiveScaler(scheduler, self.api, f"{self.cluster_name}-worker")
+            self.scaler = AdaptiveScaler(
+                scheduler, self.api, contract.worker_name(self.cluster_name)
+            )
             await self._restore_adapt_bounds()
         self.usage.started = time.time()
         self.last_client = time.time()
@@ -458,15 +343,15 @@ class Janitor(SchedulerPlugin):
         return {"adapt": vars(policy)}
 
     async def _restore_adapt_bounds(self) -> None:
-        """Adaptive bounds survive a scheduler restart: they live in annotations."""
+        """Adaptive bounds survive a scheduler restart: they live in the janitor's ConfigMap."""
         assert self.api is not None
         try:
-            data = await self.api.get_config_map(f"{self.cluster_name}-janitor")
+            data = await self.api.get_config_map(contract.janitor_name(self.cluster_name))
         except Exception as e:
             logger.warning("minimaldask janitor: cannot read adaptive bounds: %s", e)
             return
         try:
-            policy = json.loads(data.get(ADAPT) or "null")
+            policy = contract.decode_policy(data.get(contract.STATE_ADAPT))
         except ValueError:
             logger.warning("minimaldask janitor: ignoring a malformed adaptive policy %r", data)
             return
@@ -482,7 +367,7 @@ class Janitor(SchedulerPlugin):
     def clients(self) -> int:
         """Dask clients plus MinimalCluster handles heard from recently."""
         now = time.time()
-        self.handles = {h: t for h, t in self.handles.items() if now - t < HANDLE_TTL}
+        self.handles = {h: t for h, t in self.handles.items() if now - t < contract.HANDLE_TTL}
         real = [c for c in self.scheduler.clients if c != "fire-and-forget"]
         return len(real) + len(self.handles)
 
@@ -526,14 +411,15 @@ class Janitor(SchedulerPlugin):
     async def _report(self) -> None:
         assert self.api is not None
         await self.api.set_config_map_data(
-            f"{self.cluster_name}-janitor", {STATUS: json.dumps(self.status())}
+            contract.janitor_name(self.cluster_name),
+            {contract.STATE_STATUS: contract.encode_status(self.status())},
         )
 
     async def _watch(self) -> None:
         last_report = 0.0
         while self.shutdown_reason is None:
             await asyncio.sleep(self.interval)
-            if self.api is not None and time.time() - last_report > STATUS_INTERVAL:
+            if self.api is not None and time.time() - last_report > contract.STATUS_INTERVAL:
                 last_report = time.time()
                 try:
                     await self._report()
@@ -566,10 +452,10 @@ class Janitor(SchedulerPlugin):
                     keys, client, force=True, reason="minimaldask-shutdown", msg=message
                 )
         # Give handles a heartbeat to learn the reason before the scheduler goes.
-        await asyncio.sleep(min(2.0, HANDLE_TTL / 2))
+        await asyncio.sleep(min(2.0, contract.HANDLE_TTL / 2))
         if self.api is not None:
             try:
-                await self.api.delete_deployment(f"{self.cluster_name}-scheduler")
+                await self.api.delete_deployment(contract.scheduler_name(self.cluster_name))
                 return
             except Exception as e:  # the pod is still ours to stop: fall back, and say so
                 logger.error(
@@ -581,7 +467,7 @@ class Janitor(SchedulerPlugin):
 
 
 async def dask_setup(scheduler: Any) -> None:
-    """Entry point of ``--preload minimaldask.janitor``.
+    """Entry point of ``--preload minimaldask.pod.janitor``.
 
     Preloads run before the scheduler starts its plugins, which starts this one.
     """

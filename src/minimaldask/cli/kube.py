@@ -1,6 +1,7 @@
-"""The Kubernetes subcommands of ``minimaldask``: up, down, list, status, scale, logs, dashboard, manifests.
+"""The cluster subcommands of ``minimaldask``: up, down, list, status, scale, logs, dashboard, manifests.
 
-``cli.py`` adds them with :func:`register`.
+:mod:`minimaldask.cli` adds them with :func:`register`. The flags that shape a
+cluster come from the options' declarations (:mod:`minimaldask.options`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from minimaldask import config
+from minimaldask import config, contract
 
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -25,63 +26,34 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def _cluster_options(p: argparse.ArgumentParser) -> None:
     """Options that shape a cluster (those of ``up`` and ``manifests``)."""
-    p.add_argument(
-        "--workers", type=int, help=f"number of workers (default: {config.get('workers')})"
-    )
-    p.add_argument(
-        "--image", help="image (default: the one matching this client's dask and Python)"
-    )
-    p.add_argument("--pip", dest="pip_packages", help="extra pip packages, space-separated")
-    p.add_argument("--os-packages", help="extra Debian packages, space-separated")
-    p.add_argument("--cpu", help="cpu of each worker, e.g. 1 or 500m")
-    p.add_argument("--memory", help="memory of each worker, e.g. 2Gi")
-    p.add_argument(
-        "--expose",
-        choices=["port-forward", "nodeport", "loadbalancer", "none"],
-        help="how a client outside Kubernetes reaches the scheduler",
-    )
-    p.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="environment variable of the pods",
-    )
+    from minimaldask.options import add_flags
+    from minimaldask.spec import OPTIONS
+
+    add_flags(p, [o for o in OPTIONS if o.name not in ("name", "namespace")])
+    p.add_argument("--cpu", help="cpu of each worker, e.g. 1 or 500m (sets resources)")
+    p.add_argument("--memory", help="memory of each worker, e.g. 2Gi (sets resources)")
 
 
 def _name_options(p: argparse.ArgumentParser, positional: bool = True) -> None:
-    if positional:
-        p.add_argument("name", nargs="?", help=f"cluster name (default: {config.get('name')})")
-    p.add_argument("-n", "--namespace", help=f"namespace (default: {config.get('namespace')})")
+    """The cluster's name (positional) and namespace, as their options declare them."""
+    from minimaldask.options import add_flags
+    from minimaldask.spec import OPTIONS
+
+    wanted = ("name", "namespace") if positional else ("namespace",)
+    add_flags(p, [o for o in OPTIONS if o.name in wanted])
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     """MinimalCluster options from the command line; unset ones take the configured default."""
-    options: dict[str, Any] = {
-        "name": args.name,
-        "namespace": args.namespace,
-        "backend": "kubernetes",
-    }
-    for key in ("workers", "image", "pip_packages", "os_packages", "expose"):
-        if getattr(args, key, None) is not None:
-            options[key] = getattr(args, key)
+    from minimaldask.options import from_flags
+    from minimaldask.spec import OPTIONS
+
+    options: dict[str, Any] = {"backend": "kubernetes", **from_flags(args, OPTIONS)}
     if getattr(args, "cpu", None) or getattr(args, "memory", None):
         options["resources"] = {
             "cpu": args.cpu or config.get("worker.cpu"),
             "memory": args.memory or config.get("worker.memory"),
         }
-    env = {}
-    for item in getattr(args, "env", []) or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"invalid --env {item!r}: expected NAME=VALUE")
-        env[key] = value
-    if env:
-        options["env"] = env
-    if getattr(args, "timeout", None) is not None:
-        options["startup_timeout"] = args.timeout
-    if getattr(args, "keep_on_failure", False):
-        options["keep_on_failure"] = True
     return options
 
 
@@ -112,7 +84,8 @@ def up(args: argparse.Namespace) -> int:
         console.print(f"Cluster [bold]{spec.name}[/bold] is running in namespace {spec.namespace}")
         console.print(f"  workers:   {len(cluster.scheduler_info['workers'])}")
         console.print(
-            f"  in-cluster address: tcp://{spec.name}-scheduler.{spec.namespace}.svc:{spec.port}"
+            f"  in-cluster address: tcp://{contract.scheduler_name(spec.name)}.{spec.namespace}"
+            f".svc:{spec.port}"
         )
         console.print(
             f"  connect:   MinimalCluster.from_name({spec.name!r}, namespace={spec.namespace!r})"
@@ -206,16 +179,16 @@ def _ends(details: dict[str, Any]) -> str:
 
 def status(args: argparse.Namespace) -> int:
     """Show a cluster's pods and what its scheduler reports."""
-    from minimaldask import kube
     from minimaldask.exceptions import ClusterNotFoundError
-    from minimaldask.manifests import label_selector
+    from minimaldask.kubernetes import api, status
+    from minimaldask.kubernetes.objects import POD
 
     name = args.name or config.get("name")
     namespace = args.namespace or config.get("namespace")
 
     async def pods() -> list[dict[str, Any]]:
-        api = await kube.connect()
-        return await kube.list_objects(api, "Pod", namespace, label_selector(name))
+        client = await api.connect()
+        return await api.list_objects(client, POD, namespace, contract.label_selector(name))
 
     found = asyncio.run(pods())
     if not found:
@@ -229,9 +202,9 @@ def status(args: argparse.Namespace) -> int:
         )
         table.add_row(
             p["metadata"]["name"],
-            p["metadata"]["labels"].get("app.kubernetes.io/component", "?"),
-            kube.pod_phase(p),
-            "yes" if kube.pod_ready(p) else "no",
+            p["metadata"]["labels"].get(contract.LABEL_COMPONENT, "?"),
+            status.pod_phase(p),
+            "yes" if status.pod_ready(p) else "no",
             str(restarts),
             p.get("spec", {}).get("nodeName", ""),
         )
@@ -258,7 +231,7 @@ def scale(args: argparse.Namespace) -> int:
 
 def logs(args: argparse.Namespace) -> int:
     """Print the logs of every pod of a cluster."""
-    from minimaldask.backends.kubernetes import KubernetesBackend
+    from minimaldask.kubernetes.backend import KubernetesBackend
     from minimaldask.spec import ClusterSpec
 
     spec = ClusterSpec.from_options(name=args.name, namespace=args.namespace, backend="kubernetes")
@@ -286,11 +259,11 @@ def dashboard(args: argparse.Namespace) -> int:
 
 def manifests(args: argparse.Namespace) -> int:
     """Print the YAML that ``up`` applies; ``| kubectl apply -f -`` makes the same cluster."""
-    from minimaldask.manifests import apply_order, cluster_objects
+    from minimaldask.kubernetes.manifests import apply_order, cluster_objects
     from minimaldask.spec import ClusterSpec
 
     spec = ClusterSpec.from_options(**_options(args))
-    sys.stdout.write(render_yaml(apply_order(cluster_objects(spec))))
+    sys.stdout.write(render_yaml(apply_order(cluster_objects(spec), spec)))
     return 0
 
 
@@ -301,13 +274,13 @@ def render_yaml(objects: list[dict[str, Any]]) -> str:
 
 def default_manifests() -> str:
     """deploy/kubernetes/dask.yaml: the default cluster, with a header saying how to use it."""
-    from minimaldask.manifests import cluster_objects, without_namespace
+    from minimaldask.kubernetes.manifests import cluster_objects, without_namespace
     from minimaldask.spec import ClusterSpec
 
     spec = ClusterSpec.from_options(backend="kubernetes")
     header = (
         "# A minimaldask cluster named 'dask' with the default options, generated by\n"
-        "# `minimaldask manifests` (regenerate: python -m minimaldask.kube_cli).\n"
+        "# `minimaldask manifests` (regenerate: python -m minimaldask.cli.kube).\n"
         "# kubectl apply -n NAMESPACE -f dask.yaml; remove it with\n"
         "# kubectl delete deployment,service -n NAMESPACE -l app.kubernetes.io/instance=dask\n"
         "# or `minimaldask down dask -n NAMESPACE`.\n"
@@ -326,10 +299,6 @@ def register(subparsers: Any) -> None:
     )
     _name_options(p)
     _cluster_options(p)
-    p.add_argument("--timeout", help="start-up deadline, e.g. 120s")
-    p.add_argument(
-        "--keep-on-failure", action="store_true", help="keep the objects of a failed start"
-    )
     p.set_defaults(func=up)
 
     p = subparsers.add_parser("down", help="delete a cluster", description=down.__doc__)

@@ -24,18 +24,18 @@ def kubernetes_unreachable() -> str | None:
     if not in_cluster and not any(os.path.exists(p) for p in kubeconfig.split(os.pathsep)):
         return f"no kubeconfig at {kubeconfig} and not running in a pod"
     try:
-        import kr8s.asyncio
-    except ImportError:
-        return "kr8s is not installed"
+        from minimaldask.kubernetes import api
+    except ImportError as e:
+        return f"the Kubernetes client cannot be imported ({e})"
+    from minimaldask.exceptions import KubernetesError
 
     async def probe() -> None:
-        api = await kr8s.asyncio.api()
-        await api.version()
+        await api.server_version(await api.connect())
 
     try:
         asyncio.run(asyncio.wait_for(probe(), 10))
-    except Exception as e:  # any failure means "not usable", and we say which
-        return f"the API server did not answer: {type(e).__name__}: {e}".splitlines()[0]
+    except (KubernetesError, asyncio.TimeoutError) as e:
+        return f"the API server did not answer: {e or 'no answer within 10s'}".splitlines()[0]
     return None
 
 
@@ -53,9 +53,9 @@ def demo(args: argparse.Namespace) -> int:
     import numpy as np
     from distributed import Client
 
-    from minimaldask import MinimalCluster
+    from minimaldask import MinimalCluster, config
 
-    backend = args.backend
+    backend = config.get("backend", args.backend)
     if backend == "kubernetes":
         reason = kubernetes_unreachable()
         if reason:
@@ -93,9 +93,18 @@ def demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def print_options(args: argparse.Namespace) -> int:
+    """Print the options table (Markdown), made from the options' declarations."""
+    from minimaldask.spec import options_table
+
+    sys.stdout.write(options_table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``minimaldask`` command."""
-    from minimaldask import __version__, config
+    from minimaldask import __version__
+    from minimaldask.backend import BACKENDS
 
     parser = argparse.ArgumentParser(
         prog="minimaldask",
@@ -111,20 +120,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--backend",
-        choices=["kubernetes", "local"],
-        default=config.get("backend"),
+        choices=list(BACKENDS),
         help="where to run; without a reachable Kubernetes the local backend is used "
-        "(default: %(default)s)",
+        "(default: minimaldask.backend in dask config)",
     )
-    p.add_argument("--workers", type=int, default=2, help="number of workers (default: 2)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="number of workers (default: minimaldask.workers in dask config)",
+    )
     p.add_argument("--name", default="minimaldask-demo", help="cluster name")
     p.add_argument("-v", "--verbose", action="store_true", help="show start-up progress")
     p.set_defaults(func=demo)
 
-    from minimaldask import kube_cli
+    p = sub.add_parser(
+        "options",
+        help="print every cluster option: config key, default, flag, meaning",
+        description="Print the table of docs/options.md: every option of a cluster.",
+    )
+    p.set_defaults(func=print_options)
+
+    from minimaldask.cli import kube
     from minimaldask.image import cli as image_cli
 
-    kube_cli.register(sub)
+    kube.register(sub)
     image_cli.register(sub)
     return parser
 
@@ -142,7 +161,3 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,17 +1,19 @@
 """The Kubernetes backend: the scheduler and workers as pods of two Deployments.
 
-Only :mod:`minimaldask.kube` talks to the API; this module decides what to ask
-it: pre-flight checks, apply, waits with one deadline for the whole start,
-how this client reaches the scheduler, and which pods go on scale-down.
+Only :mod:`minimaldask.kubernetes.api` talks to the API; this module decides
+what to ask it: pre-flight checks, apply, waits with one deadline for the
+whole start, and which pods go on scale-down. What the cluster is made of
+comes from :func:`~minimaldask.kubernetes.manifests.cluster_parts`; how the
+client reaches it, from the ``expose`` mode's strategy
+(:mod:`minimaldask.kubernetes.expose`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import enum
 import math
-import os
 import time
 import warnings
 from collections.abc import Coroutine
@@ -19,10 +21,8 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeVar
 
-from kr8s.asyncio.portforward import PortForward
-
-from minimaldask import kube
-from minimaldask.backends.base import (
+from minimaldask import contract
+from minimaldask.backend import (
     Backend,
     ClusterInfo,
     Logger,
@@ -36,26 +36,53 @@ from minimaldask.exceptions import (
     ImageMismatchError,
     KubernetesError,
 )
-from minimaldask.manifests import (
-    LABEL_INSTANCE,
-    cluster_objects,
-    janitor_name,
-    janitor_service_account,
-    label_selector,
-    scheduler_address,
-    scheduler_host,
-    scheduler_name,
-    worker_name,
+from minimaldask.kubernetes import api as kube
+from minimaldask.kubernetes import expose
+from minimaldask.kubernetes.manifests import cluster_parts, owned
+from minimaldask.kubernetes.objects import (
+    CONFIG_MAP,
+    DEPLOYMENT,
+    POD,
+    REPLICA_SET,
+    SERVICE,
+    Access,
+    Part,
+    Stage,
+    access_to_make,
+    cluster_kinds,
+    delete_order,
 )
+from minimaldask.kubernetes.status import pod_phase, ready_since, replica_failure
 from minimaldask.spec import ClusterSpec, client_versions, default_image_tag
 
-#: pod-deletion-cost of a retired worker: lower than any other pod's (default 0).
-RETIRED_COST = -1_000_000
 #: Seconds a wait may overrun its deadline while an API call is answered.
 API_GRACE = 15
 T = TypeVar("T")
 #: Seconds a scale-down may take until the retired pods are terminating.
 SCALE_TIMEOUT = 60
+
+#: What a user needs beyond making the cluster's objects: watch its pods, read their logs,
+#: list the clusters of the namespace, mark retired workers' pods.
+OBSERVE_ACCESS = (
+    Access("list", DEPLOYMENT),
+    Access("list", REPLICA_SET),
+    Access("list", POD),
+    Access("get", POD, "log"),
+    Access("patch", POD),
+)
+
+
+class Start(enum.Enum):
+    """Where this handle is with its cluster; what a failed start may remove follows from it."""
+
+    #: Nothing asked of the API server yet: a failed start has nothing to remove.
+    NEW = "new"
+    #: This handle applied the cluster's objects and waits for them: a failure removes them.
+    CREATING = "creating"
+    #: The cluster ran before this handle, which waits for it: a failure leaves it running.
+    ATTACHING = "attaching"
+    #: Started (or attached to) and ready.
+    READY = "ready"
 
 
 def _read_image(registry: Any, ref: str) -> tuple[dict[str, str], list[str]]:
@@ -68,14 +95,16 @@ def _read_image(registry: Any, ref: str) -> tuple[dict[str, str], list[str]]:
     )
 
 
-def _in_kubernetes() -> bool:
-    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
-
-
 def _timestamp(value: str | None) -> float | None:
     if not value:
         return None
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def _optional(part: Part) -> bool:
+    # A user who may not make the janitor's objects could not have made them: deleting them
+    # may be forbidden, and there is nothing of that kind to delete anyway.
+    return part.janitor
 
 
 class KubernetesBackend(Backend):
@@ -88,16 +117,10 @@ class KubernetesBackend(Backend):
     def __init__(self, spec: ClusterSpec, log: Logger) -> None:
         super().__init__(spec, log)
         self._api: Any = None
-        self._forwards: list[PortForward] = []
-        self._dashboard: str | None = None
-        self._forwarded = ""
-        self._forwarded_pod = ""
+        self.exposure = expose.exposure(spec.expose)
+        self._endpoint: expose.Endpoint | None = None
         self._deadline = 0.0
-        #: The cluster ran before this handle; a failed start must not delete it.
-        self.preexisting = False
-        #: This handle applied the cluster's objects (so a failed start has something to remove).
-        self._applied = False
-        self._ready = False
+        self.state = Start.NEW
         #: One line saying where the start is; the CLI displays it live.
         self.progress = ""
         #: Whether the cluster gets its janitor's ServiceAccount and Role (self-deletion).
@@ -113,6 +136,9 @@ class KubernetesBackend(Backend):
             self.progress = line
             self.log(line)
 
+    def _parts(self) -> list[Part]:
+        return cluster_parts(self.spec, janitor=self.janitor)
+
     # -- pre-flight -------------------------------------------------------------------------
 
     def check_options(self) -> None:
@@ -125,26 +151,36 @@ class KubernetesBackend(Backend):
                 "os_packages=... instead"
             )
 
+    def required_access(self) -> list[Access]:
+        """The rights a user needs to run this cluster: derived from its parts and exposure."""
+        parts = cluster_parts(self.spec, janitor=False)
+        return [*access_to_make(parts), *OBSERVE_ACCESS, *self.exposure.access()]
+
+    def janitor_access(self) -> list[Access]:
+        """The rights to give the janitor its objects (its identity, Role and ConfigMap)."""
+        mine = [p for p in cluster_parts(self.spec, janitor=True) if p.janitor]
+        return [a for a in access_to_make(mine) if a.verb in ("create", "patch")]
+
     async def preflight(self) -> None:
         """Refuse, before anything is created, what cannot work."""
         spec = self.spec
         api = await self._connect()
         await kube.check_namespace(api, spec.namespace)
-        await kube.check_access(api, spec.namespace, port_forward=self._mode() == "port-forward")
+        await kube.check_access(api, spec.namespace, self.required_access())
         await self._check_janitor_access(api)
         await self._check_image(api)
 
     async def _check_janitor_access(self, api: Any) -> None:
         """Without the rights to give the janitor its Role, start anyway and say what is lost."""
-        missing = await kube.missing_access(api, self.spec.namespace, kube.JANITOR_ACCESS)
+        missing = await kube.missing_access(api, self.spec.namespace, self.janitor_access())
         self.janitor = not missing
         if missing:
             message = (
                 f"Self-deletion is off for cluster {self.spec.name!r}: you may not "
-                f"{', '.join(missing)} in namespace {self.spec.namespace!r}, so its janitor "
-                "cannot delete it when idle or without a client, nor scale it adaptively. "
-                "Delete it yourself (delete_dask_cluster / minimaldask down), or ask for the "
-                "'admin' role in the namespace"
+                f"{', '.join(map(str, missing))} in namespace {self.spec.namespace!r}, so its "
+                "janitor cannot delete it when idle or without a client, nor scale it "
+                "adaptively. Delete it yourself (delete_dask_cluster / minimaldask down), or "
+                "ask for the 'admin' role in the namespace"
             )
             warnings.warn(message, RuntimeWarning, stacklevel=2)
             self.log(message)
@@ -159,12 +195,12 @@ class KubernetesBackend(Backend):
         ref = self.spec.image
         try:
             versions, platforms = await asyncio.to_thread(_read_image, registry, ref)
+        except registry.ImageNotFoundError as e:
+            raise ClusterStartError(
+                f"image {ref} does not exist ({e}); push it first (minimaldask image "
+                f"build --push {ref}) or fix image=..."
+            ) from e
         except registry.RegistryError as e:
-            if str(e).startswith("no image "):
-                raise ClusterStartError(
-                    f"image {ref} does not exist ({e}); push it first (minimaldask image "
-                    f"build --push {ref}) or fix image=..."
-                ) from e
             self.log(f"Image check skipped: cannot read {ref} from its registry ({e})")
             return
         mine = client_versions()
@@ -194,11 +230,6 @@ class KubernetesBackend(Backend):
 
     # -- start ------------------------------------------------------------------------------
 
-    def _mode(self) -> str:
-        if self.spec.expose == "port-forward" and _in_kubernetes():
-            return "none"
-        return self.spec.expose
-
     async def start(self, attach_only: bool = False) -> str:
         """Apply the cluster's objects (or find them), then connect to the scheduler."""
         spec = self.spec
@@ -208,44 +239,44 @@ class KubernetesBackend(Backend):
         api = await self._connect()
         if not attach_only:
             await self.preflight()
-        existing = await kube.get(api, "Deployment", spec.namespace, scheduler_name(spec))
-        self.preexisting = existing is not None
+        scheduler = contract.scheduler_name(spec.name)
+        existing = await kube.get(api, DEPLOYMENT, spec.namespace, scheduler)
         if attach_only:
             if existing is None:
                 raise ClusterNotFoundError(
                     f"no cluster named {spec.name!r} in namespace {spec.namespace!r}; "
                     f"start one with MinimalCluster(name={spec.name!r}, namespace={spec.namespace!r})"
                 )
+            self.state = Start.ATTACHING
             await self._read_ports()
             address = await self._within_deadline(self._wait_for_scheduler())
             self._deadline = 0.0  # attached: no start to finish
-            self._ready = True
+            self.state = Start.READY
             return address
         replicas = spec.workers
         if existing is not None:
-            workers = await kube.get(api, "Deployment", spec.namespace, worker_name(spec))
+            self.state = Start.ATTACHING
+            workers = await kube.get(
+                api, DEPLOYMENT, spec.namespace, contract.worker_name(spec.name)
+            )
             # The cluster retires workers itself before lowering replicas.
             replicas = ((workers or {}).get("spec") or {}).get("replicas", spec.workers)
             self._say(f"Updating the running cluster {spec.name!r} in {spec.namespace!r}")
-        else:
-            self._say(f"Creating cluster {spec.name!r} in namespace {spec.namespace!r}")
-        if existing is None:
+            # An update may replace the scheduler: new workers start once it answers.
+            await self._apply(replicas, workers=False)
+            address = await self._within_deadline(self._wait_for_scheduler())
             await self._apply(replicas)
-            return await self._within_deadline(self._wait_for_scheduler())
-        # An update may replace the scheduler: new workers start once it answers.
-        await self._apply(replicas, workers=False)
-        address = await self._within_deadline(self._wait_for_scheduler())
+            return address
+        self.state = Start.CREATING
+        self._say(f"Creating cluster {spec.name!r} in namespace {spec.namespace!r}")
         await self._apply(replicas)
-        return address
+        return await self._within_deadline(self._wait_for_scheduler())
 
     async def _read_ports(self) -> None:
         """Take the ports of a running cluster from its Service (they may not be the defaults)."""
-        service = await kube.get(
-            self._api, "Service", self.spec.namespace, scheduler_name(self.spec)
-        )
         ports = {
             p.get("name"): p.get("port")
-            for p in ((service or {}).get("spec") or {}).get("ports", [])
+            for p in ((await self._service() or {}).get("spec") or {}).get("ports", [])
         }
         self.spec = replace(
             self.spec,
@@ -253,19 +284,24 @@ class KubernetesBackend(Backend):
             dashboard_port=ports.get("http-dashboard", self.spec.dashboard_port),
         )
 
-    async def _apply(self, replicas: int, workers: bool = True) -> None:
-        """Apply the scheduler Deployment, then its children (the worker Deployment if asked)."""
-        self._applied = True
-        janitor = self.janitor
-        if janitor:
-            # The scheduler pod runs as this ServiceAccount: it must exist before the pod.
-            await kube.update_or_deploy(janitor_service_account(self.spec), self._api)
-        owner = await kube.update_or_deploy(
-            cluster_objects(self.spec, janitor=janitor)[0], self._api
+    async def _service(self) -> dict[str, Any] | None:
+        return await kube.get(
+            self._api, SERVICE, self.spec.namespace, contract.scheduler_name(self.spec.name)
         )
-        for obj in cluster_objects(self.spec.with_workers(replicas), owner, janitor=janitor)[1:]:
-            if workers or obj["metadata"]["name"] != worker_name(self.spec):
-                await kube.update_or_deploy(obj, self._api)
+
+    async def _apply(self, replicas: int, workers: bool = True) -> None:
+        """Apply the owner's identities, the owner, then its children (the workers if asked)."""
+        spec = self.spec.with_workers(replicas)
+        parts = self._parts()
+        for part in parts:
+            if part.stage == Stage.IDENTITY:  # the scheduler pod needs it before it starts
+                await kube.apply(self._api, part.kind, part.build(spec))
+        (owner_part,) = [p for p in parts if p.stage == Stage.OWNER]
+        owner = await kube.apply(self._api, owner_part.kind, owner_part.build(spec))
+        for part in parts:
+            if part is owner_part or (not workers and part.name is contract.worker_name):
+                continue
+            await kube.apply(self._api, part.kind, owned(part.build(spec), owner))
 
     def _remaining(self) -> float:
         return self._deadline - time.monotonic()
@@ -280,11 +316,17 @@ class KubernetesBackend(Backend):
                 f"{self.spec.startup_timeout:g}s: the Kubernetes API server stopped answering"
             ) from None
 
+    def _connection(self) -> expose.Connection:
+        return expose.Connection(
+            api=self._api, spec=self.spec, say=self._say, service=self._service
+        )
+
     async def _wait_for_scheduler(self) -> str:
         spec, api = self.spec, self._api
-        selector = label_selector(spec.name, "scheduler")
+        selector = contract.label_selector(spec.name, contract.SCHEDULER)
+        scheduler = contract.scheduler_name(spec.name)
         while True:
-            pods = await kube.check_pods(api, spec.namespace, scheduler_name(spec), selector)
+            pods = await kube.check_pods(api, spec.namespace, scheduler, selector)
             running = [
                 p
                 for p in pods
@@ -293,20 +335,17 @@ class KubernetesBackend(Backend):
             ]
             if not await self._rolled_out():
                 running = []  # an updated scheduler replaces the old one: not the old one
-            states = ", ".join(kube.pod_phase(p) for p in pods) or "no pod yet"
+            states = ", ".join(pod_phase(p) for p in pods) or "no pod yet"
             self._say(f"Waiting for the scheduler ({states})")
             if running:
                 newest = max(running, key=lambda p: p["metadata"].get("creationTimestamp", ""))
-                address = await self._address(newest)
-                if address and await scheduler_answers(address):
-                    return address
+                endpoint = await self.exposure.connect(self._connection(), newest)
+                if endpoint and await scheduler_answers(endpoint.address):
+                    self._endpoint = endpoint
+                    return endpoint.address
             if self._remaining() < 0:
-                if running and self._mode() == "loadbalancer":
-                    raise ClusterStartError(
-                        f"the LoadBalancer Service {scheduler_name(spec)} got no address within "
-                        f"startup_timeout={spec.startup_timeout:g}s: does this Kubernetes have a "
-                        "load-balancer controller? Use expose='port-forward' (the default) otherwise"
-                    )
+                if running and isinstance(self.exposure, expose.LoadBalancer):
+                    raise ClusterStartError(self.exposure.no_address(spec))
                 raise ClusterStartError(
                     f"the scheduler of {spec.name!r} did not answer within "
                     f"startup_timeout={spec.startup_timeout:g}s (pods: {states})."
@@ -317,7 +356,7 @@ class KubernetesBackend(Backend):
     async def _rolled_out(self) -> bool:
         """Whether the scheduler Deployment's pods are all of its current template."""
         deployment = await kube.get(
-            self._api, "Deployment", self.spec.namespace, scheduler_name(self.spec)
+            self._api, DEPLOYMENT, self.spec.namespace, contract.scheduler_name(self.spec.name)
         )
         if deployment is None:
             return False
@@ -333,50 +372,9 @@ class KubernetesBackend(Backend):
         name = pods[0]["metadata"]["name"]
         try:
             log = await kube.pod_log(self._api, self.spec.namespace, name, tail=kube.LOG_TAIL)
-        except Exception as e:
+        except KubernetesError as e:
             return f" Its log could not be read: {e}"
         return f" Last lines of its log:\n{log.rstrip()}"
-
-    async def _address(self, pod: dict[str, Any]) -> str | None:
-        """The scheduler's address as this client reaches it, setting up what that needs."""
-        spec, mode = self.spec, self._mode()
-        if mode == "none":
-            self._dashboard = f"http://{scheduler_host(spec)}:{spec.dashboard_port}/status"
-            return scheduler_address(spec)
-        if mode == "port-forward":
-            pod_name = pod["metadata"]["name"]
-            if self._forwarded_pod != pod_name:  # first time, or the scheduler was replaced
-                await self.disconnect()
-                self._forwarded_pod = pod_name
-                comm, comm_port = await kube.port_forward(
-                    self._api, spec.namespace, pod_name, spec.port
-                )
-                self._forwards.append(comm)
-                dash, dash_port = await kube.port_forward(
-                    self._api, spec.namespace, pod_name, spec.dashboard_port
-                )
-                self._forwards.append(dash)
-                self._forwarded = f"tcp://127.0.0.1:{comm_port}"
-                self._dashboard = f"http://127.0.0.1:{dash_port}/status"
-            return self._forwarded
-        service = await kube.get(self._api, "Service", spec.namespace, scheduler_name(spec))
-        ports = {p["name"]: p for p in ((service or {}).get("spec") or {}).get("ports", [])}
-        if mode == "nodeport":
-            host = (pod.get("status") or {}).get("hostIP")
-            comm, dash = ports.get("tcp-comm", {}), ports.get("http-dashboard", {})
-            if not host or not comm.get("nodePort"):
-                return None
-            self._dashboard = f"http://{host}:{dash.get('nodePort')}/status"
-            return f"tcp://{host}:{comm['nodePort']}"
-        ingress = (((service or {}).get("status") or {}).get("loadBalancer") or {}).get(
-            "ingress"
-        ) or []
-        if not ingress:
-            self._say("Waiting for the load balancer's address")
-            return None
-        host = ingress[0].get("ip") or ingress[0].get("hostname")
-        self._dashboard = f"http://{host}:{spec.dashboard_port}/status"
-        return f"tcp://{host}:{spec.port}"
 
     async def wait_for_workers(self, n: int, count: WorkerCounter, timeout: float) -> None:
         """Wait until the scheduler counts ``n`` workers; fail fast when a worker pod cannot run."""
@@ -398,21 +396,28 @@ class KubernetesBackend(Backend):
         listen yet: Kubernetes restarts it, and that is no reason to fail the start.
         """
         pods = await kube.list_objects(
-            self._api, "Pod", self.spec.namespace, label_selector(self.spec.name, "scheduler")
+            self._api,
+            POD,
+            self.spec.namespace,
+            contract.label_selector(self.spec.name, contract.SCHEDULER),
         )
-        times = [t for p in pods if (t := kube.ready_since(p)) is not None]
+        times = [t for p in pods if (t := ready_since(p)) is not None]
         return max(times) if times else math.inf
 
     async def _wait_for_workers(self, n: int, count: WorkerCounter, deadline: float) -> None:
         spec = self.spec
-        selector = label_selector(spec.name, "worker")
+        selector = contract.label_selector(spec.name, contract.WORKER)
         scheduler_ready = math.inf
         while True:
             connected = await count()
             if scheduler_ready == math.inf:
                 scheduler_ready = await self._scheduler_ready_at()
             pods = await kube.check_pods(
-                self._api, spec.namespace, worker_name(spec), selector, scheduler_ready
+                self._api,
+                spec.namespace,
+                contract.worker_name(spec.name),
+                selector,
+                scheduler_ready,
             )
             live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
             self.requested = {p["metadata"]["name"] for p in live}
@@ -420,7 +425,7 @@ class KubernetesBackend(Backend):
                 break
             states: dict[str, int] = {}
             for p in live:
-                states[kube.pod_phase(p)] = states.get(kube.pod_phase(p), 0) + 1
+                states[pod_phase(p)] = states.get(pod_phase(p), 0) + 1
             summary = ", ".join(f"{v} {k}" for k, v in sorted(states.items())) or "no pod yet"
             self._say(f"{connected} of {n} workers connected (pods: {summary})")
             if time.monotonic() > deadline:
@@ -430,7 +435,7 @@ class KubernetesBackend(Backend):
                     "raise startup_timeout=... if the cluster is merely slow"
                 )
             await asyncio.sleep(kube.POLL)
-        self._ready = True
+        self.state = Start.READY
         self._deadline = 0.0
         self._say(f"{connected} of {n} workers connected")
 
@@ -439,17 +444,18 @@ class KubernetesBackend(Backend):
     async def scale(self, n: int, remove: list[str]) -> None:
         """Mark the retired pods with the lowest deletion cost, then lower (or raise) replicas."""
         spec, api = self.spec, await self._connect()
+        worker = contract.worker_name(spec.name)
         gone = [name for name in remove if name in self.requested]
-        await kube.set_deletion_cost(api, spec.namespace, gone, RETIRED_COST)
+        await kube.set_deletion_cost(api, spec.namespace, gone, contract.RETIRED_DELETION_COST)
         self.spec = spec.with_workers(n)
         # Only replicas: a handle from from_name does not know the cluster's other options.
-        await kube.set_replicas(api, spec.namespace, worker_name(spec), n)
+        await kube.set_replicas(api, spec.namespace, worker, n)
         # Wait until the pods match: the retired ones going, new ones created (not yet
         # connected), so that `requested` names every worker pod for the next scale-down.
-        selector = label_selector(spec.name, "worker")
+        selector = contract.label_selector(spec.name, contract.WORKER)
         deadline = time.monotonic() + SCALE_TIMEOUT
         while True:
-            pods = await kube.list_objects(api, "Pod", spec.namespace, selector)
+            pods = await kube.list_objects(api, POD, spec.namespace, selector)
             live = {
                 p["metadata"]["name"] for p in pods if not p["metadata"].get("deletionTimestamp")
             }
@@ -457,14 +463,12 @@ class KubernetesBackend(Backend):
                 break
             why = None
             if len(live) < n:  # a quota or an admission policy refuses pods: say so now
-                why = kube.replica_failure(
-                    await kube.get(api, "Deployment", spec.namespace, worker_name(spec))
-                )
+                why = replica_failure(await kube.get(api, DEPLOYMENT, spec.namespace, worker))
             if why or time.monotonic() > deadline:
                 # During a start (the cluster scales to its first size) this is a start failure.
-                error = ClusterStartError if self._deadline else KubernetesError
+                error = ClusterStartError if self.state != Start.READY else KubernetesError
                 raise error(
-                    f"scaling {spec.name!r} to {n} workers: Deployment {worker_name(spec)} "
+                    f"scaling {spec.name!r} to {n} workers: Deployment {worker} "
                     f"cannot create its pods: {why}"
                     if why
                     else f"scaling {spec.name!r} to {n} workers: after {SCALE_TIMEOUT}s there "
@@ -476,22 +480,20 @@ class KubernetesBackend(Backend):
     async def adapt(
         self, scheduler: Any, minimum: int, maximum: int | None, **policy: float
     ) -> dict[str, Any]:
-        """Store the policy on the scheduler Deployment, then hand it to the janitor."""
-        from minimaldask.janitor import ADAPT
-
+        """Store the policy in the janitor's ConfigMap, then hand it to the janitor."""
         api = await self._connect()
         bounds = {"minimum": minimum, "maximum": maximum, **policy}
-        stored = json.dumps(bounds) if maximum is not None else None
+        stored = contract.encode_policy(bounds if maximum is not None else None)
         await kube.merge_patch(
             api,
-            "ConfigMap",
+            CONFIG_MAP,
             self.spec.namespace,
-            janitor_name(self.spec),
-            {"data": {ADAPT: stored}},
+            contract.janitor_name(self.spec.name),
+            {"data": {contract.STATE_ADAPT: stored}},
         )
         try:
             result: dict[str, Any] = await asyncio.wait_for(
-                scheduler.minimaldask_adapt(**bounds), 30
+                getattr(scheduler, contract.ADAPT)(**bounds), 30
             )
         except Exception as e:
             raise KubernetesError(
@@ -505,12 +507,9 @@ class KubernetesBackend(Backend):
     # -- end --------------------------------------------------------------------------------
 
     async def disconnect(self) -> None:
-        """Stop this client's port-forwards; the cluster keeps running."""
-        for forward in self._forwards:
-            with contextlib.suppress(Exception):
-                await forward.stop()
-        self._forwards.clear()
-        self._forwarded_pod = ""
+        """Release this client's connection (port-forwards); the cluster keeps running."""
+        await self.exposure.close()
+        self._endpoint = None
 
     async def close(self) -> None:
         """Delete every object of the cluster and wait until they are gone.
@@ -518,9 +517,9 @@ class KubernetesBackend(Backend):
         A start that failed on a cluster that was already running leaves it running.
         """
         await self.disconnect()
-        if not self._ready and not self._applied:
+        if self.state == Start.NEW:
             return  # a start that failed before creating anything
-        if self.preexisting and not self._ready:
+        if self.state == Start.ATTACHING:
             self.log(f"Leaving the running cluster {self.spec.name!r} as it was")
             return
         await self.delete(self.spec.name, self.spec.namespace, self.spec.startup_timeout)
@@ -529,7 +528,7 @@ class KubernetesBackend(Backend):
     async def logs(self) -> dict[str, str]:
         """The log of every pod of the cluster."""
         api, ns = await self._connect(), self.spec.namespace
-        pods = await kube.list_objects(api, "Pod", ns, label_selector(self.spec.name))
+        pods = await kube.list_objects(api, POD, ns, contract.label_selector(self.spec.name))
         out = {}
         for pod in pods:
             name = pod["metadata"]["name"]
@@ -539,63 +538,62 @@ class KubernetesBackend(Backend):
     @property
     def dashboard_link(self) -> str | None:
         """The dashboard as this client reaches it (through its port-forward by default)."""
-        return self._dashboard
+        return self._endpoint.dashboard if self._endpoint else None
 
     @classmethod
     async def delete(cls, name: str, namespace: str, timeout: float) -> bool:
         """Delete cluster ``name`` and wait until none of its objects is left."""
         api = await kube.connect()
         spec = ClusterSpec.from_options(name=name, namespace=namespace, backend="kubernetes")
-        objects = [
-            ("Deployment", scheduler_name(spec)),
-            ("Deployment", worker_name(spec)),
-            ("Service", scheduler_name(spec)),
-            ("RoleBinding", janitor_name(spec)),
-            ("Role", janitor_name(spec)),
-            ("ServiceAccount", scheduler_name(spec)),
-            ("ConfigMap", janitor_name(spec)),
+        # Every mode's objects: the one this cluster was started with is not known here.
+        parts = [
+            *cluster_parts(spec),
+            *(p for mode in expose.EXPOSURES.values() for p in mode().parts(spec)),
         ]
-        return await kube.delete_cluster(api, namespace, name, objects, timeout)
+        objects = {(p.kind.name, p.name(name)): p for p in delete_order(parts)}
+        return await kube.delete_cluster(
+            api,
+            namespace,
+            name,
+            [(p.kind, p.name(name), _optional(p)) for p in objects.values()],
+            cluster_kinds(parts),
+            timeout,
+        )
 
     @classmethod
     async def list_clusters(cls, namespace: str) -> list[ClusterInfo]:
         """The clusters in ``namespace``, found by their scheduler Deployments' labels."""
         api = await kube.connect()
         schedulers = await kube.list_objects(
-            api,
-            "Deployment",
-            namespace,
-            "app.kubernetes.io/name=minimaldask,app.kubernetes.io/component=scheduler",
+            api, DEPLOYMENT, namespace, contract.label_selector(component=contract.SCHEDULER)
         )
         workers = {
-            d["metadata"]["labels"].get(LABEL_INSTANCE): d
+            contract.cluster_of(d["metadata"]["labels"]): d
             for d in await kube.list_objects(
-                api,
-                "Deployment",
-                namespace,
-                "app.kubernetes.io/name=minimaldask,app.kubernetes.io/component=worker",
+                api, DEPLOYMENT, namespace, contract.label_selector(component=contract.WORKER)
             )
         }
         try:
             states = {
-                c["metadata"]["labels"].get(LABEL_INSTANCE): c.get("data") or {}
+                contract.cluster_of(c["metadata"]["labels"]): c.get("data") or {}
                 for c in await kube.list_objects(
-                    api, "ConfigMap", namespace, "app.kubernetes.io/name=minimaldask"
+                    api, CONFIG_MAP, namespace, contract.label_selector()
                 )
             }
         except ForbiddenError:  # what the janitors report is not essential to a list
             states = {}
         out = []
         for d in schedulers:
-            name = d["metadata"]["labels"].get(LABEL_INSTANCE, "")
+            name = contract.cluster_of(d["metadata"]["labels"])
             w = workers.get(name) or {}
             spec = ClusterSpec.from_options(name=name, namespace=namespace, backend="kubernetes")
+            host = f"{contract.scheduler_name(name)}.{namespace}.svc"
             out.append(
                 ClusterInfo(
                     name=name,
                     namespace=namespace,
                     backend="kubernetes",
-                    scheduler_address=scheduler_address(spec),
+                    scheduler_address=f"tcp://{host}:{spec.port}",
                     workers=int((w.get("status") or {}).get("readyReplicas") or 0),
                     requested_workers=int((w.get("spec") or {}).get("replicas") or 0),
                     created=_timestamp(d["metadata"].get("creationTimestamp")),
@@ -610,17 +608,18 @@ class KubernetesBackend(Backend):
 
 def _janitor_details(scheduler: dict[str, Any], state: dict[str, str]) -> dict[str, Any]:
     """The timeouts a scheduler Deployment sets, and what its janitor last reported."""
-    from minimaldask.janitor import ADAPT, STATUS
-
     containers = scheduler["spec"]["template"]["spec"].get("containers") or [{}]
-    env = {e["name"]: e.get("value") for e in containers[0].get("env") or []}
-    details: dict[str, Any] = {}
-    for key in ("idle_timeout", "no_client_timeout", "max_lifetime"):
-        value = env.get(f"MINIMALDASK_{key.upper()}") or ""
-        details[key] = float(value) if value else None
+    env = {e["name"]: e.get("value") or "" for e in containers[0].get("env") or []}
+    settings = contract.JanitorSettings.from_env(env)
+    details: dict[str, Any] = {
+        "idle_timeout": settings.idle_timeout,
+        "no_client_timeout": settings.no_client_timeout,
+        "max_lifetime": settings.max_lifetime,
+    }
     with contextlib.suppress(ValueError, TypeError, KeyError):
-        policy = json.loads(state[ADAPT])
-        details["adapt"] = [policy["minimum"], policy["maximum"]]
+        policy = contract.decode_policy(state.get(contract.STATE_ADAPT))
+        if policy:
+            details["adapt"] = [policy["minimum"], policy["maximum"]]
     with contextlib.suppress(ValueError, TypeError, KeyError):
-        details["janitor"] = json.loads(state[STATUS])
+        details["janitor"] = contract.decode_status(state[contract.STATE_STATUS])
     return details

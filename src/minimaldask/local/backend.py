@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shlex
 import shutil
 import signal
 import socket
@@ -30,7 +29,8 @@ from typing import Any
 
 from distributed.core import rpc
 
-from minimaldask.backends.base import (
+from minimaldask import contract
+from minimaldask.backend import (
     Backend,
     ClusterInfo,
     Logger,
@@ -38,7 +38,7 @@ from minimaldask.backends.base import (
     scheduler_answers,
 )
 from minimaldask.exceptions import ClusterNotFoundError, ClusterStartError
-from minimaldask.spec import ClusterSpec, janitor_env
+from minimaldask.spec import ClusterSpec
 
 _LOG_TAIL_LINES = 20
 
@@ -78,7 +78,7 @@ def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
 
 
 class LocalBackend(Backend):
-    """Processes on this machine, started through ``minimaldask.entrypoint``."""
+    """Processes on this machine, started through the pods' entrypoint."""
 
     name = "local"
     close_retired = True
@@ -118,12 +118,13 @@ class LocalBackend(Backend):
 
     # -- processes ------------------------------------------------------------------------
 
-    def _spawn(self, role: str, env: dict[str, str]) -> int:
+    def _spawn(self, role: str, launch: contract.Launch, env: dict[str, str] | None = None) -> int:
+        """Start the entrypoint, in a session of its own, with ``launch``'s variables."""
         log = open(self.dir / f"{role}.log", "ab")  # noqa: SIM115  (owned by the child)
         with log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "minimaldask.entrypoint"],
-                env={**os.environ, **self.spec.env, **env},
+                [sys.executable, "-m", contract.ENTRYPOINT_MODULE],
+                env={**os.environ, **self.spec.env, **(env or {}), **launch.to_env()},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -134,13 +135,12 @@ class LocalBackend(Backend):
         self._procs[role] = proc  # reaped by _alive; kept so Python does not warn
         return proc.pid
 
-    def _package_env(self) -> dict[str, str]:
-        env = {"MINIMALDASK_PREFIX": str(self.dir / "packages")}
-        if self.spec.pip_packages:
-            env["EXTRA_PIP_PACKAGES"] = shlex.join(self.spec.pip_packages)
-        if self.spec.os_packages:
-            env["EXTRA_OS_PACKAGES"] = shlex.join(self.spec.os_packages)
-        return env
+    def _packages(self) -> dict[str, Any]:
+        return {
+            "pip_packages": self.spec.pip_packages,
+            "os_packages": self.spec.os_packages,
+            "prefix": str(self.dir / "packages"),
+        }
 
     def _start_scheduler(self) -> None:
         spec = self.spec
@@ -149,42 +149,42 @@ class LocalBackend(Backend):
             "--host", "127.0.0.1",
             "--dashboard-address", f"127.0.0.1:{self.dashboard_port}",
             "--scheduler-file", str(self.dir / "scheduler.json"),
-            "--preload", "minimaldask.janitor",
         ]  # fmt: skip
-        self._spawn(
-            "scheduler",
-            {
-                **self._package_env(),
-                **janitor_env(spec),
-                "MINIMALDASK_NAMESPACE": "",  # not in Kubernetes: the janitor closes the scheduler
-                "PORT": str(port),
-                "ARGUMENTS": shlex.join([*arguments, *spec.scheduler_options]),
-            },
+        settings = contract.JanitorSettings(
+            cluster=spec.name,
+            # No namespace: not in Kubernetes, the janitor ends the cluster by closing the scheduler.
+            idle_timeout=spec.idle_timeout,
+            no_client_timeout=spec.no_client_timeout,
+            max_lifetime=spec.max_lifetime,
         )
+        launch = contract.Launch(
+            port=port,
+            arguments=(*arguments, *contract.scheduler_arguments(spec.scheduler_options)),
+            **self._packages(),
+        )
+        # An inherited namespace would make the janitor think it runs in a pod.
+        env = {**settings.to_env(), contract.JanitorSettings.NAMESPACE_VARIABLE: ""}
+        self._spawn("scheduler", launch, env)
         self.address = f"tcp://127.0.0.1:{port}"
 
     def _start_worker(self) -> str:
         spec = self.spec
         self._counter += 1
         name = f"{spec.name}-worker-{self._counter}"
-        arguments = [
-            "--name", name,
-            "--nthreads", str(spec.nthreads),
-            "--death-timeout", f"{spec.death_timeout}s",
-            "--host", "127.0.0.1",
-            "--no-dashboard",
-        ]  # fmt: skip
-        if spec.memory_limit:
-            arguments += ["--memory-limit", str(spec.memory_limit)]
-        self._spawn(
+        arguments = contract.worker_arguments(
             name,
-            {
-                **self._package_env(),
-                "WORKER": "1",
-                "DASK_SCHEDULER_ADDRESS": self.address,
-                "ARGUMENTS": shlex.join([*arguments, *spec.worker_options]),
-            },
+            spec.nthreads,
+            spec.death_timeout,
+            spec.memory_limit,
+            ["--host", "127.0.0.1", "--no-dashboard", *spec.worker_options],
         )
+        launch = contract.Launch(
+            worker=True,
+            scheduler_address=self.address,
+            arguments=tuple(arguments),
+            **self._packages(),
+        )
+        self._spawn(name, launch)
         self.requested.add(name)
         return name
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import importlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from distributed.core import rpc
 
-from minimaldask.spec import ClusterSpec
+if TYPE_CHECKING:
+    from minimaldask.spec import ClusterSpec
 
 #: Counts the workers the scheduler has connected and running.
 WorkerCounter = Callable[[], Awaitable[int]]
@@ -113,3 +115,23 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def list_clusters(cls, namespace: str) -> list[ClusterInfo]:
         """The clusters of this backend in ``namespace``."""
+
+
+#: Where each backend lives, by the value of ``backend=...``; imported on demand:
+#: the Kubernetes client is not needed to run locally.
+BACKENDS = {
+    "kubernetes": "minimaldask.kubernetes.backend:KubernetesBackend",
+    "local": "minimaldask.local.backend:LocalBackend",
+}
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The backend class for ``backend=name``."""
+    try:
+        module, _, attribute = BACKENDS[name].partition(":")
+    except KeyError:
+        raise ValueError(
+            f"invalid backend={name!r}: expected one of {', '.join(map(repr, BACKENDS))}"
+        ) from None
+    cls: type[Backend] = getattr(importlib.import_module(module), attribute)
+    return cls

@@ -4,6 +4,8 @@ Server-side apply, deletes that wait until objects are gone, waits whose
 failures say why (image pull, crash, unschedulable, quota, forbidden),
 pre-flight checks, logs and port-forwards. Errors of the API are translated
 into :mod:`minimaldask.exceptions` here, at one boundary (:func:`api_errors`).
+Which objects a cluster has is not known here: callers pass
+:class:`~minimaldask.kubernetes.objects.Kind` objects and names.
 """
 
 from __future__ import annotations
@@ -11,31 +13,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-try:
-    import httpx
-    import kr8s
-    import kr8s.asyncio
-except ImportError as e:  # pragma: no cover  (an install without the extra)
-    raise ImportError(
-        "the Kubernetes backend needs kr8s: pip install 'minimaldask[kubernetes]'"
-    ) from e
+import httpx
+import kr8s
+import kr8s.asyncio
 from kr8s.asyncio.objects import Pod
 from kr8s.asyncio.portforward import PortForward
 
+from minimaldask import contract
 from minimaldask.exceptions import (
     ClusterStartError,
     ForbiddenError,
     KubernetesError,
     NamespaceNotFoundError,
 )
-from minimaldask.manifests import DELETION_COST, label_selector
+from minimaldask.kubernetes.objects import (
+    DEPLOYMENT,
+    EVENT,
+    NAMESPACE,
+    NODE,
+    POD,
+    Access,
+    Kind,
+    Obj,
+)
+from minimaldask.kubernetes.status import PodProblem, first_error, pod_problem, replica_failure
 
 #: Field manager of every server-side apply.
 FIELD_MANAGER = "minimaldask"
@@ -43,57 +48,8 @@ FIELD_MANAGER = "minimaldask"
 POLL = 0.5
 #: Lines of a crashed container's log shown in the error.
 LOG_TAIL = 20
-
-Obj = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Kind:
-    """Where the API serves one kind of object."""
-
-    api_version: str
-    plural: str
-
-
-KINDS: dict[str, Kind] = {
-    "Deployment": Kind("apps/v1", "deployments"),
-    "ReplicaSet": Kind("apps/v1", "replicasets"),
-    "Service": Kind("v1", "services"),
-    "Pod": Kind("v1", "pods"),
-    "Endpoints": Kind("v1", "endpoints"),
-    "EndpointSlice": Kind("discovery.k8s.io/v1", "endpointslices"),
-    "Event": Kind("v1", "events"),
-    "ServiceAccount": Kind("v1", "serviceaccounts"),
-    "ConfigMap": Kind("v1", "configmaps"),
-    "Role": Kind("rbac.authorization.k8s.io/v1", "roles"),
-    "RoleBinding": Kind("rbac.authorization.k8s.io/v1", "rolebindings"),
-    "NetworkPolicy": Kind("networking.k8s.io/v1", "networkpolicies"),
-}
-#: Kinds that hold a cluster's objects (ours and those controllers make for them).
-#: Kinds of the janitor's objects, which a cluster may lack (see JANITOR_ACCESS).
-JANITOR_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap")
-CLUSTER_KINDS = (
-    "Deployment",
-    "ReplicaSet",
-    "Pod",
-    "Service",
-    "Endpoints",
-    "EndpointSlice",
-    "ServiceAccount",
-    "Role",
-    "RoleBinding",
-    "ConfigMap",
-)
-
-
-def _kind(name: str) -> Kind:
-    try:
-        return KINDS[name]
-    except KeyError:
-        raise ValueError(
-            f"minimaldask does not manage objects of kind {name!r}; known kinds: "
-            + ", ".join(sorted(KINDS))
-        ) from None
+#: Bytes of a crashed container's log read to find its first error.
+LOG_LIMIT = 256 * 1024
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -101,8 +57,12 @@ def _kind(name: str) -> Kind:
 
 def _status(e: kr8s.ServerError) -> tuple[int, str, str]:
     code = e.response.status_code if e.response is not None else 0
-    status: dict[str, Any] = e.status if isinstance(e.status, dict) else {}
+    status = _status_object(e)
     return code, str(status.get("reason", "")), str(status.get("message") or e)
+
+
+def _status_object(e: kr8s.ServerError) -> dict[str, Any]:
+    return e.status if isinstance(e.status, dict) else {}
 
 
 @contextlib.asynccontextmanager
@@ -112,6 +72,7 @@ async def api_errors(action: str) -> AsyncIterator[None]:
         yield
     except kr8s.ServerError as e:
         code, reason, message = _status(e)
+        # The API server says quota only in the message (the reason is Forbidden either way).
         if code == 403 and "exceeded quota" in message:
             raise KubernetesError(f"{action}: refused by a ResourceQuota: {message}") from e
         if code == 403:
@@ -119,7 +80,7 @@ async def api_errors(action: str) -> AsyncIterator[None]:
                 f"{action}: forbidden: {message}. Ask an administrator of the namespace "
                 "for a Role that allows it (see docs/kubernetes.md, 'Permissions')"
             ) from e
-        if code == 404 and message.startswith("namespaces "):
+        if code == 404 and (_status_object(e).get("details") or {}).get("kind") == "namespaces":
             raise NamespaceNotFoundError(f"{action}: {message}") from e
         raise KubernetesError(f"{action}: {reason or code}: {message}") from e
     except kr8s.APITimeoutError as e:
@@ -145,7 +106,7 @@ async def connect() -> kr8s.asyncio.Api:
 async def _call(
     api: kr8s.asyncio.Api,
     method: str,
-    kind: str,
+    kind: Kind,
     namespace: str | None,
     name: str = "",
     *,
@@ -156,8 +117,7 @@ async def _call(
     headers: Mapping[str, str] | None = None,
     missing_ok: bool = False,
 ) -> Obj | None:
-    k = _kind(kind)
-    url = "/".join(p for p in (k.plural, name, subresource) if p)
+    url = "/".join(p for p in (kind.plural, name, subresource) if p)
     kwargs: dict[str, Any] = {}
     if params:
         kwargs["params"] = dict(params)
@@ -168,7 +128,7 @@ async def _call(
     async with api_errors(action):
         try:
             async with api.call_api(
-                method, version=k.api_version, namespace=namespace, url=url, **kwargs
+                method, version=kind.api_version, namespace=namespace, url=url, **kwargs
             ) as r:
                 out: Obj = r.json()
                 return out
@@ -181,17 +141,29 @@ async def _call(
 # -- apply and delete ----------------------------------------------------------------------------
 
 
-async def update_or_deploy(obj: Mapping[str, Any], api: kr8s.asyncio.Api | None = None) -> Obj:
+async def discover(api: kr8s.asyncio.Api, api_version: str, kind_name: str) -> Kind:
+    """The :class:`Kind` the API server serves for ``apiVersion`` and ``kind`` (API discovery)."""
+    group, _, version = api_version.rpartition("/")
+    path = f"apis/{group}/{version}" if group else f"api/{version}"
+    async with (
+        api_errors(f"finding where the API serves {kind_name} ({api_version})"),
+        api.call_api("GET", base=f"/{path}", version="", url="") as r,
+    ):
+        resources = r.json().get("resources", [])
+    for resource in resources:
+        if resource.get("kind") == kind_name and "/" not in resource.get("name", "/"):
+            return Kind(group, version, kind_name, resource["name"])
+    raise ValueError(f"the API server serves no kind {kind_name!r} in {api_version!r}")
+
+
+async def apply(api: kr8s.asyncio.Api, kind: Kind, obj: Mapping[str, Any]) -> Obj:
     """Create ``obj`` or update it in place, by server-side apply (field manager ``minimaldask``).
 
     Applying the same object twice changes nothing; changing a field updates
     the object in place. Returns the object as the API server stored it.
-
-    >>> await update_or_deploy(manifests.scheduler_service(spec))  # doctest: +SKIP
     """
-    api = api or await connect()
     meta = obj.get("metadata") or {}
-    kind, name, namespace = obj.get("kind", ""), meta.get("name"), meta.get("namespace")
+    name, namespace = meta.get("name"), meta.get("namespace")
     if not name or not namespace:
         raise ValueError(f"update_or_deploy needs metadata.name and metadata.namespace: {obj!r}")
     out = await _call(
@@ -200,7 +172,7 @@ async def update_or_deploy(obj: Mapping[str, Any], api: kr8s.asyncio.Api | None 
         kind,
         namespace,
         name,
-        action=f"applying {kind} {namespace}/{name}",
+        action=f"applying {kind.name} {namespace}/{name}",
         params={"fieldManager": FIELD_MANAGER, "force": "true"},
         body=obj,
         headers={"Content-Type": "application/apply-patch+yaml"},
@@ -209,7 +181,14 @@ async def update_or_deploy(obj: Mapping[str, Any], api: kr8s.asyncio.Api | None 
     return out
 
 
-async def get(api: kr8s.asyncio.Api, kind: str, namespace: str, name: str) -> Obj | None:
+async def update_or_deploy(obj: Mapping[str, Any], api: kr8s.asyncio.Api | None = None) -> Obj:
+    """:func:`apply` for an object of any kind the API server serves (the article's function)."""
+    api = api or await connect()
+    kind = await discover(api, str(obj.get("apiVersion", "")), str(obj.get("kind", "")))
+    return await apply(api, kind, obj)
+
+
+async def get(api: kr8s.asyncio.Api, kind: Kind, namespace: str, name: str) -> Obj | None:
     """The object, or None when it does not exist."""
     return await _call(
         api,
@@ -217,13 +196,13 @@ async def get(api: kr8s.asyncio.Api, kind: str, namespace: str, name: str) -> Ob
         kind,
         namespace,
         name,
-        action=f"reading {kind} {namespace}/{name}",
+        action=f"reading {kind.name} {namespace}/{name}",
         missing_ok=True,
     )
 
 
 async def list_objects(
-    api: kr8s.asyncio.Api, kind: str, namespace: str, selector: str = ""
+    api: kr8s.asyncio.Api, kind: Kind, namespace: str, selector: str = ""
 ) -> list[Obj]:
     """Objects of ``kind`` in ``namespace`` matching the label ``selector``."""
     out = await _call(
@@ -231,7 +210,7 @@ async def list_objects(
         "GET",
         kind,
         namespace,
-        action=f"listing {_kind(kind).plural} in namespace {namespace!r}",
+        action=f"listing {kind.plural} in namespace {namespace!r}",
         params={"labelSelector": selector} if selector else None,
     )
     assert out is not None
@@ -239,7 +218,7 @@ async def list_objects(
     return items
 
 
-async def delete(api: kr8s.asyncio.Api, kind: str, namespace: str, name: str) -> bool:
+async def delete(api: kr8s.asyncio.Api, kind: Kind, namespace: str, name: str) -> bool:
     """Delete one object (its dependents in the background). False if it did not exist."""
     out = await _call(
         api,
@@ -247,56 +226,60 @@ async def delete(api: kr8s.asyncio.Api, kind: str, namespace: str, name: str) ->
         kind,
         namespace,
         name,
-        action=f"deleting {kind} {namespace}/{name}",
+        action=f"deleting {kind.name} {namespace}/{name}",
         body={"propagationPolicy": "Background"},
         missing_ok=True,
     )
     return out is not None
 
 
-async def cluster_leftovers(api: kr8s.asyncio.Api, namespace: str, name: str) -> list[str]:
-    """``Kind/name`` of every object labelled as part of cluster ``name``.
+async def leftovers(
+    api: kr8s.asyncio.Api, namespace: str, cluster: str, kinds: Iterable[Kind]
+) -> list[str]:
+    """``Kind/name`` of every object of ``kinds`` labelled as part of ``cluster``.
 
     Kinds this user may not list are not checked. One request at a time: kr8s
     re-authenticates after a 403, which concurrent requests do not survive.
     """
-    selector = label_selector(name)
+    selector = contract.label_selector(cluster)
     left = []
-    for kind in CLUSTER_KINDS:
+    for kind in kinds:
         try:
             items = await list_objects(api, kind, namespace, selector)
         except ForbiddenError:
             continue
-        left += [f"{kind}/{o['metadata']['name']}" for o in items]
+        left += [f"{kind.name}/{o['metadata']['name']}" for o in items]
     return left
 
 
 async def delete_cluster(
     api: kr8s.asyncio.Api,
     namespace: str,
-    name: str,
-    objects: Iterable[tuple[str, str]],
+    cluster: str,
+    objects: Iterable[tuple[Kind, str, bool]],
+    kinds: Iterable[Kind],
     timeout: float,
 ) -> bool:
-    """Delete ``objects`` (kind, name) and wait until no object of the cluster is left.
+    """Delete ``objects`` (kind, name, optional) and wait until no object of ``kinds`` is left.
 
-    Returns False when none of them existed.
+    An optional object (the janitor's, which a user without the rights to make
+    it could not have made) may be forbidden to delete. Returns False when none
+    of them existed.
     """
     existed = False
-    for kind, obj_name in objects:
+    for kind, name, optional in objects:
         try:
-            existed |= await delete(api, kind, namespace, obj_name)
+            existed |= await delete(api, kind, namespace, name)
         except ForbiddenError:
-            # A user who may not delete Roles could not have created the janitor's
-            # either (the cluster started without them); nothing of that kind is ours.
-            if kind not in JANITOR_KINDS:
+            if not optional:
                 raise
+    kinds = list(kinds)
     deadline = time.monotonic() + timeout
-    while left := await cluster_leftovers(api, namespace, name):
+    while left := await leftovers(api, namespace, cluster, kinds):
         if time.monotonic() > deadline:
             raise KubernetesError(
-                f"cluster {name!r} in namespace {namespace!r} was deleted but after {timeout:g}s "
-                f"these objects are still there: {', '.join(left)}"
+                f"cluster {cluster!r} in namespace {namespace!r} was deleted but after "
+                f"{timeout:g}s these objects are still there: {', '.join(left)}"
             )
         await asyncio.sleep(POLL)
     return existed
@@ -309,7 +292,7 @@ async def set_replicas(
     await _call(
         api,
         "PATCH",
-        "Deployment",
+        DEPLOYMENT,
         namespace,
         deployment,
         action=f"scaling Deployment {namespace}/{deployment} to {replicas}",
@@ -320,7 +303,12 @@ async def set_replicas(
 
 
 async def merge_patch(
-    api: kr8s.asyncio.Api, kind: str, namespace: str, name: str, patch: Mapping[str, Any]
+    api: kr8s.asyncio.Api,
+    kind: Kind,
+    namespace: str,
+    name: str,
+    patch: Mapping[str, Any],
+    missing_ok: bool = False,
 ) -> None:
     """Merge ``patch`` into an object (JSON merge patch: ``None`` values remove keys)."""
     await _call(
@@ -329,9 +317,10 @@ async def merge_patch(
         kind,
         namespace,
         name,
-        action=f"updating {kind} {namespace}/{name}",
+        action=f"updating {kind.name} {namespace}/{name}",
         body=dict(patch),
         headers={"Content-Type": "application/merge-patch+json"},
+        missing_ok=missing_ok,
     )
 
 
@@ -340,101 +329,17 @@ async def set_deletion_cost(
 ) -> None:
     """Annotate ``pods`` so that the ReplicaSet controller removes them first (low cost)."""
     for pod in pods:
-        await _call(
+        await merge_patch(
             api,
-            "PATCH",
-            "Pod",
+            POD,
             namespace,
             pod,
-            action=f"marking pod {namespace}/{pod} for removal",
-            body={"metadata": {"annotations": {DELETION_COST: str(cost)}}},
-            headers={"Content-Type": "application/merge-patch+json"},
+            {"metadata": {"annotations": {contract.DELETION_COST: str(cost)}}},
             missing_ok=True,
         )
 
 
 # -- what went wrong -----------------------------------------------------------------------------
-
-_PULL_ERRORS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
-_CONFIG_ERRORS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
-
-
-@dataclass(frozen=True)
-class PodProblem:
-    """Why a pod cannot run: ``kind`` is one of pull, crash, config, unschedulable."""
-
-    kind: str
-    pod: str
-    container: str
-    message: str
-
-
-def _time(value: str | None) -> float | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-
-
-#: Seconds by which two nodes' clocks may disagree when a worker's crash is compared
-#: with the moment its scheduler became ready.
-CLOCK_SKEW = 2.0
-
-
-def pod_problem(
-    pod: Mapping[str, Any], crashes_count_after: float | None = None
-) -> PodProblem | None:
-    """The reason a pod will not become ready by itself, read from its status; else None.
-
-    ``crashes_count_after`` (a time, seconds since the epoch) forgives a crash that
-    ended before it: a worker that gave up waiting for a scheduler that was not yet
-    listening. Kubernetes restarts it, and the next try finds the scheduler.
-    """
-    name = pod.get("metadata", {}).get("name", "?")
-    status = pod.get("status") or {}
-    for cond in status.get("conditions") or []:
-        if (
-            cond.get("type") == "PodScheduled"
-            and cond.get("status") == "False"
-            and cond.get("reason") == "Unschedulable"
-        ):
-            return PodProblem("unschedulable", name, "", cond.get("message", ""))
-    images = {c["name"]: c.get("image", "") for c in pod.get("spec", {}).get("containers", [])}
-    for cs in status.get("containerStatuses") or []:
-        container = cs.get("name", "")
-        waiting = (cs.get("state") or {}).get("waiting") or {}
-        reason = waiting.get("reason", "")
-        if reason in _PULL_ERRORS:
-            image = images.get(container) or cs.get("image", "")
-            return PodProblem(
-                "pull", name, container, f"{reason}: image {image!r}: {waiting.get('message', '')}"
-            )
-        if reason in _CONFIG_ERRORS:
-            return PodProblem("config", name, container, f"{reason}: {waiting.get('message', '')}")
-        # One crash can be a race (a scheduler being replaced); a crash loop is not.
-        if reason == "CrashLoopBackOff":
-            detail = (cs.get("lastState") or {}).get("terminated") or {}
-            ended = _time(detail.get("finishedAt"))
-            if crashes_count_after is not None and (
-                ended is None or ended <= crashes_count_after + CLOCK_SKEW
-            ):
-                continue
-            return PodProblem(
-                "crash",
-                name,
-                container,
-                f"exited with code {detail.get('exitCode', '?')}"
-                + (f" ({detail['reason']})" if detail.get("reason") else "")
-                + f", restarted {cs.get('restartCount', 0)} time(s)",
-            )
-    return None
-
-
-def replica_failure(deployment: Mapping[str, Any] | None) -> str | None:
-    """Why a Deployment cannot create its pods (a quota, an admission policy), if it says so."""
-    for cond in ((deployment or {}).get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
-            return str(cond.get("message", cond.get("reason", "")))
-    return None
 
 
 async def pod_log(
@@ -456,11 +361,14 @@ async def pod_log(
         params["limitBytes"] = limit_bytes
     if previous:
         params["previous"] = "true"
-    k = KINDS["Pod"]
     async with (
         api_errors(f"reading the log of pod {namespace}/{pod}"),
         api.call_api(
-            "GET", version=k.api_version, namespace=namespace, url=f"pods/{pod}/log", params=params
+            "GET",
+            version=POD.api_version,
+            namespace=namespace,
+            url=f"{POD.plural}/{pod}/log",
+            params=params,
         ) as r,
     ):
         return str(r.text)
@@ -472,7 +380,7 @@ async def _scale_up_triggered(api: kr8s.asyncio.Api, namespace: str, pod: str) -
         events = await _call(
             api,
             "GET",
-            "Event",
+            EVENT,
             namespace,
             action="reading events",
             params={"fieldSelector": f"involvedObject.name={pod}"},
@@ -480,38 +388,6 @@ async def _scale_up_triggered(api: kr8s.asyncio.Api, namespace: str, pod: str) -
     except KubernetesError:
         return False
     return any(e.get("reason") == "TriggeredScaleUp" for e in (events or {}).get("items", []))
-
-
-#: Bytes of a crashed container's log read to find its first error.
-LOG_LIMIT = 256 * 1024
-_ERROR_LINE = re.compile(r"^(minimaldask-entrypoint: |Error: |[A-Za-z_][\w.]*(Error|Exception)\b)")
-
-
-def first_error(log: str) -> str | None:
-    """The first error in a log: a whole Python traceback, or one line that names an error.
-
-    The last lines of a crash often show only the consequence (``Nanny failed to
-    start``); the first error shows the cause.
-    """
-    lines = log.splitlines()
-    for i, line in enumerate(lines):
-        text = _strip_log_prefix(line)
-        if text.startswith("Traceback (most recent call last):"):
-            block = [line]
-            for following in lines[i + 1 :]:
-                block.append(following)
-                if following and not following[0].isspace():  # the exception line ends it
-                    break
-            return "\n".join(block)
-        if _ERROR_LINE.match(text):
-            return line
-    return None
-
-
-def _strip_log_prefix(line: str) -> str:
-    # dask's own log lines start with a timestamp and a logger name: "2026-... - distributed.x - ERROR - ..."
-    parts = line.split(" - ", 3)
-    return parts[3] if len(parts) == 4 and parts[2].strip().isupper() else line
 
 
 async def _crash_log(api: kr8s.asyncio.Api, namespace: str, pod: str) -> str:
@@ -576,7 +452,7 @@ async def check_pods(
     A quota or admission refusal shows on the Deployment, not on a pod. For
     ``crashes_count_after``, see :func:`pod_problem`.
     """
-    pods = await list_objects(api, "Pod", namespace, selector)
+    pods = await list_objects(api, POD, namespace, selector)
     for pod in pods:
         if pod["metadata"].get("deletionTimestamp"):
             continue
@@ -589,7 +465,7 @@ async def check_pods(
             continue
         raise ClusterStartError(await explain(api, namespace, problem))
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-    owner = await get(api, "Deployment", namespace, deployment)
+    owner = await get(api, DEPLOYMENT, namespace, deployment)
     if len(live) < ((owner or {}).get("spec") or {}).get("replicas", 0):
         failure = replica_failure(owner)
         if failure:
@@ -597,71 +473,14 @@ async def check_pods(
     return pods
 
 
-def ready_since(pod: Mapping[str, Any]) -> float | None:
-    """When the pod last became Ready (seconds since the epoch), or None if it is not Ready."""
-    for cond in (pod.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Ready" and cond.get("status") == "True":
-            return _time(cond.get("lastTransitionTime"))
-    return None
-
-
-def pod_ready(pod: Mapping[str, Any]) -> bool:
-    """Whether the pod's Ready condition is True and it is not being deleted."""
-    if pod.get("metadata", {}).get("deletionTimestamp"):
-        return False
-    return any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in (pod.get("status") or {}).get("conditions") or []
-    )
-
-
-def pod_phase(pod: Mapping[str, Any]) -> str:
-    """A short state of the pod for progress displays: Pending, ContainerCreating, Running..."""
-    if pod.get("metadata", {}).get("deletionTimestamp"):
-        return "Terminating"
-    status = pod.get("status") or {}
-    for cs in status.get("containerStatuses") or []:
-        waiting = (cs.get("state") or {}).get("waiting")
-        if waiting:
-            return str(waiting.get("reason", "Waiting"))
-    return str(status.get("phase", "Pending"))
-
-
 # -- pre-flight ----------------------------------------------------------------------------------
 
-#: (verb, group, resource, subresource) a user needs to run a cluster.
-REQUIRED_ACCESS: tuple[tuple[str, str, str, str], ...] = (
-    ("create", "apps", "deployments", ""),
-    ("patch", "apps", "deployments", ""),
-    ("get", "apps", "deployments", ""),
-    ("list", "apps", "deployments", ""),
-    ("delete", "apps", "deployments", ""),
-    ("list", "apps", "replicasets", ""),
-    ("create", "", "services", ""),
-    ("patch", "", "services", ""),
-    ("get", "", "services", ""),
-    ("delete", "", "services", ""),
-    ("list", "", "pods", ""),
-    ("patch", "", "pods", ""),
-    ("get", "", "pods", "log"),
-)
-PORT_FORWARD_ACCESS = ("create", "", "pods", "portforward")
-#: Rights to give the scheduler's janitor its own identity and Role (cost controls).
-JANITOR_ACCESS: tuple[tuple[str, str, str, str], ...] = (
-    ("create", "", "serviceaccounts", ""),
-    ("patch", "", "serviceaccounts", ""),
-    ("create", "rbac.authorization.k8s.io", "roles", ""),
-    ("patch", "rbac.authorization.k8s.io", "roles", ""),
-    ("create", "rbac.authorization.k8s.io", "rolebindings", ""),
-    ("patch", "rbac.authorization.k8s.io", "rolebindings", ""),
-    ("create", "", "configmaps", ""),
-    ("patch", "", "configmaps", ""),
-)
 
-
-def _resource_name(group: str, resource: str, subresource: str) -> str:
-    full = f"{resource}.{group}" if group else resource
-    return f"{full}/{subresource}" if subresource else full
+async def server_version(api: kr8s.asyncio.Api) -> str:
+    """The API server's version (``v1.33.13``): proof that it answers."""
+    async with api_errors("asking the API server its version"):
+        version: dict[str, Any] = await api.version()
+    return str(version.get("gitVersion", ""))
 
 
 async def whoami(api: kr8s.asyncio.Api) -> str:
@@ -679,13 +498,16 @@ async def whoami(api: kr8s.asyncio.Api) -> str:
         return "your user"
 
 
-async def can(
-    api: kr8s.asyncio.Api, namespace: str, verb: str, group: str, resource: str, sub: str = ""
-) -> bool:
-    """One SelfSubjectAccessReview: whether this user may ``verb`` ``resource`` in ``namespace``."""
-    attributes = {"namespace": namespace, "verb": verb, "group": group, "resource": resource}
-    if sub:
-        attributes["subresource"] = sub
+async def can(api: kr8s.asyncio.Api, namespace: str, access: Access) -> bool:
+    """One SelfSubjectAccessReview: whether this user has ``access`` in ``namespace``."""
+    attributes = {
+        "namespace": namespace,
+        "verb": access.verb,
+        "group": access.kind.group,
+        "resource": access.kind.plural,
+    }
+    if access.subresource:
+        attributes["subresource"] = access.subresource
     body = {
         "apiVersion": "authorization.k8s.io/v1",
         "kind": "SelfSubjectAccessReview",
@@ -704,27 +526,22 @@ async def can(
 
 
 async def missing_access(
-    api: kr8s.asyncio.Api, namespace: str, needed: Iterable[tuple[str, str, str, str]]
-) -> list[str]:
-    """``verb resource`` for each of ``needed`` that this user may not do in ``namespace``."""
-    needed = list(needed)
-    answers = await asyncio.gather(*(can(api, namespace, *n) for n in needed))
-    return [
-        f"{verb} {_resource_name(g, r, s)}"
-        for (verb, g, r, s), ok in zip(needed, answers, strict=True)
-        if not ok
-    ]
+    api: kr8s.asyncio.Api, namespace: str, needed: Iterable[Access]
+) -> list[Access]:
+    """Those of ``needed`` that this user does not have in ``namespace``."""
+    needed = list(dict.fromkeys(needed))
+    answers = await asyncio.gather(*(can(api, namespace, n) for n in needed))
+    return [n for n, ok in zip(needed, answers, strict=True) if not ok]
 
 
-async def check_access(api: kr8s.asyncio.Api, namespace: str, port_forward: bool = False) -> None:
-    """Raise :class:`ForbiddenError` naming every verb and resource the user lacks."""
-    needed = [*REQUIRED_ACCESS, *([PORT_FORWARD_ACCESS] if port_forward else [])]
-    answers = await asyncio.gather(*(can(api, namespace, *n) for n in needed))
-    missing = [n for n, ok in zip(needed, answers, strict=True) if not ok]
+async def check_access(api: kr8s.asyncio.Api, namespace: str, needed: Iterable[Access]) -> None:
+    """Raise :class:`ForbiddenError` naming every right of ``needed`` the user lacks."""
+    needed = list(dict.fromkeys(needed))
+    missing = await missing_access(api, namespace, needed)
     if not missing:
         return
     user = await whoami(api)
-    lacks = ", ".join(f"{verb} {_resource_name(g, r, s)}" for verb, g, r, s in missing)
+    lacks = ", ".join(map(str, missing))
     if len(missing) == len(needed):
         raise ForbiddenError(
             f"{user} has no rights in namespace {namespace!r} (may not {lacks}); does the "
@@ -744,9 +561,10 @@ async def check_namespace(api: kr8s.asyncio.Api, namespace: str) -> None:
 
     A user who may not read namespaces learns it from :func:`check_access` instead.
     """
-    k = Kind("v1", "namespaces")
     try:
-        async with api.call_api("GET", version=k.api_version, url=f"namespaces/{namespace}"):
+        async with api.call_api(
+            "GET", version=NAMESPACE.api_version, url=f"{NAMESPACE.plural}/{namespace}"
+        ):
             return
     except kr8s.ServerError as e:
         code = _status(e)[0]
@@ -764,7 +582,7 @@ async def check_namespace(api: kr8s.asyncio.Api, namespace: str) -> None:
 async def node_architectures(api: kr8s.asyncio.Api) -> set[str] | None:
     """Architectures of the nodes (``linux/amd64``...), or None if this user may not list nodes."""
     try:
-        async with api.call_api("GET", version="v1", url="nodes") as r:
+        async with api.call_api("GET", version=NODE.api_version, url=NODE.plural) as r:
             nodes = r.json().get("items", [])
     except kr8s.ServerError as e:
         if _status(e)[0] in (401, 403):

@@ -1,86 +1,57 @@
 """The Kubernetes objects of one cluster, as pure functions of its :class:`ClusterSpec`.
 
-No I/O here: ``minimaldask manifests`` prints these objects and
-:mod:`minimaldask.kube` applies them. Per cluster ``NAME`` in a namespace:
+No I/O here: ``minimaldask manifests`` prints these objects and the backend
+applies them. A cluster is the list of :func:`cluster_parts`; per cluster
+``NAME`` in a namespace:
 
-- Service ``NAME-scheduler`` (ports ``tcp-comm`` and ``http-dashboard``),
 - Deployment ``NAME-scheduler`` (one scheduler, the owner of the rest),
+- Service ``NAME-scheduler`` (ports ``tcp-comm`` and ``http-dashboard``; its
+  type is the ``expose`` mode's),
 - Deployment ``NAME-worker`` (``spec.workers`` replicas),
-- ServiceAccount ``NAME-scheduler``, Role and RoleBinding ``NAME-janitor``: the
-  rights of the scheduler's janitor (delete its own cluster, scale its workers),
-  and ConfigMap ``NAME-janitor`` (its report, the adaptive policy), when the user
-  may grant them (``janitor=True``).
+- ServiceAccount ``NAME-scheduler``, Role, RoleBinding and ConfigMap
+  ``NAME-janitor``: the janitor's identity and rights (delete its own cluster,
+  scale its workers) and its report, when the user may grant them,
+- whatever the ``expose`` mode adds.
 
 Every object carries the ``app.kubernetes.io/{name,instance,component,managed-by}``
-labels; the children carry an ownerReference to the scheduler Deployment once
-its uid is known, so deleting it garbage-collects the rest. Adding an object
-kind is adding a builder to :data:`CHILD_BUILDERS`.
+labels; the others carry an ownerReference to the scheduler Deployment once its
+uid is known, so deleting it garbage-collects the rest. Adding an object is
+adding a :class:`~minimaldask.kubernetes.objects.Part` to :func:`cluster_parts`:
+its kind, the rights to make it and its place in the delete order follow.
 """
 
 from __future__ import annotations
 
 import copy
-import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from minimaldask.spec import ClusterSpec, janitor_env
+from minimaldask import contract
+from minimaldask.contract import IMAGE_UID, TMP_DIR, WORKER_HTTP_PORT
+from minimaldask.kubernetes import expose
+from minimaldask.kubernetes.objects import (
+    CONFIG_MAP,
+    DEPLOYMENT,
+    ROLE,
+    ROLE_BINDING,
+    SERVICE,
+    SERVICE_ACCOUNT,
+    Obj,
+    Part,
+    Stage,
+)
+from minimaldask.spec import ClusterSpec
 
-APP = "minimaldask"
-MANAGER = "minimaldask"
-LABEL_NAME = "app.kubernetes.io/name"
-LABEL_INSTANCE = "app.kubernetes.io/instance"
-LABEL_COMPONENT = "app.kubernetes.io/component"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-#: Annotation the ReplicaSet controller reads to choose which pods go first.
-DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
-#: Port of each worker's HTTP server (``/health``, metrics).
-WORKER_HTTP_PORT = 8788
-#: Where the read-only root filesystem gets its one writable directory.
-TMP_DIR = "/tmp"
-#: The image's user (see docs/image.md); set explicitly so ``runAsNonRoot`` can be verified.
-IMAGE_UID = 1000
 #: Seconds the scheduler pod gets to exit after SIGTERM.
 SCHEDULER_GRACE_PERIOD = 30
 
-Obj = dict[str, Any]
-
-
-def scheduler_name(spec: ClusterSpec) -> str:
-    """Name of the scheduler's Service and Deployment."""
-    return f"{spec.name}-scheduler"
-
-
-def worker_name(spec: ClusterSpec) -> str:
-    """Name of the workers' Deployment."""
-    return f"{spec.name}-worker"
-
-
-def scheduler_host(spec: ClusterSpec) -> str:
-    """The Service's DNS name, as pods of the cluster reach it."""
-    return f"{scheduler_name(spec)}.{spec.namespace}.svc"
-
-
-def scheduler_address(spec: ClusterSpec) -> str:
-    """The scheduler's address from inside the Kubernetes cluster."""
-    return f"tcp://{scheduler_host(spec)}:{spec.port}"
-
-
-def selector(name: str, component: str | None = None) -> dict[str, str]:
-    """Labels that select the objects of cluster ``name`` (one component, or all)."""
-    labels = {LABEL_NAME: APP, LABEL_INSTANCE: name}
-    if component:
-        labels[LABEL_COMPONENT] = component
-    return labels
-
-
-def label_selector(name: str, component: str | None = None) -> str:
-    """:func:`selector` as a ``labelSelector`` query string."""
-    return ",".join(f"{k}={v}" for k, v in selector(name, component).items())
-
 
 def _labels(spec: ClusterSpec, component: str) -> dict[str, str]:
-    return {**spec.labels, **selector(spec.name, component), LABEL_MANAGED_BY: MANAGER}
+    return {
+        **spec.labels,
+        **contract.selector(spec.name, component),
+        contract.LABEL_MANAGED_BY: contract.MANAGER,
+    }
 
 
 def _metadata(spec: ClusterSpec, name: str, component: str) -> Obj:
@@ -122,16 +93,24 @@ def _security_context() -> Obj:
     }
 
 
-def _env(spec: ClusterSpec) -> list[Obj]:
-    """Variables common to scheduler and worker: the user's, then the package lists."""
+def _env(spec: ClusterSpec, launch: contract.Launch) -> list[Obj]:
+    """The user's variables, then the entrypoint's, ``ARGUMENTS`` last.
+
+    Kubernetes expands ``$(POD_NAME)`` in ``ARGUMENTS`` because POD_NAME comes before.
+    """
+    ours = launch.to_env()
+    arguments = ours.pop("ARGUMENTS")
     env: list[Obj] = [{"name": k, "value": v} for k, v in spec.env.items()]
-    if spec.pip_packages:
-        env.append({"name": "EXTRA_PIP_PACKAGES", "value": shlex.join(spec.pip_packages)})
-    if spec.os_packages:
-        env.append({"name": "EXTRA_OS_PACKAGES", "value": shlex.join(spec.os_packages)})
-    if spec.apk_packages:
-        env.append({"name": "EXTRA_APK_PACKAGES", "value": shlex.join(spec.apk_packages)})
-    return env
+    env += [{"name": k, "value": v} for k, v in ours.items()]
+    return [*env, {"name": "ARGUMENTS", "value": arguments}]
+
+
+def _packages(spec: ClusterSpec) -> dict[str, Any]:
+    return {
+        "pip_packages": spec.pip_packages,
+        "os_packages": spec.os_packages,
+        "apk_packages": spec.apk_packages,
+    }
 
 
 def _probe(port: str | int, period: int, failures: int) -> Obj:
@@ -192,15 +171,10 @@ def _deployment(spec: ClusterSpec, name: str, component: str, replicas: int, pod
         "metadata": _metadata(spec, name, component),
         "spec": {
             "replicas": replicas,
-            "selector": {"matchLabels": selector(spec.name, component)},
+            "selector": {"matchLabels": contract.selector(spec.name, component)},
             "template": {"metadata": template_meta, "spec": pod},
         },
     }
-
-
-def janitor_name(spec: ClusterSpec) -> str:
-    """Name of the janitor's Role and RoleBinding."""
-    return f"{spec.name}-janitor"
 
 
 def janitor_rules(spec: ClusterSpec) -> list[Obj]:
@@ -209,23 +183,24 @@ def janitor_rules(spec: ClusterSpec) -> list[Obj]:
     Pods cannot be named in advance (the ReplicaSet names them), so patching
     pods (the deletion-cost annotation of retired workers) is namespace-wide.
     """
+    scheduler, worker = contract.scheduler_name(spec.name), contract.worker_name(spec.name)
     return [
         {
             "apiGroups": ["apps"],
             "resources": ["deployments"],
-            "resourceNames": [scheduler_name(spec), worker_name(spec)],
+            "resourceNames": [scheduler, worker],
             "verbs": ["get", "delete"],
         },
         {
             "apiGroups": [""],
             "resources": ["configmaps"],
-            "resourceNames": [janitor_name(spec)],
+            "resourceNames": [contract.janitor_name(spec.name)],
             "verbs": ["get", "patch"],
         },
         {
             "apiGroups": ["apps"],
             "resources": ["deployments/scale"],
-            "resourceNames": [worker_name(spec)],
+            "resourceNames": [worker],
             "verbs": ["get", "patch"],
         },
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]},
@@ -237,7 +212,7 @@ def janitor_service_account(spec: ClusterSpec) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": _metadata(spec, scheduler_name(spec), "scheduler"),
+        "metadata": _metadata(spec, contract.scheduler_name(spec.name), contract.SCHEDULER),
         "automountServiceAccountToken": False,
     }
 
@@ -247,7 +222,7 @@ def janitor_role(spec: ClusterSpec) -> Obj:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
-        "metadata": _metadata(spec, janitor_name(spec), "scheduler"),
+        "metadata": _metadata(spec, contract.janitor_name(spec.name), contract.SCHEDULER),
         "rules": janitor_rules(spec),
     }
 
@@ -257,14 +232,18 @@ def janitor_role_binding(spec: ClusterSpec) -> Obj:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": _metadata(spec, janitor_name(spec), "scheduler"),
+        "metadata": _metadata(spec, contract.janitor_name(spec.name), contract.SCHEDULER),
         "roleRef": {
             "apiGroup": "rbac.authorization.k8s.io",
             "kind": "Role",
-            "name": janitor_name(spec),
+            "name": contract.janitor_name(spec.name),
         },
         "subjects": [
-            {"kind": "ServiceAccount", "name": scheduler_name(spec), "namespace": spec.namespace}
+            {
+                "kind": "ServiceAccount",
+                "name": contract.scheduler_name(spec.name),
+                "namespace": spec.namespace,
+            }
         ],
     }
 
@@ -274,22 +253,8 @@ def janitor_state(spec: ClusterSpec) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(spec, janitor_name(spec), "scheduler"),
+        "metadata": _metadata(spec, contract.janitor_name(spec.name), contract.SCHEDULER),
     }
-
-
-#: The janitor's objects, applied before the scheduler Deployment (its pod needs them).
-JANITOR_BUILDERS: list[Callable[[ClusterSpec], Obj]] = [
-    janitor_service_account,
-    janitor_role,
-    janitor_role_binding,
-    janitor_state,
-]
-
-
-def scheduler_arguments(spec: ClusterSpec) -> list[str]:
-    """Options of ``dask scheduler``: the janitor, then the user's."""
-    return ["--preload", "minimaldask.janitor", *spec.scheduler_options]
 
 
 def scheduler_deployment(spec: ClusterSpec, janitor: bool = True) -> Obj:
@@ -299,19 +264,28 @@ def scheduler_deployment(spec: ClusterSpec, janitor: bool = True) -> Obj:
     token mounted (the only pod of the cluster that has one); without, the
     janitor cannot delete or scale the cluster and says so.
     """
+    launch = contract.Launch(
+        port=spec.port,
+        dashboard_port=spec.dashboard_port,
+        arguments=tuple(contract.scheduler_arguments(spec.scheduler_options)),
+        **_packages(spec),
+    )
+    settings = contract.JanitorSettings(
+        cluster=spec.name,
+        idle_timeout=spec.idle_timeout,
+        no_client_timeout=spec.no_client_timeout,
+        max_lifetime=spec.max_lifetime,
+    )
     env: list[Obj] = [
-        {"name": "PORT", "value": str(spec.port)},
-        {"name": "DASHBOARD_PORT", "value": str(spec.dashboard_port)},
-        # Read by the scheduler-side janitor (cost controls); empty means off.
-        *({"name": k, "value": v} for k, v in janitor_env(spec).items()),
+        # Read by the janitor (cost controls); empty means off.
+        *({"name": k, "value": v} for k, v in settings.to_env().items()),
         {
-            "name": "MINIMALDASK_NAMESPACE",
+            "name": contract.JanitorSettings.NAMESPACE_VARIABLE,
             "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
         },
-        *_env(spec),
+        *_env(spec, launch),
     ]
-    env.append({"name": "ARGUMENTS", "value": shlex.join(scheduler_arguments(spec))})
-    container = _container(spec, "scheduler", env, spec.scheduler_resources.to_kubernetes())
+    container = _container(spec, contract.SCHEDULER, env, spec.scheduler_resources.to_kubernetes())
     container["ports"] = [
         {"name": "tcp-comm", "containerPort": spec.port, "protocol": "TCP"},
         {"name": "http-dashboard", "containerPort": spec.dashboard_port, "protocol": "TCP"},
@@ -322,26 +296,12 @@ def scheduler_deployment(spec: ClusterSpec, janitor: bool = True) -> Obj:
     container["livenessProbe"] = _probe("http-dashboard", 10, 6)
     pod = _pod_spec(spec, container, grace=SCHEDULER_GRACE_PERIOD)
     if janitor:
-        pod["serviceAccountName"] = scheduler_name(spec)
+        pod["serviceAccountName"] = contract.scheduler_name(spec.name)
         pod["automountServiceAccountToken"] = True
-    deployment = _deployment(spec, scheduler_name(spec), "scheduler", 1, pod)
+    deployment = _deployment(spec, contract.scheduler_name(spec.name), contract.SCHEDULER, 1, pod)
     # A second scheduler would be a second cluster: replace, never overlap.
     deployment["spec"]["strategy"] = {"type": "Recreate"}
     return deep_merge(deployment, spec.patch.get("scheduler", {}))
-
-
-def worker_arguments(spec: ClusterSpec) -> list[str]:
-    """Options of ``dask worker``: threads and memory from resources, name from the pod."""
-    arguments = [
-        "--name", "$(POD_NAME)",
-        "--nthreads", str(spec.nthreads),
-        "--death-timeout", f"{spec.death_timeout:g}s",
-        "--dashboard-address", f":{WORKER_HTTP_PORT}",
-        "--no-dashboard",
-    ]  # fmt: skip
-    if spec.memory_limit:
-        arguments += ["--memory-limit", str(spec.memory_limit)]
-    return [*arguments, *spec.worker_options]
 
 
 def worker_grace_period(spec: ClusterSpec) -> int:
@@ -351,27 +311,37 @@ def worker_grace_period(spec: ClusterSpec) -> int:
 
 def worker_deployment(spec: ClusterSpec) -> Obj:
     """Deployment ``NAME-worker``: ``spec.workers`` workers, sized by ``resources``."""
-    env: list[Obj] = [
-        {"name": "WORKER", "value": "1"},
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "PORT", "value": str(spec.port)},
+    launch = contract.Launch(
+        worker=True,
+        port=spec.port,
         # The short Service name resolves in the pod's own namespace: the same manifests
         # work in any namespace (`minimaldask manifests | kubectl apply -n NS -f -`).
-        {"name": "DASK_SCHEDULER_ADDRESS", "value": f"tcp://{scheduler_name(spec)}:{spec.port}"},
-        *_env(spec),
-        # Kubernetes expands $(POD_NAME) here because POD_NAME is defined above.
-        {"name": "ARGUMENTS", "value": shlex.join(worker_arguments(spec))},
+        scheduler_address=f"tcp://{contract.scheduler_name(spec.name)}:{spec.port}",
+        arguments=tuple(
+            contract.worker_arguments(
+                "$(POD_NAME)",
+                spec.nthreads,
+                spec.death_timeout,
+                spec.memory_limit,
+                ["--dashboard-address", f":{WORKER_HTTP_PORT}", "--no-dashboard"],
+            )
+            + list(spec.worker_options)
+        ),
+        **_packages(spec),
+    )
+    env: list[Obj] = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        *_env(spec, launch),
     ]
-    container = _container(spec, "worker", env, spec.resources.to_kubernetes())
+    container = _container(spec, contract.WORKER, env, spec.resources.to_kubernetes())
     container["ports"] = [{"name": "http-health", "containerPort": WORKER_HTTP_PORT}]
     container["startupProbe"] = _probe("http-health", 2, 150)
     container["livenessProbe"] = _probe("http-health", 10, 6)
     pod = _pod_spec(spec, container, grace=worker_grace_period(spec))
-    deployment = _deployment(spec, worker_name(spec), "worker", spec.workers, pod)
+    deployment = _deployment(
+        spec, contract.worker_name(spec.name), contract.WORKER, spec.workers, pod
+    )
     return deep_merge(deployment, spec.patch.get("worker", {}))
-
-
-_SERVICE_TYPES = {"nodeport": "NodePort", "loadbalancer": "LoadBalancer"}
 
 
 def scheduler_service(spec: ClusterSpec) -> Obj:
@@ -379,10 +349,10 @@ def scheduler_service(spec: ClusterSpec) -> Obj:
     service: Obj = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(spec, scheduler_name(spec), "scheduler"),
+        "metadata": _metadata(spec, contract.scheduler_name(spec.name), contract.SCHEDULER),
         "spec": {
-            "type": _SERVICE_TYPES.get(spec.expose, "ClusterIP"),
-            "selector": selector(spec.name, "scheduler"),
+            "type": expose.service_type(spec.expose),
+            "selector": contract.selector(spec.name, contract.SCHEDULER),
             # Route to the scheduler as soon as it has an address: workers starting with it
             # get "connection refused" and retry, instead of a Service without endpoints.
             "publishNotReadyAddresses": True,
@@ -405,10 +375,6 @@ def scheduler_service(spec: ClusterSpec) -> Obj:
     return deep_merge(service, spec.patch.get("service", {}))
 
 
-#: Builders of the objects owned by the scheduler Deployment, in the order they are applied.
-CHILD_BUILDERS: list[Callable[[ClusterSpec], Obj]] = [scheduler_service, worker_deployment]
-
-
 def owned(obj: Obj, owner: Mapping[str, Any] | None) -> Obj:
     """``obj`` with an ownerReference to ``owner`` (unchanged when ``owner`` is None)."""
     if owner is None:
@@ -425,23 +391,44 @@ def without_namespace(obj: Obj) -> Obj:
     return out
 
 
+def cluster_parts(spec: ClusterSpec, janitor: bool = True) -> list[Part]:
+    """Every object of the cluster, in the order they are applied.
+
+    Without ``janitor``, the janitor's objects are left out (the user may not
+    grant it its rights).
+    """
+    scheduler, worker = contract.scheduler_name, contract.worker_name
+    parts = [
+        Part(SERVICE_ACCOUNT, scheduler, janitor_service_account, Stage.IDENTITY, janitor=True),
+        Part(DEPLOYMENT, scheduler, lambda s: scheduler_deployment(s, janitor), Stage.OWNER),
+        Part(SERVICE, scheduler, scheduler_service),
+        Part(DEPLOYMENT, worker, worker_deployment),
+        Part(ROLE, contract.janitor_name, janitor_role, janitor=True),
+        Part(ROLE_BINDING, contract.janitor_name, janitor_role_binding, janitor=True),
+        Part(CONFIG_MAP, contract.janitor_name, janitor_state, janitor=True),
+        *expose.EXPOSURES[spec.expose]().parts(spec),
+    ]
+    return [p for p in parts if janitor or not p.janitor]
+
+
 def cluster_objects(
     spec: ClusterSpec, owner: Mapping[str, Any] | None = None, janitor: bool = True
 ) -> list[Obj]:
     """Every object of the cluster, the owner (scheduler Deployment) first.
 
     ``owner`` is the scheduler Deployment as the API server returned it; with
-    it, the children carry an ownerReference to it. Without it (``minimaldask
+    it, the others carry an ownerReference to it. Without it (``minimaldask
     manifests``), delete the cluster by its label: see docs/kubernetes.md.
     """
-    builders = [*CHILD_BUILDERS, *(JANITOR_BUILDERS if janitor else [])]
-    return [scheduler_deployment(spec, janitor), *(owned(b(spec), owner) for b in builders)]
+    parts = sorted(cluster_parts(spec, janitor), key=lambda p: p.stage != Stage.OWNER)
+    return [p.build(spec) if p.stage == Stage.OWNER else owned(p.build(spec), owner) for p in parts]
 
 
-def apply_order(objects: list[Obj]) -> list[Obj]:
-    """``objects`` in the order ``kubectl apply`` should create them: identities first.
+def apply_order(objects: list[Obj], spec: ClusterSpec) -> list[Obj]:
+    """``objects`` in the order ``kubectl apply`` should create them: the janitor's first.
 
-    The scheduler pod runs as its ServiceAccount, which must exist before it.
+    The scheduler pod runs as the janitor's ServiceAccount, which must exist before
+    it, and its janitor works as soon as its Role and ConfigMap exist.
     """
-    first = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap")
-    return sorted(objects, key=lambda o: o["kind"] not in first)
+    first = {(p.kind.name, p.name(spec.name)) for p in cluster_parts(spec) if p.janitor}
+    return sorted(objects, key=lambda o: (o["kind"], o["metadata"]["name"]) not in first)

@@ -1,0 +1,5 @@
+"""``python -m minimaldask.cli``: the ``minimaldask`` command."""
+
+from minimaldask.cli import main
+
+main()

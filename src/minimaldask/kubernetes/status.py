@@ -1,0 +1,154 @@
+"""Reading the state of pods and Deployments: pure functions over objects as the API returns them.
+
+Why a pod will not run (a pull error, a crash loop, no node for it), when it
+became ready, a short phase for progress lines, and the first error in a log.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+_PULL_ERRORS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+_CONFIG_ERRORS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
+
+
+@dataclass(frozen=True)
+class PodProblem:
+    """Why a pod cannot run: ``kind`` is one of pull, crash, config, unschedulable."""
+
+    kind: str
+    pod: str
+    container: str
+    message: str
+
+
+def _time(value: str | None) -> float | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+#: Seconds by which two nodes' clocks may disagree when a worker's crash is compared
+#: with the moment its scheduler became ready.
+CLOCK_SKEW = 2.0
+
+
+def pod_problem(
+    pod: Mapping[str, Any], crashes_count_after: float | None = None
+) -> PodProblem | None:
+    """The reason a pod will not become ready by itself, read from its status; else None.
+
+    ``crashes_count_after`` (a time, seconds since the epoch) forgives a crash that
+    ended before it: a worker that gave up waiting for a scheduler that was not yet
+    listening. Kubernetes restarts it, and the next try finds the scheduler.
+    """
+    name = pod.get("metadata", {}).get("name", "?")
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable"
+        ):
+            return PodProblem("unschedulable", name, "", cond.get("message", ""))
+    images = {c["name"]: c.get("image", "") for c in pod.get("spec", {}).get("containers", [])}
+    for cs in status.get("containerStatuses") or []:
+        container = cs.get("name", "")
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason", "")
+        if reason in _PULL_ERRORS:
+            image = images.get(container) or cs.get("image", "")
+            return PodProblem(
+                "pull", name, container, f"{reason}: image {image!r}: {waiting.get('message', '')}"
+            )
+        if reason in _CONFIG_ERRORS:
+            return PodProblem("config", name, container, f"{reason}: {waiting.get('message', '')}")
+        # One crash can be a race (a scheduler being replaced); a crash loop is not.
+        if reason == "CrashLoopBackOff":
+            detail = (cs.get("lastState") or {}).get("terminated") or {}
+            ended = _time(detail.get("finishedAt"))
+            if crashes_count_after is not None and (
+                ended is None or ended <= crashes_count_after + CLOCK_SKEW
+            ):
+                continue
+            return PodProblem(
+                "crash",
+                name,
+                container,
+                f"exited with code {detail.get('exitCode', '?')}"
+                + (f" ({detail['reason']})" if detail.get("reason") else "")
+                + f", restarted {cs.get('restartCount', 0)} time(s)",
+            )
+    return None
+
+
+def replica_failure(deployment: Mapping[str, Any] | None) -> str | None:
+    """Why a Deployment cannot create its pods (a quota, an admission policy), if it says so."""
+    for cond in ((deployment or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            return str(cond.get("message", cond.get("reason", "")))
+    return None
+
+
+_ERROR_LINE = re.compile(r"^(minimaldask-entrypoint: |Error: |[A-Za-z_][\w.]*(Error|Exception)\b)")
+
+
+def first_error(log: str) -> str | None:
+    """The first error in a log: a whole Python traceback, or one line that names an error.
+
+    The last lines of a crash often show only the consequence (``Nanny failed to
+    start``); the first error shows the cause.
+    """
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        text = _strip_log_prefix(line)
+        if text.startswith("Traceback (most recent call last):"):
+            block = [line]
+            for following in lines[i + 1 :]:
+                block.append(following)
+                if following and not following[0].isspace():  # the exception line ends it
+                    break
+            return "\n".join(block)
+        if _ERROR_LINE.match(text):
+            return line
+    return None
+
+
+def _strip_log_prefix(line: str) -> str:
+    # dask's own log lines start with a timestamp and a logger name: "2026-... - distributed.x - ERROR - ..."
+    parts = line.split(" - ", 3)
+    return parts[3] if len(parts) == 4 and parts[2].strip().isupper() else line
+
+
+def ready_since(pod: Mapping[str, Any]) -> float | None:
+    """When the pod last became Ready (seconds since the epoch), or None if it is not Ready."""
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready" and cond.get("status") == "True":
+            return _time(cond.get("lastTransitionTime"))
+    return None
+
+
+def pod_ready(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod's Ready condition is True and it is not being deleted."""
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return False
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
+
+
+def pod_phase(pod: Mapping[str, Any]) -> str:
+    """A short state of the pod for progress displays: Pending, ContainerCreating, Running..."""
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return "Terminating"
+    status = pod.get("status") or {}
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting")
+        if waiting:
+            return str(waiting.get("reason", "Waiting"))
+    return str(status.get("phase", "Pending"))

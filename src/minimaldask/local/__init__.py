@@ -1,0 +1,1 @@
+"""The local backend: the scheduler and workers as processes on this machine."""
