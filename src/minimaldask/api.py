@@ -1,18 +1,19 @@
 """The article's functions: start_dask_cluster, delete_dask_cluster, update_or_deploy, list_clusters.
 
+Synchronous forms of :mod:`minimaldask.asyncio`, which work in a notebook too.
 They accept the article's space-separated package strings as well as lists.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
-from minimaldask import config
-from minimaldask.backend import BACKENDS, ClusterInfo, backend_class
+from minimaldask import asyncio as aio
 from minimaldask.cluster import MinimalCluster
-from minimaldask.spec import ClusterSpec
+from minimaldask.runner import synchronous
+
+__all__ = ["delete_dask_cluster", "list_clusters", "start_dask_cluster", "update_or_deploy"]
 
 
 def start_dask_cluster(
@@ -31,39 +32,6 @@ def start_dask_cluster(
     )
 
 
-def delete_dask_cluster(
-    namespace: str = "default",
-    name: str | None = None,
-    backend: str | None = None,
-    timeout: float = 120,
-) -> bool:
-    """Delete a cluster and wait until it is gone.
-
-    Returns False when there was no such cluster (which is not an error).
-    """
-    spec = ClusterSpec.from_options(name=name, namespace=namespace, backend=backend)
-    cls = backend_class(spec.backend)
-    return asyncio.run(cls.delete(spec.name, spec.namespace, timeout))
-
-
-def list_clusters(namespace: str | None = None, backend: str | None = None) -> list[ClusterInfo]:
-    """The running clusters of a backend (default: the configured one) in ``namespace``."""
-    backend = config.get("backend", backend)
-    if backend not in BACKENDS:
-        raise ValueError(f"invalid backend={backend!r}: expected one of {', '.join(BACKENDS)}")
-    namespace = config.get("namespace", namespace)
-    return asyncio.run(backend_class(backend).list_clusters(namespace))
-
-
-def update_or_deploy(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """Create a Kubernetes object, or update it in place: the article's function, done right.
-
-    It is a server-side apply (field manager ``minimaldask``): running it twice
-    changes nothing, changing a field updates the object. Returns the object
-    as the API server stored it.
-
-    >>> update_or_deploy(yaml.safe_load(open("service.yaml")))  # doctest: +SKIP
-    """
-    from minimaldask.kubernetes import api
-
-    return asyncio.run(api.update_or_deploy(obj))
+delete_dask_cluster = synchronous(aio.delete_dask_cluster)
+list_clusters = synchronous(aio.list_clusters)
+update_or_deploy = synchronous(aio.update_or_deploy)

@@ -304,7 +304,59 @@ class JanitorSettings:
         )
 
 
+#: Variables the pods' environment carries for us; the user's ``env`` may not set them.
+RESERVED_VARIABLES = {
+    "WORKER": "minimaldask runs scheduler and workers itself",
+    "PORT": "use port=...",
+    "DASHBOARD_PORT": "use dashboard_port=...",
+    "ARGUMENTS": "use scheduler_options=... or worker_options=...",
+    "DASK_SCHEDULER_ADDRESS": "workers find their own scheduler",
+    "EXTRA_PIP_PACKAGES": "use pip_packages=...",
+    "EXTRA_OS_PACKAGES": "use os_packages=...",
+    "EXTRA_APK_PACKAGES": "use apk_packages=...",
+    "POD_NAME": "each worker is named after its pod",
+}
+#: Any variable with this prefix is ours too (the janitor's settings, the package prefix).
+RESERVED_PREFIX = "MINIMALDASK_"
+
+
+def reserved_variable(name: str) -> str | None:
+    """Why ``name`` may not be set by the user (what to use instead), or None if it may."""
+    if name in RESERVED_VARIABLES:
+        return RESERVED_VARIABLES[name]
+    if name.startswith(RESERVED_PREFIX):
+        return f"variables starting with {RESERVED_PREFIX} are minimaldask's own"
+    return None
+
+
 # -- the dask command lines ----------------------------------------------------------------------
+
+
+#: Options of ``dask worker`` that minimaldask sets: the user's may not, and what to use instead.
+MANAGED_WORKER_OPTIONS = {
+    "--nworkers": "minimaldask runs one worker per pod (or process): use workers=N",
+    "--nprocs": "minimaldask runs one worker per pod (or process): use workers=N",
+    "--name": "each worker is named after its pod",
+    "--dashboard-address": "the worker's HTTP port is part of the pod's probes",
+    "--death-timeout": "use death_timeout=...",
+}
+#: Options of ``dask scheduler`` that minimaldask sets.
+MANAGED_SCHEDULER_OPTIONS = {
+    "--port": "use port=...",
+    "--dashboard-address": "use dashboard_port=...",
+    "--idle-timeout": "use idle_timeout=...: the janitor then ends the whole cluster, "
+    "not only its scheduler",
+    "--host": "the scheduler listens where its pod (or this machine) can be reached",
+}
+
+
+def managed_option(arguments: Sequence[str], managed: Mapping[str, str]) -> tuple[str, str] | None:
+    """The first of ``arguments`` that sets one of ``managed`` options, and why it may not."""
+    for argument in arguments:
+        flag = argument.split("=", 1)[0]
+        if flag in managed:
+            return flag, managed[flag]
+    return None
 
 
 def scheduler_arguments(extra: Sequence[str] = ()) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from dask.utils import parse_timedelta
 
-from minimaldask import config
+from minimaldask import config, contract
 from minimaldask.backend import BACKENDS
 from minimaldask.kubernetes.expose import EXPOSURES
 from minimaldask.options import Flag, markdown_table, option, options_of
@@ -27,6 +27,8 @@ from minimaldask.options import Flag, markdown_table, option, options_of
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 # NAME-scheduler must fit in a 63-character DNS label.
 MAX_NAME_LENGTH = 53
+#: Less memory than this cannot run a dask process (and usually means a wrong suffix).
+MIN_MEMORY = 16 * 2**20
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
@@ -217,7 +219,19 @@ class Resources:
                 )
             if quantity is None:
                 continue
-            parse_quantity(quantity, f"{option}[{name!r}]")
+            where = f"{option}[{name!r}]"
+            number = parse_quantity(quantity, where)
+            if name == "cpu" and number <= 0:
+                raise _invalid(where, quantity, "expected more than 0 cores, e.g. '500m' or '2'")
+            if name == "memory" and number < MIN_MEMORY:
+                hint = (
+                    f"; did you mean {quantity[:-1] + 'Mi'!r}? ('m' is a thousandth)"
+                    if str(quantity).endswith("m")
+                    else ""
+                )
+                raise _invalid(
+                    where, quantity, f"expected at least 16Mi, e.g. '512Mi' or '4Gi'{hint}"
+                )
             out[name] = str(quantity)
         return out
 
@@ -247,9 +261,32 @@ def _dns_label(option: str, value: Any, max_length: int) -> str:
     return value
 
 
+def _dns_subdomain(option: str, value: Any) -> str:
+    if (
+        not isinstance(value, str)
+        or len(value) > 253
+        or not all(_DNS_LABEL.match(label) for label in value.split("."))
+    ):
+        raise _invalid(
+            option,
+            value,
+            "expected a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', "
+            "e.g. 'registry-credentials' or 'team.registry'",
+        )
+    return value
+
+
 def _workers(value: Any, option: str = "workers") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise _invalid(option, value, "expected a whole number >= 0, e.g. workers=3")
+    ceiling = config.get("max-workers")
+    if value > ceiling:
+        raise _invalid(
+            option,
+            value,
+            f"at most {ceiling} (minimaldask.max-workers); to run more, raise it: "
+            f"dask.config.set({{'minimaldask.max-workers': {value}}})",
+        )
     return value
 
 
@@ -274,6 +311,8 @@ def _env(value: Mapping[str, Any] | None) -> dict[str, str]:
     for key, val in value.items():
         if not isinstance(key, str) or not _ENV_NAME.match(key):
             raise _invalid("env", key, "variable names are letters, digits, '_', '-' and '.'")
+        if (why := contract.reserved_variable(key)) is not None:
+            raise _invalid("env", key, f"minimaldask sets this variable itself: {why}")
         if val is None:
             raise _invalid(f"env[{key!r}]", val, "expected a string value")
         out[key] = str(val)
@@ -302,6 +341,10 @@ def _string_map(option: str, value: Mapping[str, Any] | None, label_values: bool
     return out
 
 
+_TOLERATION_OPERATORS = ("Exists", "Equal")
+_TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
 def _tolerations(value: Iterable[Mapping[str, Any]] | None) -> tuple[Mapping[str, Any], ...]:
     if value is None:
         return ()
@@ -314,6 +357,18 @@ def _tolerations(value: Iterable[Mapping[str, Any]] | None) -> tuple[Mapping[str
                 item,
                 "expected Kubernetes tolerations such as "
                 "{'key': 'spot', 'operator': 'Exists', 'effect': 'NoSchedule'}",
+            )
+        if item.get("operator", "Equal") not in _TOLERATION_OPERATORS:
+            raise _invalid(
+                "tolerations[...]['operator']",
+                item["operator"],
+                f"expected one of {', '.join(map(repr, _TOLERATION_OPERATORS))}",
+            )
+        if item.get("effect", "") not in ("", *_TAINT_EFFECTS):
+            raise _invalid(
+                "tolerations[...]['effect']",
+                item["effect"],
+                f"expected one of {', '.join(map(repr, _TAINT_EFFECTS))} (or none: every effect)",
             )
         out.append(dict(item))
     return tuple(out)
@@ -389,7 +444,31 @@ def _env_flag(items: list[str]) -> dict[str, str]:
 
 
 def _secrets(option: str, value: Any) -> tuple[str, ...]:
-    return tuple(_dns_label(option, s, 253) for s in split_packages(value, option))
+    return tuple(_dns_subdomain(option, s) for s in split_packages(value, option))
+
+
+def _pip_packages(option: str, value: Any) -> tuple[str, ...]:
+    packages = split_packages(value, option)
+    for package in packages:
+        if package.startswith("-"):
+            raise _invalid(
+                option,
+                package,
+                "expected package names or requirements such as 'pandas>=2'; pip options "
+                "are not passed on (put an index URL in the image's pip configuration)",
+            )
+    return packages
+
+
+def _dask_options(managed: Mapping[str, str]) -> Callable[[str, Any], tuple[str, ...]]:
+    def parse(option: str, value: Any) -> tuple[str, ...]:
+        arguments = _options(option, value)
+        if (found := contract.managed_option(arguments, managed)) is not None:
+            flag, why = found
+            raise _invalid(option, shlex.join(arguments), f"minimaldask sets {flag} itself: {why}")
+        return arguments
+
+    return parse
 
 
 @dataclass(frozen=True)
@@ -439,7 +518,7 @@ class ClusterSpec:
     )
     pip_packages: tuple[str, ...] = option(
         "Extra pip packages installed in each pod at start (a list, or space-separated).",
-        lambda o, v: split_packages(v, o),
+        lambda o, v: _pip_packages(o, v),
         flag=Flag(("--pip",), metavar="PACKAGES"),
     )
     os_packages: tuple[str, ...] = option(
@@ -536,8 +615,26 @@ class ClusterSpec:
         "'service': ...}.",
         lambda o, v: _patch(v),
     )
-    scheduler_options: tuple[str, ...] = option("Extra options of dask scheduler.", _options)
-    worker_options: tuple[str, ...] = option("Extra options of dask worker.", _options)
+    scheduler_options: tuple[str, ...] = option(
+        "Extra options of dask scheduler.", _dask_options(contract.MANAGED_SCHEDULER_OPTIONS)
+    )
+    worker_options: tuple[str, ...] = option(
+        "Extra options of dask worker.", _dask_options(contract.MANAGED_WORKER_OPTIONS)
+    )
+    allow_unsafe_patch: bool = option(
+        "Let patch weaken the pods' security (privileges, host namespaces, a writable root).",
+        lambda o, v: bool(v),
+        key="allow-unsafe-patch",
+    )
+
+    def __post_init__(self) -> None:
+        if self.port == self.dashboard_port:
+            raise _invalid(
+                "dashboard_port",
+                self.dashboard_port,
+                f"the scheduler's port is {self.port} already; pick another, e.g. "
+                f"dashboard_port={self.port + 1}",
+            )
 
     @property
     def nthreads(self) -> int:

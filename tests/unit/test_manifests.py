@@ -263,3 +263,50 @@ def test_without_the_janitor_the_scheduler_has_no_token():
     pod = objs[("Deployment", "demo-scheduler")]["spec"]["template"]["spec"]
     assert "serviceAccountName" not in pod
     assert pod["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize(
+    ("patch", "found"),
+    [
+        ({"worker": {"spec": {"template": {"spec": {"hostNetwork": True}}}}}, "hostNetwork"),
+        (
+            {"scheduler": {"spec": {"template": {"spec": {"securityContext": None}}}}},
+            "runAsNonRoot is not true",
+        ),
+        (
+            {
+                "worker": {
+                    "spec": {
+                        "template": {
+                            "spec": {"volumes": [{"name": "docker", "hostPath": {"path": "/var"}}]}
+                        }
+                    }
+                }
+            },
+            "hostPath volume 'docker'",
+        ),
+        (
+            {
+                "worker": {
+                    "spec": {
+                        "template": {
+                            "spec": {"initContainers": [{"name": "setup", "image": "busybox"}]}
+                        }
+                    }
+                }
+            },
+            "container 'setup': allowPrivilegeEscalation is not false",
+        ),
+    ],
+)
+def test_a_patch_that_weakens_the_pods_is_refused_unless_allowed(patch, found):
+    with pytest.raises(ValueError, match="weakens the pods' security") as info:
+        manifests.check_patch(spec(patch=patch))
+    assert found in str(info.value)
+    assert "allow_unsafe_patch=True" in str(info.value)
+    manifests.check_patch(spec(patch=patch, allow_unsafe_patch=True))
+
+
+def test_the_default_pods_and_a_harmless_patch_pass_the_check():
+    assert manifests.security_weakenings(spec()) == []
+    manifests.check_patch(spec(patch={"worker": {"metadata": {"labels": {"team": "a"}}}}))

@@ -152,3 +152,97 @@ def test_timeouts_accept_numbers_strings_and_off():
     assert (spec.idle_timeout, spec.no_client_timeout, spec.max_lifetime) == (90, 120, 3600)
     spec = ClusterSpec.from_options(idle_timeout=None, no_client_timeout="off")
     assert spec.idle_timeout is None and spec.no_client_timeout is None
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"port": 9000, "dashboard_port": 9000},
+            "invalid dashboard_port=9000: the scheduler's port is 9000 already",
+        ),
+        (
+            {"resources": {"memory": "512m"}},
+            "invalid resources['memory']='512m': expected at least 16Mi, e.g. '512Mi' or "
+            "'4Gi'; did you mean '512Mi'? ('m' is a thousandth)",
+        ),
+        ({"resources": {"cpu": "0"}}, "invalid resources['cpu']='0': expected more than 0 cores"),
+        (
+            {"scheduler_resources": {"requests": {"cpu": "0m"}}},
+            "invalid scheduler_resources['requests']['cpu']='0m': expected more than 0 cores",
+        ),
+        (
+            {"workers": 201},
+            "invalid workers=201: at most 200 (minimaldask.max-workers); to run more, raise it",
+        ),
+        (
+            {"worker_options": "--nworkers 2"},
+            "invalid worker_options='--nworkers 2': minimaldask sets --nworkers itself: "
+            "minimaldask runs one worker per pod (or process): use workers=N",
+        ),
+        (
+            {"worker_options": ["--name=w1"]},
+            "invalid worker_options='--name=w1': minimaldask sets --name itself",
+        ),
+        (
+            {"worker_options": "--dashboard-address :9999"},
+            "minimaldask sets --dashboard-address itself",
+        ),
+        (
+            {"scheduler_options": "--port 9000"},
+            "invalid scheduler_options='--port 9000': minimaldask sets --port itself: use port=...",
+        ),
+        (
+            {"scheduler_options": "--dashboard-address :1"},
+            "minimaldask sets --dashboard-address itself: use dashboard_port=...",
+        ),
+        (
+            {"scheduler_options": "--idle-timeout 60"},
+            "minimaldask sets --idle-timeout itself: use idle_timeout=...",
+        ),
+        ({"env": {"WORKER": "1"}}, "invalid env='WORKER': minimaldask sets this variable itself"),
+        (
+            {"env": {"DASK_SCHEDULER_ADDRESS": "tcp://x:1"}},
+            "invalid env='DASK_SCHEDULER_ADDRESS': minimaldask sets this variable itself",
+        ),
+        (
+            {"env": {"MINIMALDASK_IDLE_TIMEOUT": "1"}},
+            "variables starting with MINIMALDASK_ are minimaldask's own",
+        ),
+        (
+            {"env": {"EXTRA_PIP_PACKAGES": "x"}},
+            "minimaldask sets this variable itself: use pip_packages=...",
+        ),
+        (
+            {"pip_packages": "--index-url http://evil pandas"},
+            "invalid pip_packages='--index-url': expected package names or requirements",
+        ),
+        (
+            {"tolerations": [{"key": "spot", "operator": "Exist"}]},
+            "invalid tolerations[...]['operator']='Exist': expected one of 'Exists', 'Equal'",
+        ),
+        (
+            {"tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoScheduling"}]},
+            "invalid tolerations[...]['effect']='NoScheduling': expected one of 'NoSchedule'",
+        ),
+        (
+            {"image_pull_secrets": "Bad_Secret"},
+            "invalid image_pull_secrets='Bad_Secret': expected a DNS-1123 subdomain",
+        ),
+    ],
+)
+def test_options_that_cannot_work_or_would_fight_minimaldask(options, message):
+    with pytest.raises(ValueError) as info:
+        ClusterSpec.from_options(**options)
+    assert message in str(info.value)
+
+
+def test_dotted_secret_names_and_a_raised_ceiling_are_accepted():
+    spec = ClusterSpec.from_options(image_pull_secrets="team.registry other-creds")
+    assert spec.image_pull_secrets == ("team.registry", "other-creds")
+    with dask.config.set({"minimaldask.max-workers": 1000}):
+        assert ClusterSpec.from_options(workers=500).workers == 500
+    spec = ClusterSpec.from_options(
+        tolerations=[{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}]
+    )
+    assert spec.tolerations[0]["effect"] == "NoSchedule"

@@ -27,13 +27,14 @@ def kubernetes_unreachable() -> str | None:
         from minimaldask.kubernetes import api
     except ImportError as e:
         return f"the Kubernetes client cannot be imported ({e})"
+    from minimaldask import runner
     from minimaldask.exceptions import KubernetesError
 
     async def probe() -> None:
         await api.server_version(await api.connect())
 
     try:
-        asyncio.run(asyncio.wait_for(probe(), 10))
+        runner.run(asyncio.wait_for(probe(), 10))
     except (KubernetesError, asyncio.TimeoutError) as e:
         return f"the API server did not answer: {e or 'no answer within 10s'}".splitlines()[0]
     return None

@@ -18,7 +18,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from minimaldask import config, contract
+from minimaldask import config, contract, runner
 
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -94,7 +94,7 @@ def up(args: argparse.Namespace) -> int:
         await cluster._close()
         return 0
 
-    return asyncio.run(run())
+    return runner.run(run())
 
 
 def down(args: argparse.Namespace) -> int:
@@ -190,7 +190,7 @@ def status(args: argparse.Namespace) -> int:
         client = await api.connect()
         return await api.list_objects(client, POD, namespace, contract.label_selector(name))
 
-    found = asyncio.run(pods())
+    found = runner.run(pods())
     if not found:
         raise ClusterNotFoundError(f"no cluster named {name!r} in namespace {namespace!r}")
     table = Table(title=f"cluster {name} in {namespace}")
@@ -236,7 +236,7 @@ def logs(args: argparse.Namespace) -> int:
 
     spec = ClusterSpec.from_options(name=args.name, namespace=args.namespace, backend="kubernetes")
     backend = KubernetesBackend(spec, log=lambda _: None)
-    for title, text in asyncio.run(backend.logs()).items():
+    for title, text in runner.run(backend.logs()).items():
         console.rule(title)
         console.out(text.rstrip(), highlight=False)
     return 0
@@ -259,10 +259,11 @@ def dashboard(args: argparse.Namespace) -> int:
 
 def manifests(args: argparse.Namespace) -> int:
     """Print the YAML that ``up`` applies; ``| kubectl apply -f -`` makes the same cluster."""
-    from minimaldask.kubernetes.manifests import apply_order, cluster_objects
+    from minimaldask.kubernetes.manifests import apply_order, check_patch, cluster_objects
     from minimaldask.spec import ClusterSpec
 
     spec = ClusterSpec.from_options(**_options(args))
+    check_patch(spec)
     sys.stdout.write(render_yaml(apply_order(cluster_objects(spec), spec)))
     return 0
 

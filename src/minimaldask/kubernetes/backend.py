@@ -38,7 +38,7 @@ from minimaldask.exceptions import (
 )
 from minimaldask.kubernetes import api as kube
 from minimaldask.kubernetes import expose
-from minimaldask.kubernetes.manifests import cluster_parts, owned
+from minimaldask.kubernetes.manifests import check_patch, cluster_parts, owned
 from minimaldask.kubernetes.objects import (
     CONFIG_MAP,
     DEPLOYMENT,
@@ -144,6 +144,7 @@ class KubernetesBackend(Backend):
     def check_options(self) -> None:
         """Refuse, before any request, options that cannot work on Kubernetes."""
         spec = self.spec
+        check_patch(spec)
         if spec.apk_packages:
             raise ValueError(
                 f"invalid apk_packages={' '.join(spec.apk_packages)!r}: the minimaldask image "

@@ -375,6 +375,60 @@ def scheduler_service(spec: ClusterSpec) -> Obj:
     return deep_merge(service, spec.patch.get("service", {}))
 
 
+def security_weakenings(spec: ClusterSpec) -> list[str]:
+    """What the user's ``patch`` weakens in the pods' security; empty when nothing.
+
+    The pods run as a non-root user with no privileges, no capabilities, the
+    runtime's seccomp profile, a read-only root and no host namespaces or paths
+    (Pod Security "restricted"): a patch may add to them but not take that away
+    unless ``allow_unsafe_patch`` says so.
+    """
+    found: list[str] = []
+    for deployment in (scheduler_deployment(spec), worker_deployment(spec)):
+        name = deployment["metadata"]["name"]
+        pod = deployment["spec"]["template"]["spec"]
+        found += [f"{name}: {key}" for key in ("hostNetwork", "hostPID", "hostIPC") if pod.get(key)]
+        found += [
+            f"{name}: hostPath volume {v.get('name')!r}"
+            for v in pod.get("volumes") or []
+            if "hostPath" in v
+        ]
+        context = pod.get("securityContext") or {}
+        if context.get("runAsNonRoot") is not True:
+            found.append(f"{name}: securityContext.runAsNonRoot is not true")
+        if context.get("runAsUser") == 0:
+            found.append(f"{name}: securityContext.runAsUser is 0 (root)")
+        if (context.get("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{name}: securityContext.seccompProfile is not RuntimeDefault")
+        for container in [*pod.get("initContainers", []), *pod.get("containers", [])]:
+            where = f"{name}: container {container.get('name')!r}"
+            c = container.get("securityContext") or {}
+            if c.get("privileged"):
+                found.append(f"{where}: privileged")
+            if c.get("allowPrivilegeEscalation") is not False:
+                found.append(f"{where}: allowPrivilegeEscalation is not false")
+            if "ALL" not in ((c.get("capabilities") or {}).get("drop") or []):
+                found.append(f"{where}: capabilities are not all dropped")
+            if (c.get("capabilities") or {}).get("add"):
+                found.append(f"{where}: capabilities added")
+            if c.get("readOnlyRootFilesystem") is not True:
+                found.append(f"{where}: the root filesystem is writable")
+            if c.get("runAsUser") == 0 or c.get("runAsNonRoot") is False:
+                found.append(f"{where}: runs as root")
+    return found
+
+
+def check_patch(spec: ClusterSpec) -> None:
+    """Refuse a ``patch`` that weakens the pods' security, unless ``allow_unsafe_patch``."""
+    weakened = security_weakenings(spec)
+    if weakened and not spec.allow_unsafe_patch:
+        raise ValueError(
+            f"invalid patch={dict(spec.patch)!r}: it weakens the pods' security "
+            f"({'; '.join(weakened)}); keep the pods restricted, or pass "
+            "allow_unsafe_patch=True if you mean it"
+        )
+
+
 def owned(obj: Obj, owner: Mapping[str, Any] | None) -> Obj:
     """``obj`` with an ownerReference to ``owner`` (unchanged when ``owner`` is None)."""
     if owner is None:
