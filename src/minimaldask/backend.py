@@ -54,9 +54,6 @@ class Backend(abc.ABC):
 
     #: Name used for ``backend=...``.
     name: ClassVar[str]
-    #: Whether retired workers are closed by the scheduler (True) or removed
-    #: by the backend after retirement (False, e.g. pods that would restart).
-    close_retired: ClassVar[bool] = True
     #: Whether adaptive scaling runs in the scheduler (the janitor) rather than in
     #: this client (dask's Adaptive), so that it goes on when the client is gone.
     adapts_in_scheduler: ClassVar[bool] = False
@@ -66,14 +63,17 @@ class Backend(abc.ABC):
         self.log = log
         #: Names of the workers asked for (started or starting).
         self.requested: set[str] = set()
+        #: This handle created the cluster (rather than attached to a running one).
+        self.created = False
 
     @abc.abstractmethod
-    async def start(self, attach_only: bool = False) -> str:
+    async def start(self, attach_only: bool = False, update: bool = False) -> str:
         """Create the cluster, or attach to a running one of the same name.
 
         Returns the scheduler address as this client reaches it, once the
         scheduler answers. With ``attach_only``, raise
         :class:`~minimaldask.exceptions.ClusterNotFoundError` instead of creating.
+        With ``update``, a running cluster takes this spec's options.
         """
 
     @abc.abstractmethod
@@ -81,8 +81,12 @@ class Backend(abc.ABC):
         """Wait until ``count()`` reaches ``n``; fail fast when a worker cannot start."""
 
     @abc.abstractmethod
-    async def scale(self, n: int, remove: list[str]) -> None:
-        """Run ``n`` workers; the names in ``remove`` (already retired) are the ones to go."""
+    async def scale(self, n: int, scheduler: Any) -> None:
+        """Run ``n`` workers; those that go are retired through ``scheduler`` first."""
+
+    async def remove(self, names: list[str]) -> None:
+        """Remove these workers, already retired (by dask's Adaptive, in the client)."""
+        raise NotImplementedError(f"the {self.name} backend adapts in the scheduler")
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -32,13 +32,19 @@ class MinimalCluster(Cluster):
     ``resources``, ``idle_timeout``, ...), all validated before anything
     starts; defaults come from dask config (``minimaldask.*``).
 
-    Starting a cluster whose name is already running attaches to it.
+    Starting a cluster whose name is already running attaches to it: of two
+    processes that start one name at once, exactly one creates it. An attaching
+    handle changes only the number of workers, unless ``update=True``.
 
     Parameters
     ----------
     shutdown_on_close:
-        Delete the cluster on :meth:`close` (default). ``False`` only
-        disconnects, leaving it to run (and to end itself when idle).
+        Delete the cluster on :meth:`close`. The default: the handle that
+        created the cluster deletes it, one that attached leaves it running
+        (to end itself when idle). ``False`` only disconnects.
+    update:
+        When the cluster runs already with other options (env, image,
+        resources...), apply this handle's: the scheduler restarts.
     asynchronous, loop, quiet:
         As for every dask cluster manager.
 
@@ -54,7 +60,8 @@ class MinimalCluster(Cluster):
     def __init__(
         self,
         *,
-        shutdown_on_close: bool = True,
+        shutdown_on_close: bool | None = None,
+        update: bool = False,
         asynchronous: bool = False,
         loop: Any = None,
         quiet: bool = False,
@@ -62,7 +69,8 @@ class MinimalCluster(Cluster):
         **options: Any,
     ) -> None:
         self.spec = ClusterSpec.from_options(**options)
-        self.shutdown_on_close = shutdown_on_close
+        self._shutdown_on_close = shutdown_on_close
+        self._update = update
         self._attach_only = _attach_only
         #: Why the cluster ended itself (idle, no client, max lifetime), once it has.
         self.shutdown_reason: str | None = None
@@ -80,7 +88,6 @@ class MinimalCluster(Cluster):
         cls, name: str, namespace: str | None = None, backend: str | None = None, **kwargs: Any
     ) -> MinimalCluster:
         """Reconnect to a running cluster; closing the handle leaves the cluster running."""
-        kwargs.setdefault("shutdown_on_close", False)
         return cls(name=name, namespace=namespace, backend=backend, _attach_only=True, **kwargs)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -93,19 +100,30 @@ class MinimalCluster(Cluster):
 
         return _().__await__()
 
+    @property
+    def shutdown_on_close(self) -> bool:
+        """Whether :meth:`close` deletes the cluster (by default: if this handle created it)."""
+        if self._shutdown_on_close is None:
+            return bool(self._backend.created)
+        return self._shutdown_on_close
+
+    @shutdown_on_close.setter
+    def shutdown_on_close(self, value: bool) -> None:
+        self._shutdown_on_close = value
+
     async def _start(self) -> None:
         if self.status != Status.created:
             return
         self.status = Status.starting
         spec = self.spec
         try:
-            address = await self._backend.start(attach_only=self._attach_only)
+            address = await self._backend.start(attach_only=self._attach_only, update=self._update)
             self.scheduler_comm = rpc(address)
             await super()._start()
             self._heartbeat_task = asyncio.ensure_future(self._heartbeat())
             if not self._attach_only:
-                if len(self._backend.requested) != spec.workers:
-                    await self._scale(spec.workers)
+                if not self._backend.created:  # attached: bring its workers to this number
+                    await self._backend.scale(spec.workers, self._scheduler)
                 self._log(f"Waiting for {spec.workers} worker(s) to connect")
                 await self._backend.wait_for_workers(
                     spec.workers, self._count_workers, spec.startup_timeout
@@ -249,36 +267,15 @@ class MinimalCluster(Cluster):
             await self._backend.adapt(self._scheduler, 0, None)
             self._adapting = False
         self.spec = self.spec.with_workers(n)
-        requested = set(self._backend.requested)
-        remove: list[str] = []
-        if n < len(requested):
-            excess = len(requested) - n
-            connected = {w["name"] for w in self.scheduler_info["workers"].values()}
-            # Workers that never connected hold nothing: they go first.
-            remove = sorted(requested - connected)[:excess]
-            if len(remove) < excess:
-                chosen = await self._scheduler.workers_to_close(
-                    n=excess - len(remove), attribute="name"
-                )
-                await self._retire([str(w) for w in chosen])
-                remove += [str(w) for w in chosen]
-        await self._backend.scale(n, remove)
-
-    async def _retire(self, names: list[str]) -> None:
-        if not names:
-            return
-        self._log(f"Retiring {', '.join(names)} (moving their data first)")
-        close = self._backend.close_retired
-        await self._scheduler.retire_workers(names=names, close_workers=close, remove=close)
+        await self._backend.scale(n, self._scheduler)
 
     def scale_down(self, workers: list[str]) -> Any:
         """Remove these (already retired) workers: called by dask's Adaptive."""
         return self.sync(self._scale_down, workers)
 
     async def _scale_down(self, workers: list[str]) -> None:
-        remaining = len(self._backend.requested - set(workers))
-        self.spec = self.spec.with_workers(remaining)
-        await self._backend.scale(remaining, list(workers))
+        await self._backend.remove(list(workers))
+        self.spec = self.spec.with_workers(len(self._backend.requested))
 
     @property
     def plan(self) -> set[str]:

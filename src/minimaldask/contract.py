@@ -46,8 +46,19 @@ def worker_name(cluster: str) -> str:
 
 
 def janitor_name(cluster: str) -> str:
-    """Name of the janitor's Role, RoleBinding and ConfigMap."""
+    """Name of the janitor's Role and RoleBinding."""
     return f"{cluster}-janitor"
+
+
+def root_name(cluster: str) -> str:
+    """Name of the cluster's root object, the ConfigMap that owns every other object.
+
+    Created first, with a create that fails if it exists: of two processes that
+    start the same cluster at once, exactly one creates it. Deleting it deletes
+    the cluster (the garbage collector takes what it owns). It holds the
+    janitor's report and saved clocks, and the adaptive policy.
+    """
+    return f"{cluster}-cluster"
 
 
 def selector(cluster: str | None = None, component: str | None = None) -> dict[str, str]:
@@ -88,8 +99,20 @@ TMP_DIR = "/tmp"
 IMAGE_UID = 1000
 #: What the image runs: ``python -m ENTRYPOINT_MODULE``.
 ENTRYPOINT_MODULE = "minimaldask.pod.entrypoint"
-#: The scheduler preload that runs the janitor.
+#: The scheduler preload: heartbeats, usage, retirement, adaptive scaling.
+PLUGIN_MODULE = "minimaldask.pod.plugin"
+#: The worker preload: readiness, the retired flag, the drain before a pod stops.
+WORKER_MODULE = "minimaldask.pod.worker"
+#: The janitor, beside the scheduler in its pod: ends the cluster, holds its rights.
 JANITOR_MODULE = "minimaldask.pod.janitor"
+#: The worker pod's preStop hook.
+DRAIN_MODULE = "minimaldask.pod.drain"
+#: Where the janitor listens for its scheduler, on the pod's loopback only.
+JANITOR_PORT = 8789
+#: The worker's readiness route (on WORKER_HTTP_PORT).
+READY_PATH = "/minimaldask/ready"
+#: The worker's drain route, called by its pod's preStop hook.
+DRAIN_PATH = "/minimaldask/drain"
 #: Where the kubelet mounts a pod's service account token and the cluster's CA.
 TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 #: Where workers look for the scheduler by default: the article's Service name.
@@ -103,15 +126,25 @@ HEARTBEAT = "minimaldask_heartbeat"
 USAGE = "minimaldask_usage"
 #: Set (or clear) the adaptive policy.
 ADAPT = "minimaldask_adapt"
+#: Retire workers the scheduler chooses, with a deadline (undone if it passes).
+RETIRE = "minimaldask_retire"
+#: The state of the workers for a scale-down: running ones, and retired ones.
+WORKERS = "minimaldask_workers"
+#: Worker handlers: retired by minimaldask (its pod reports not ready), or not any more.
+WORKER_RETIRED = "minimaldask_retired"
+WORKER_UNRETIRED = "minimaldask_unretired"
 #: A MinimalCluster handle counts as a client while its heartbeats are this recent (seconds).
 HANDLE_TTL = 10.0
 
-# -- the janitor's ConfigMap (janitor_name) -------------------------------------------------------
+# -- the cluster's root ConfigMap (root_name) -------------------------------------------------------
 
 #: Key where the janitor reports what ``minimaldask list`` shows (JSON).
 STATE_STATUS = "status"
 #: Key that stores the adaptive policy (JSON), so that it survives a scheduler restart.
 STATE_ADAPT = "adapt"
+#: Key that records what shapes the cluster (a digest per option), to tell a handle that
+#: attaches with other options which ones differ.
+STATE_OPTIONS = "options"
 #: How often the janitor refreshes its report, in seconds.
 STATUS_INTERVAL = 15.0
 
@@ -265,8 +298,9 @@ class JanitorSettings:
 
     ``MINIMALDASK_CLUSTER_NAME``, ``MINIMALDASK_NAMESPACE`` (empty outside
     Kubernetes), ``MINIMALDASK_IDLE_TIMEOUT``, ``MINIMALDASK_NO_CLIENT_TIMEOUT``,
-    ``MINIMALDASK_MAX_LIFETIME`` (seconds; empty is off) and
-    ``MINIMALDASK_JANITOR_INTERVAL`` (seconds between two looks).
+    ``MINIMALDASK_MAX_LIFETIME`` (seconds; empty is off),
+    ``MINIMALDASK_JANITOR_INTERVAL`` (seconds between two looks) and
+    ``MINIMALDASK_JANITOR_PORT`` (where the janitor beside the scheduler listens).
     """
 
     cluster: str = ""
@@ -275,6 +309,8 @@ class JanitorSettings:
     no_client_timeout: float | None = None
     max_lifetime: float | None = None
     interval: float = 1.0
+    #: Where the janitor beside the scheduler listens (Kubernetes with a janitor only).
+    janitor_port: int | None = None
 
     #: The variable that carries the namespace (set from the pod's metadata on Kubernetes).
     NAMESPACE_VARIABLE = "MINIMALDASK_NAMESPACE"
@@ -289,6 +325,8 @@ class JanitorSettings:
         }
         if self.interval != 1.0:
             env["MINIMALDASK_JANITOR_INTERVAL"] = _format_seconds(self.interval)
+        if self.janitor_port:
+            env["MINIMALDASK_JANITOR_PORT"] = str(self.janitor_port)
         return env
 
     @classmethod
@@ -301,6 +339,7 @@ class JanitorSettings:
             no_client_timeout=_seconds(env, "MINIMALDASK_NO_CLIENT_TIMEOUT"),
             max_lifetime=_seconds(env, "MINIMALDASK_MAX_LIFETIME"),
             interval=_seconds(env, "MINIMALDASK_JANITOR_INTERVAL") or 1.0,
+            janitor_port=_port(env, "MINIMALDASK_JANITOR_PORT", 0) or None,
         )
 
 
@@ -360,8 +399,8 @@ def managed_option(arguments: Sequence[str], managed: Mapping[str, str]) -> tupl
 
 
 def scheduler_arguments(extra: Sequence[str] = ()) -> list[str]:
-    """Options of ``dask scheduler``: the janitor, then the user's."""
-    return ["--preload", JANITOR_MODULE, *extra]
+    """Options of ``dask scheduler``: the plugin, then the user's."""
+    return ["--preload", PLUGIN_MODULE, *extra]
 
 
 def worker_arguments(
@@ -371,11 +410,16 @@ def worker_arguments(
     memory_limit: int | None,
     extra: Sequence[str] = (),
 ) -> list[str]:
-    """Options of ``dask worker``: name, threads, memory and how long to wait for a scheduler."""
+    """Options of ``dask worker``: name, threads, memory, patience, and our preload.
+
+    The preload answers the readiness probe, takes the retired flag and drains
+    the worker before its pod stops (:mod:`minimaldask.pod.worker`).
+    """
     arguments = [
         "--name", name,
         "--nthreads", str(nthreads),
         "--death-timeout", f"{death_timeout:g}s",
+        "--preload", WORKER_MODULE,
     ]  # fmt: skip
     if memory_limit:
         arguments += ["--memory-limit", str(memory_limit)]

@@ -7,8 +7,11 @@ that names the option, the value given and what would be valid.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import hashlib
 import importlib.metadata
+import json
 import math
 import re
 import shlex
@@ -408,6 +411,19 @@ def client_versions() -> dict[str, str]:
     }
 
 
+#: Options that do not shape the running pods: an attaching handle may differ in them.
+_NOT_SHAPING = {
+    "name",
+    "namespace",
+    "backend",
+    "workers",
+    "startup_timeout",
+    "keep_on_failure",
+    "allow_unsafe_patch",
+    "expose",
+}
+
+
 def _image_default() -> str:
     return f"{config.get('image.repository')}:{config.get('image.tag') or default_image_tag()}"
 
@@ -580,6 +596,13 @@ class ClusterSpec:
         _required_timeout,
         key="death-timeout",
     )
+    worker_grace_period: float | None = option(
+        "Seconds a worker pod gets to hand its data to the others before it stops (deleted, "
+        "evicted, a node drained or reclaimed); None: 30 s plus 1 s per 50 MB of its memory.",
+        lambda o, v: parse_timeout(v, o),
+        key="worker.grace-period",
+        nullable=True,
+    )
     startup_timeout: float = option(
         "Deadline for the start: the scheduler up and every worker connected.",
         _required_timeout,
@@ -645,6 +668,16 @@ class ClusterSpec:
     def memory_limit(self) -> int | None:
         """Memory limit of a worker in bytes, from the worker's memory."""
         return self.resources.memory
+
+    def fingerprint(self) -> dict[str, str]:
+        """A digest of each option that shapes the pods: what an attaching handle compares."""
+        return {
+            f.name: hashlib.sha256(
+                json.dumps(getattr(self, f.name), default=repr, sort_keys=True).encode()
+            ).hexdigest()[:12]
+            for f in dataclasses.fields(self)
+            if f.name not in _NOT_SHAPING
+        }
 
     def with_workers(self, workers: int) -> ClusterSpec:
         """A copy with another number of workers (validated)."""

@@ -2,7 +2,7 @@ import time
 
 from minimaldask import ClusterSpec
 from minimaldask.kubernetes.manifests import scheduler_deployment
-from minimaldask.pod.janitor import Janitor, Usage
+from minimaldask.pod.plugin import Plugin, Usage
 
 
 def janitor_env(spec):
@@ -21,6 +21,7 @@ def test_janitor_env_carries_the_timeouts_of_the_spec():
         "MINIMALDASK_IDLE_TIMEOUT": "120",
         "MINIMALDASK_NO_CLIENT_TIMEOUT": "",
         "MINIMALDASK_MAX_LIFETIME": "3600",
+        "MINIMALDASK_JANITOR_PORT": "8789",
     }
 
 
@@ -30,10 +31,12 @@ def test_janitor_reads_its_settings_from_the_environment(monkeypatch):
     monkeypatch.setenv("MINIMALDASK_MAX_LIFETIME", "3600")
     monkeypatch.setenv("MINIMALDASK_CLUSTER_NAME", "c1")
     monkeypatch.delenv("MINIMALDASK_NAMESPACE", raising=False)
-    j = Janitor.from_environment()
-    assert (j.idle_timeout, j.no_client_timeout, j.max_lifetime) == (120, None, 3600)
-    assert j.cluster_name == "c1"
-    assert j.api is None  # not in a pod: it closes the scheduler instead
+    monkeypatch.delenv("MINIMALDASK_JANITOR_PORT", raising=False)
+    p = Plugin.from_environment()
+    s = p.settings
+    assert (s.idle_timeout, s.no_client_timeout, s.max_lifetime) == (120, None, 3600)
+    assert s.cluster == "c1"
+    assert p.local and p.link is None  # not in a pod: it ends the cluster by closing the scheduler
 
 
 def test_usage_integrates_worker_and_core_seconds():

@@ -20,16 +20,16 @@ def manifests(capsys, *args):
 def test_manifests_print_the_objects_identities_first(capsys):
     objs = manifests(capsys, "etl", "-n", "team", "--workers", "4", "--cpu", "2", "--memory", "3Gi")
     assert [(o["kind"], o["metadata"]["name"]) for o in objs] == [
+        ("ConfigMap", "etl-cluster"),
         ("ServiceAccount", "etl-scheduler"),
         ("Role", "etl-janitor"),
         ("RoleBinding", "etl-janitor"),
-        ("ConfigMap", "etl-janitor"),
         ("Deployment", "etl-scheduler"),
         ("Service", "etl-scheduler"),
         ("Deployment", "etl-worker"),
     ]
     assert all(o["metadata"]["namespace"] == "team" for o in objs)
-    assert objs[2]["subjects"] == [
+    assert objs[3]["subjects"] == [
         {"kind": "ServiceAccount", "name": "etl-scheduler", "namespace": "team"}
     ]
     (worker,) = [o for o in objs if o["metadata"]["name"] == "etl-worker"]

@@ -35,7 +35,7 @@ def test_objects_are_named_per_cluster():
         ("ServiceAccount", "demo-scheduler"),
         ("Role", "demo-janitor"),
         ("RoleBinding", "demo-janitor"),
-        ("ConfigMap", "demo-janitor"),
+        ("ConfigMap", "demo-cluster"),
     }
     for obj in objs.values():
         assert obj["metadata"]["namespace"] == "team"
@@ -50,22 +50,27 @@ def test_two_clusters_do_not_share_names_or_selectors():
     a = manifests.cluster_objects(spec(name="a"))
     b = manifests.cluster_objects(spec(name="b"))
     assert not {o["metadata"]["name"] for o in a} & {o["metadata"]["name"] for o in b}
-    sel_a = a[0]["spec"]["selector"]["matchLabels"]
-    sel_b = b[0]["spec"]["selector"]["matchLabels"]
-    assert sel_a != sel_b
+    (sched_a,) = [
+        o for o in a if o["metadata"]["name"] == "a-scheduler" and o["kind"] == "Deployment"
+    ]
+    (sched_b,) = [
+        o for o in b if o["metadata"]["name"] == "b-scheduler" and o["kind"] == "Deployment"
+    ]
+    assert sched_a["spec"]["selector"]["matchLabels"] != sched_b["spec"]["selector"]["matchLabels"]
 
 
-def test_children_are_owned_by_the_scheduler_deployment():
+def test_every_object_is_owned_by_the_root():
     owner = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "demo-scheduler", "uid": "1234"},
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "demo-cluster", "uid": "1234"},
     }
     objs = manifests.cluster_objects(spec(), owner)
+    assert objs[0]["kind"] == "ConfigMap" and objs[0]["metadata"]["name"] == "demo-cluster"
     assert "ownerReferences" not in objs[0]["metadata"]
     for child in objs[1:]:
         assert child["metadata"]["ownerReferences"] == [
-            {"apiVersion": "apps/v1", "kind": "Deployment", "name": "demo-scheduler", "uid": "1234"}
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "demo-cluster", "uid": "1234"}
         ]
 
 
@@ -139,21 +144,60 @@ def test_worker_options_come_last():
 )
 def test_pods_are_locked_down(builder):
     pod = builder(spec())["spec"]["template"]["spec"]
-    # Only the scheduler with its janitor gets a token: its own, for its own Role.
-    janitor = pod.get("serviceAccountName") == "demo-scheduler"
-    assert pod["automountServiceAccountToken"] is janitor
+    # No container gets a token but the janitor's own: see the next test.
+    assert pod["automountServiceAccountToken"] is False
     assert pod["enableServiceLinks"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    (container,) = pod["containers"]
-    sc = container["securityContext"]
-    assert sc["readOnlyRootFilesystem"] is True
-    assert sc["allowPrivilegeEscalation"] is False
-    assert sc["capabilities"] == {"drop": ["ALL"]}
+    container = pod["containers"][0]
+    for c in pod["containers"]:
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
     assert {"name": "tmp", "emptyDir": {}} in pod["volumes"]
     for probe in ("startupProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["path"] == "/health"
+
+
+def test_only_the_janitors_container_mounts_the_token():
+    pod = manifests.scheduler_deployment(spec())["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "demo-scheduler"
+    scheduler, janitor = pod["containers"]
+    assert janitor["name"] == "janitor"
+    assert janitor["command"] == ["python3", "-m", "minimaldask.pod.janitor"]
+    assert all(
+        m["mountPath"] != "/var/run/secrets/kubernetes.io/serviceaccount"
+        for m in scheduler["volumeMounts"]
+    )
+    assert {
+        "name": "janitor-token",
+        "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+        "readOnly": True,
+    } in janitor["volumeMounts"]
+    assert env_of(scheduler)["MINIMALDASK_JANITOR_PORT"] == "8789"
+    no_janitor = manifests.scheduler_deployment(spec(), janitor=False)["spec"]["template"]["spec"]
+    assert len(no_janitor["containers"]) == 1
+    assert "MINIMALDASK_JANITOR_PORT" not in env_of(no_janitor["containers"][0])
+
+
+def test_workers_report_ready_while_unretired_and_drain_before_they_stop():
+    s = spec(resources={"cpu": "1", "memory": "2Gi"})
+    pod = manifests.worker_deployment(s)["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/minimaldask/ready", "port": "http-health"}
+    assert c["lifecycle"]["preStop"]["exec"]["command"] == [
+        "python3",
+        "-m",
+        "minimaldask.pod.drain",
+    ]
+    # 2Gi moves in about 43 s at 50 MB/s: 30 s more for the rest.
+    assert pod["terminationGracePeriodSeconds"] == 30 + 43
+    assert env_of(c)["MINIMALDASK_DRAIN_TIMEOUT"] == str(73 - 10)
+    assert "--preload" in shlex.split(env_of(c)["ARGUMENTS"])
+    pod = manifests.worker_deployment(spec(worker_grace_period=600))["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 600
 
 
 def test_scheduler_probes_its_dashboard_and_exposes_named_ports():
@@ -231,30 +275,29 @@ def test_label_selector():
 def test_the_janitor_may_touch_only_this_clusters_objects():
     objs = by_kind(manifests.cluster_objects(spec()))
     rules = objs[("Role", "demo-janitor")]["rules"]
+    assert all(r.get("resourceNames") for r in rules), "every right names its objects"
+    assert not [r for r in rules if "pods" in r["resources"]], "no right on pods"
     deployments = next(r for r in rules if r["resources"] == ["deployments"])
     assert deployments["resourceNames"] == ["demo-scheduler", "demo-worker"]
     # No patch: a patched pod template could name any ServiceAccount of the namespace.
-    assert set(deployments["verbs"]) == {"get", "delete"}
-    state = next(r for r in rules if r["resources"] == ["configmaps"])
-    assert state["resourceNames"] == ["demo-janitor"]
-    assert set(state["verbs"]) == {"get", "patch"}
+    assert set(deployments["verbs"]) == {"get"}
+    root = next(r for r in rules if r["resources"] == ["configmaps"])
+    assert root["resourceNames"] == ["demo-cluster"]
+    assert set(root["verbs"]) == {"get", "patch", "delete"}
     scale = next(r for r in rules if r["resources"] == ["deployments/scale"])
     assert scale["resourceNames"] == ["demo-worker"]
-    # Pod names are made by the ReplicaSet: patching them cannot be limited by name.
-    pods = next(r for r in rules if r["resources"] == ["pods"])
-    assert pods["verbs"] == ["patch"]
     binding = objs[("RoleBinding", "demo-janitor")]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "demo-scheduler", "namespace": "team"}
     ]
     sa = objs[("ServiceAccount", "demo-scheduler")]
-    assert sa["automountServiceAccountToken"] is False  # only the scheduler pod opts in
+    assert sa["automountServiceAccountToken"] is False  # only the janitor's container mounts one
     args = shlex.split(
         env_of(objs[("Deployment", "demo-scheduler")]["spec"]["template"]["spec"]["containers"][0])[
             "ARGUMENTS"
         ]
     )
-    assert args[:2] == ["--preload", "minimaldask.pod.janitor"]
+    assert args[:2] == ["--preload", "minimaldask.pod.plugin"]
 
 
 def test_without_the_janitor_the_scheduler_has_no_token():

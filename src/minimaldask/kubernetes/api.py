@@ -181,6 +181,28 @@ async def apply(api: kr8s.asyncio.Api, kind: Kind, obj: Mapping[str, Any]) -> Ob
     return out
 
 
+async def create(api: kr8s.asyncio.Api, kind: Kind, obj: Mapping[str, Any]) -> Obj | None:
+    """Create ``obj``; None when an object of that name exists already (it is left as it is)."""
+    meta = obj.get("metadata") or {}
+    name, namespace = meta.get("name"), meta.get("namespace")
+    async with api_errors(f"creating {kind.name} {namespace}/{name}"):
+        try:
+            async with api.call_api(
+                "POST",
+                version=kind.api_version,
+                namespace=namespace,
+                url=kind.plural,
+                params={"fieldManager": FIELD_MANAGER},
+                content=json.dumps(obj),
+            ) as r:
+                out: Obj = r.json()
+                return out
+        except kr8s.ServerError as e:
+            if _status(e)[0] == 409:
+                return None
+            raise
+
+
 async def update_or_deploy(obj: Mapping[str, Any], api: kr8s.asyncio.Api | None = None) -> Obj:
     """:func:`apply` for an object of any kind the API server serves (the article's function)."""
     api = api or await connect()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
 import math
 import time
 import warnings
@@ -38,7 +39,7 @@ from minimaldask.exceptions import (
 )
 from minimaldask.kubernetes import api as kube
 from minimaldask.kubernetes import expose
-from minimaldask.kubernetes.manifests import check_patch, cluster_parts, owned
+from minimaldask.kubernetes.manifests import check_patch, cluster_parts, cluster_root, owned
 from minimaldask.kubernetes.objects import (
     CONFIG_MAP,
     DEPLOYMENT,
@@ -52,7 +53,8 @@ from minimaldask.kubernetes.objects import (
     cluster_kinds,
     delete_order,
 )
-from minimaldask.kubernetes.status import pod_phase, ready_since, replica_failure
+from minimaldask.kubernetes.status import pod_phase, pod_ready, ready_since, replica_failure
+from minimaldask.pod import scaling
 from minimaldask.spec import ClusterSpec, client_versions, default_image_tag
 
 #: Seconds a wait may overrun its deadline while an API call is answered.
@@ -111,7 +113,6 @@ class KubernetesBackend(Backend):
     """Pods in a namespace: Service and Deployment ``NAME-scheduler``, Deployment ``NAME-worker``."""
 
     name = "kubernetes"
-    close_retired = False
     adapts_in_scheduler = True
 
     def __init__(self, spec: ClusterSpec, log: Logger) -> None:
@@ -121,6 +122,8 @@ class KubernetesBackend(Backend):
         self._endpoint: expose.Endpoint | None = None
         self._deadline = 0.0
         self.state = Start.NEW
+        #: This handle created the cluster (so, by default, its close deletes it).
+        self.created = False
         #: One line saying where the start is; the CLI displays it live.
         self.progress = ""
         #: Whether the cluster gets its janitor's ServiceAccount and Role (self-deletion).
@@ -231,8 +234,15 @@ class KubernetesBackend(Backend):
 
     # -- start ------------------------------------------------------------------------------
 
-    async def start(self, attach_only: bool = False) -> str:
-        """Apply the cluster's objects (or find them), then connect to the scheduler."""
+    async def start(self, attach_only: bool = False, update: bool = False) -> str:
+        """Create the cluster, or attach to the running one of the same name.
+
+        The root object is created first, with a create that fails when it
+        exists: of two processes starting one name at once, exactly one creates
+        the cluster, and the other attaches without applying anything. An
+        attaching handle changes nothing but (later) the number of workers,
+        unless ``update``.
+        """
         spec = self.spec
         self._deadline = time.monotonic() + spec.startup_timeout
         if not attach_only:
@@ -240,38 +250,55 @@ class KubernetesBackend(Backend):
         api = await self._connect()
         if not attach_only:
             await self.preflight()
-        scheduler = contract.scheduler_name(spec.name)
-        existing = await kube.get(api, DEPLOYMENT, spec.namespace, scheduler)
-        if attach_only:
-            if existing is None:
-                raise ClusterNotFoundError(
-                    f"no cluster named {spec.name!r} in namespace {spec.namespace!r}; "
-                    f"start one with MinimalCluster(name={spec.name!r}, namespace={spec.namespace!r})"
-                )
-            self.state = Start.ATTACHING
-            await self._read_ports()
-            address = await self._within_deadline(self._wait_for_scheduler())
-            self._deadline = 0.0  # attached: no start to finish
-            self.state = Start.READY
-            return address
-        replicas = spec.workers
-        if existing is not None:
-            self.state = Start.ATTACHING
-            workers = await kube.get(
-                api, DEPLOYMENT, spec.namespace, contract.worker_name(spec.name)
+        root_name = contract.root_name(spec.name)
+        root = await kube.get(api, CONFIG_MAP, spec.namespace, root_name)
+        if root is None and not attach_only:
+            self._say(f"Creating cluster {spec.name!r} in namespace {spec.namespace!r}")
+            root = await kube.create(api, CONFIG_MAP, self._root(spec))
+            if root is not None:
+                self.state = Start.CREATING
+                self.created = True
+                await self._apply(root)
+                return await self._within_deadline(self._wait_for_scheduler())
+            self._say(f"Cluster {spec.name!r} was created by another process meanwhile")
+            root = await kube.get(api, CONFIG_MAP, spec.namespace, root_name)
+        if (
+            root is None
+            and await kube.get(api, DEPLOYMENT, spec.namespace, contract.scheduler_name(spec.name))
+            is None
+        ):
+            raise ClusterNotFoundError(
+                f"no cluster named {spec.name!r} in namespace {spec.namespace!r}; "
+                f"start one with MinimalCluster(name={spec.name!r}, namespace={spec.namespace!r})"
             )
-            # The cluster retires workers itself before lowering replicas.
-            replicas = ((workers or {}).get("spec") or {}).get("replicas", spec.workers)
-            self._say(f"Updating the running cluster {spec.name!r} in {spec.namespace!r}")
-            # An update may replace the scheduler: new workers start once it answers.
-            await self._apply(replicas, workers=False)
-            address = await self._within_deadline(self._wait_for_scheduler())
-            await self._apply(replicas)
-            return address
-        self.state = Start.CREATING
-        self._say(f"Creating cluster {spec.name!r} in namespace {spec.namespace!r}")
-        await self._apply(replicas)
-        return await self._within_deadline(self._wait_for_scheduler())
+        self.state = Start.ATTACHING
+        if not attach_only:
+            differ = _differences(root, spec)
+            if differ and update:
+                self._say(f"Updating the running cluster {spec.name!r}: {', '.join(differ)}")
+                # An update may replace the scheduler: workers follow once it answers.
+                await self._apply(root, workers=False)
+                address = await self._within_deadline(self._wait_for_scheduler())
+                await self._apply(root)
+                return address
+            if differ:
+                self.log(
+                    f"Cluster {spec.name!r} runs with other {', '.join(differ)} than yours; "
+                    "attached without changing it (update=True applies yours, restarting its "
+                    "scheduler)"
+                )
+        await self._read_ports()
+        address = await self._within_deadline(self._wait_for_scheduler())
+        if attach_only:  # attached: no start to finish
+            self.state = Start.READY
+            self._deadline = 0.0
+        return address
+
+    def _root(self, spec: ClusterSpec) -> dict[str, Any]:
+        """The root object, recording what shapes the cluster (to tell an attaching handle)."""
+        root = cluster_root(spec)
+        root["data"] = {contract.STATE_OPTIONS: json.dumps(spec.fingerprint(), sort_keys=True)}
+        return root
 
     async def _read_ports(self) -> None:
         """Take the ports of a running cluster from its Service (they may not be the defaults)."""
@@ -290,19 +317,18 @@ class KubernetesBackend(Backend):
             self._api, SERVICE, self.spec.namespace, contract.scheduler_name(self.spec.name)
         )
 
-    async def _apply(self, replicas: int, workers: bool = True) -> None:
-        """Apply the owner's identities, the owner, then its children (the workers if asked)."""
-        spec = self.spec.with_workers(replicas)
-        parts = self._parts()
-        for part in parts:
-            if part.stage == Stage.IDENTITY:  # the scheduler pod needs it before it starts
-                await kube.apply(self._api, part.kind, part.build(spec))
-        (owner_part,) = [p for p in parts if p.stage == Stage.OWNER]
-        owner = await kube.apply(self._api, owner_part.kind, owner_part.build(spec))
-        for part in parts:
-            if part is owner_part or (not workers and part.name is contract.worker_name):
+    async def _apply(self, root: dict[str, Any] | None, workers: bool = True) -> None:
+        """Apply every part but the root, each owned by it (the worker Deployment if asked).
+
+        A cluster made from printed manifests may have no root: its parts are then owned
+        by nothing, and are deleted by their labels.
+        """
+        for part in self._parts():
+            if part.stage == Stage.ROOT:
                 continue
-            await kube.apply(self._api, part.kind, owned(part.build(spec), owner))
+            if not workers and part.kind == DEPLOYMENT and part.name is contract.worker_name:
+                continue
+            await kube.apply(self._api, part.kind, owned(part.build(self.spec), root))
 
     def _remaining(self) -> float:
         return self._deadline - time.monotonic()
@@ -442,41 +468,60 @@ class KubernetesBackend(Backend):
 
     # -- scale ------------------------------------------------------------------------------
 
-    async def scale(self, n: int, remove: list[str]) -> None:
-        """Mark the retired pods with the lowest deletion cost, then lower (or raise) replicas."""
-        spec, api = self.spec, await self._connect()
-        worker = contract.worker_name(spec.name)
-        gone = [name for name in remove if name in self.requested]
-        await kube.set_deletion_cost(api, spec.namespace, gone, contract.RETIRED_DELETION_COST)
+    async def scale(self, n: int, scheduler: Any) -> None:
+        """Run ``n`` workers: up by asking for pods; down by retiring first, so nothing is lost.
+
+        The one scale-down of every path (see :mod:`minimaldask.pod.scaling`), here
+        with this user's rights and the scheduler's handlers.
+        """
+        api = await self._connect()
+        spec = self.spec
         self.spec = spec.with_workers(n)
-        # Only replicas: a handle from from_name does not know the cluster's other options.
-        await kube.set_replicas(api, spec.namespace, worker, n)
-        # Wait until the pods match: the retired ones going, new ones created (not yet
-        # connected), so that `requested` names every worker pod for the next scale-down.
-        selector = contract.label_selector(spec.name, contract.WORKER)
-        deadline = time.monotonic() + SCALE_TIMEOUT
-        while True:
-            pods = await kube.list_objects(api, POD, spec.namespace, selector)
-            live = {
-                p["metadata"]["name"] for p in pods if not p["metadata"].get("deletionTimestamp")
-            }
-            if not (live & set(gone)) and len(live) == n:
-                break
-            why = None
-            if len(live) < n:  # a quota or an admission policy refuses pods: say so now
-                why = replica_failure(await kube.get(api, DEPLOYMENT, spec.namespace, worker))
-            if why or time.monotonic() > deadline:
+        outcome = await scaling.scale_to(
+            n,
+            _DeploymentReplicas(api, spec),
+            _SchedulerWorkers(scheduler),
+            SCALE_TIMEOUT,
+        )
+        if outcome.retired:
+            self.log(f"Retired {', '.join(outcome.retired)} (their data moved first)")
+        if outcome.reason:
+            self.log(f"Scaling {spec.name!r} to {n} workers stopped short: {outcome.reason}")
+        await self._check_replicas(n)
+        self.requested = {p["metadata"]["name"] for p in await self._live_workers()}
+
+    async def _check_replicas(self, n: int) -> None:
+        """A quota or an admission policy that refuses the pods: say so now, not at a deadline."""
+        spec = self.spec
+        worker = contract.worker_name(spec.name)
+        pods = await kube.list_objects(
+            self._api, POD, spec.namespace, contract.label_selector(spec.name, contract.WORKER)
+        )
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        if len(live) >= n:
+            return
+        deadline = time.monotonic() + 5  # the ReplicaSet reports a refusal within seconds
+        while time.monotonic() < deadline:
+            why = replica_failure(await kube.get(self._api, DEPLOYMENT, spec.namespace, worker))
+            if why:
                 # During a start (the cluster scales to its first size) this is a start failure.
                 error = ClusterStartError if self.state != Start.READY else KubernetesError
                 raise error(
-                    f"scaling {spec.name!r} to {n} workers: Deployment {worker} "
-                    f"cannot create its pods: {why}"
-                    if why
-                    else f"scaling {spec.name!r} to {n} workers: after {SCALE_TIMEOUT}s there "
-                    f"are {len(live)} worker pods ({', '.join(sorted(live)) or 'none'})"
+                    f"scaling {spec.name!r} to {n} workers: Deployment {worker} cannot create "
+                    f"its pods: {why}"
                 )
+            if len(await self._live_workers()) >= n:
+                return
             await asyncio.sleep(kube.POLL)
-        self.requested = live
+
+    async def _live_workers(self) -> list[dict[str, Any]]:
+        pods = await kube.list_objects(
+            self._api,
+            POD,
+            self.spec.namespace,
+            contract.label_selector(self.spec.name, contract.WORKER),
+        )
+        return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
 
     async def adapt(
         self, scheduler: Any, minimum: int, maximum: int | None, **policy: float
@@ -489,7 +534,7 @@ class KubernetesBackend(Backend):
             api,
             CONFIG_MAP,
             self.spec.namespace,
-            contract.janitor_name(self.spec.name),
+            contract.root_name(self.spec.name),
             {"data": {contract.STATE_ADAPT: stored}},
         )
         try:
@@ -580,6 +625,8 @@ class KubernetesBackend(Backend):
                 for c in await kube.list_objects(
                     api, CONFIG_MAP, namespace, contract.label_selector()
                 )
+                if c["metadata"]["name"]
+                == contract.root_name(contract.cluster_of(c["metadata"]["labels"]))
             }
         except ForbiddenError:  # what the janitors report is not essential to a list
             states = {}
@@ -624,3 +671,58 @@ def _janitor_details(scheduler: dict[str, Any], state: dict[str, str]) -> dict[s
     with contextlib.suppress(ValueError, TypeError, KeyError):
         details["janitor"] = contract.decode_status(state[contract.STATE_STATUS])
     return details
+
+
+def _differences(root: dict[str, Any] | None, spec: ClusterSpec) -> list[str]:
+    """The options that shape the running cluster and differ from ``spec``'s (by name)."""
+    try:
+        theirs = json.loads(((root or {}).get("data") or {}).get(contract.STATE_OPTIONS) or "{}")
+    except ValueError:
+        return []
+    ours = spec.fingerprint()
+    return sorted(k for k in ours if k in theirs and theirs[k] != ours[k])
+
+
+class _DeploymentReplicas:
+    """The worker Deployment and its pods, read with this user's rights (pod names included)."""
+
+    def __init__(self, api: Any, spec: ClusterSpec) -> None:
+        self.api, self.spec = api, spec
+        self.name = contract.worker_name(spec.name)
+
+    async def pods(self) -> scaling.Pods:
+        deployment = await kube.get(self.api, DEPLOYMENT, self.spec.namespace, self.name)
+        pods = await kube.list_objects(
+            self.api,
+            POD,
+            self.spec.namespace,
+            contract.label_selector(self.spec.name, contract.WORKER),
+        )
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        not_ready = frozenset(p["metadata"]["name"] for p in live if not pod_ready(p))
+        return scaling.Pods(
+            replicas=int(((deployment or {}).get("spec") or {}).get("replicas") or 0),
+            live=len(live),
+            ready=len(live) - len(not_ready),
+            not_ready=not_ready,
+        )
+
+    async def set(self, replicas: int) -> None:
+        await kube.set_replicas(self.api, self.spec.namespace, self.name, replicas)
+
+
+class _SchedulerWorkers:
+    """The scheduler's side of a scale-down, through the plugin's handlers."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+
+    async def connected(self) -> scaling.Connected:
+        answer = await asyncio.wait_for(getattr(self.scheduler, contract.WORKERS)(), 30)
+        return scaling.Connected(frozenset(answer["running"]), frozenset(answer["retired"]))
+
+    async def retire(self, n: int, timeout: float) -> list[str]:
+        answer = await asyncio.wait_for(
+            getattr(self.scheduler, contract.RETIRE)(n=n, timeout=timeout), timeout + 30
+        )
+        return list(answer["retired"])

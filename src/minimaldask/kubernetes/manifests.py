@@ -23,6 +23,7 @@ its kind, the rights to make it and its place in the delete order follow.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -178,10 +179,13 @@ def _deployment(spec: ClusterSpec, name: str, component: str, replicas: int, pod
 
 
 def janitor_rules(spec: ClusterSpec) -> list[Obj]:
-    """What the janitor may do: only to this cluster's objects, where Kubernetes allows.
+    """What the janitor may do: read, scale and delete this cluster, nothing else.
 
-    Pods cannot be named in advance (the ReplicaSet names them), so patching
-    pods (the deletion-cost annotation of retired workers) is namespace-wide.
+    Every rule names its objects. No verb on pods (retired workers leave by
+    readiness, see :mod:`minimaldask.pod.scaling`), and no ``patch`` on
+    Deployments: a pod template can name any ServiceAccount of the namespace,
+    so patching one is as strong as all of them; ``deployments/scale`` changes
+    replicas only.
     """
     scheduler, worker = contract.scheduler_name(spec.name), contract.worker_name(spec.name)
     return [
@@ -189,13 +193,7 @@ def janitor_rules(spec: ClusterSpec) -> list[Obj]:
             "apiGroups": ["apps"],
             "resources": ["deployments"],
             "resourceNames": [scheduler, worker],
-            "verbs": ["get", "delete"],
-        },
-        {
-            "apiGroups": [""],
-            "resources": ["configmaps"],
-            "resourceNames": [contract.janitor_name(spec.name)],
-            "verbs": ["get", "patch"],
+            "verbs": ["get"],
         },
         {
             "apiGroups": ["apps"],
@@ -203,7 +201,12 @@ def janitor_rules(spec: ClusterSpec) -> list[Obj]:
             "resourceNames": [worker],
             "verbs": ["get", "patch"],
         },
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]},
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": [contract.root_name(spec.name)],
+            "verbs": ["get", "patch", "delete"],
+        },
     ]
 
 
@@ -248,21 +251,75 @@ def janitor_role_binding(spec: ClusterSpec) -> Obj:
     }
 
 
-def janitor_state(spec: ClusterSpec) -> Obj:
-    """ConfigMap ``NAME-janitor``: the janitor's report and the adaptive policy."""
+def cluster_root(spec: ClusterSpec) -> Obj:
+    """ConfigMap ``NAME-cluster``: the cluster's root, owner of every other object.
+
+    It holds the janitor's report and saved clocks, and the adaptive policy
+    (see :func:`minimaldask.contract.root_name`).
+    """
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(spec, contract.janitor_name(spec.name), contract.SCHEDULER),
+        "metadata": _metadata(spec, contract.root_name(spec.name), contract.SCHEDULER),
+    }
+
+
+#: Resources of the janitor's container: a small standard-library Python process.
+JANITOR_RESOURCES = {"requests": {"cpu": "10m", "memory": "48Mi"}, "limits": {"memory": "64Mi"}}
+#: Where the janitor's container finds its service account token (only it mounts one).
+_TOKEN_VOLUME = "janitor-token"
+
+
+def janitor_container(spec: ClusterSpec, settings: contract.JanitorSettings) -> Obj:
+    """The janitor's container, beside the scheduler: the only one with the cluster's token."""
+    env = [{"name": k, "value": v} for k, v in settings.to_env().items()]
+    env.append(_namespace_variable())
+    return {
+        "name": "janitor",
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": ["python3", "-m", contract.JANITOR_MODULE],
+        "env": env,
+        "resources": JANITOR_RESOURCES,
+        "securityContext": _security_context(),
+        "volumeMounts": [
+            {"name": _TOKEN_VOLUME, "mountPath": contract.TOKEN_DIR, "readOnly": True}
+        ],
+    }
+
+
+def _token_volume() -> Obj:
+    """The service account token, as the kubelet would mount it, for the janitor only."""
+    return {
+        "name": _TOKEN_VOLUME,
+        "projected": {
+            "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                {
+                    "configMap": {
+                        "name": "kube-root-ca.crt",
+                        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                    }
+                },
+            ]
+        },
+    }
+
+
+def _namespace_variable() -> Obj:
+    return {
+        "name": contract.JanitorSettings.NAMESPACE_VARIABLE,
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
     }
 
 
 def scheduler_deployment(spec: ClusterSpec, janitor: bool = True) -> Obj:
     """Deployment ``NAME-scheduler``: one scheduler, sized by ``scheduler_resources``.
 
-    With ``janitor``, the pod runs as ServiceAccount ``NAME-scheduler`` with its
-    token mounted (the only pod of the cluster that has one); without, the
-    janitor cannot delete or scale the cluster and says so.
+    With ``janitor``, the pod runs as ServiceAccount ``NAME-scheduler``, and its
+    second container, the janitor, is the only one that mounts the token (code
+    run on the scheduler cannot read it). Without, nothing ends the cluster but
+    its user, and the plugin says so.
     """
     launch = contract.Launch(
         port=spec.port,
@@ -275,14 +332,12 @@ def scheduler_deployment(spec: ClusterSpec, janitor: bool = True) -> Obj:
         idle_timeout=spec.idle_timeout,
         no_client_timeout=spec.no_client_timeout,
         max_lifetime=spec.max_lifetime,
+        janitor_port=contract.JANITOR_PORT if janitor else None,
     )
     env: list[Obj] = [
-        # Read by the janitor (cost controls); empty means off.
+        # Read by the plugin; empty timeouts are off.
         *({"name": k, "value": v} for k, v in settings.to_env().items()),
-        {
-            "name": contract.JanitorSettings.NAMESPACE_VARIABLE,
-            "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
-        },
+        _namespace_variable(),
         *_env(spec, launch),
     ]
     container = _container(spec, contract.SCHEDULER, env, spec.scheduler_resources.to_kubernetes())
@@ -297,20 +352,39 @@ def scheduler_deployment(spec: ClusterSpec, janitor: bool = True) -> Obj:
     pod = _pod_spec(spec, container, grace=SCHEDULER_GRACE_PERIOD)
     if janitor:
         pod["serviceAccountName"] = contract.scheduler_name(spec.name)
-        pod["automountServiceAccountToken"] = True
+        pod["containers"].append(janitor_container(spec, settings))
+        pod["volumes"].append(_token_volume())
     deployment = _deployment(spec, contract.scheduler_name(spec.name), contract.SCHEDULER, 1, pod)
     # A second scheduler would be a second cluster: replace, never overlap.
     deployment["spec"]["strategy"] = {"type": "Recreate"}
     return deep_merge(deployment, spec.patch.get("scheduler", {}))
 
 
+#: Bytes per second a worker's data moves to the others when its pod stops (a cautious
+#: figure for a pod network): the grace period grows with the worker's memory.
+DRAIN_RATE = 50e6
+#: Seconds a worker needs to close once its data moved.
+WORKER_CLOSE = 10
+
+
 def worker_grace_period(spec: ClusterSpec) -> int:
-    """Seconds a worker pod gets to exit after SIGTERM (a retired worker hands over its data)."""
-    return max(30, int(spec.death_timeout))
+    """Seconds a worker pod gets, once told to stop, to hand over its data and close.
+
+    ``worker_grace_period``, or 30 s plus the time its memory takes to move at
+    :data:`DRAIN_RATE` (2Gi: 73 s).
+    """
+    if spec.worker_grace_period:
+        return math.ceil(spec.worker_grace_period)
+    return 30 + math.ceil((spec.memory_limit or 0) / DRAIN_RATE)
 
 
 def worker_deployment(spec: ClusterSpec) -> Obj:
-    """Deployment ``NAME-worker``: ``spec.workers`` workers, sized by ``resources``."""
+    """Deployment ``NAME-worker``: ``spec.workers`` workers, sized by ``resources``.
+
+    A worker's pod is Ready while its worker runs and was not retired (the
+    readiness probe asks the worker, see :mod:`minimaldask.pod.worker`), and
+    its preStop hook moves its data elsewhere before it stops.
+    """
     launch = contract.Launch(
         worker=True,
         port=spec.port,
@@ -328,16 +402,28 @@ def worker_deployment(spec: ClusterSpec) -> Obj:
             + list(spec.worker_options)
         ),
         **_packages(spec),
-    )
+    )  # fmt: skip
+    grace = worker_grace_period(spec)
     env: list[Obj] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "MINIMALDASK_DRAIN_TIMEOUT", "value": str(max(grace - WORKER_CLOSE, 1))},
         *_env(spec, launch),
     ]
     container = _container(spec, contract.WORKER, env, spec.resources.to_kubernetes())
     container["ports"] = [{"name": "http-health", "containerPort": WORKER_HTTP_PORT}]
     container["startupProbe"] = _probe("http-health", 2, 150)
     container["livenessProbe"] = _probe("http-health", 10, 6)
-    pod = _pod_spec(spec, container, grace=worker_grace_period(spec))
+    # Every second, and patient with a busy worker (three misses of 5 s), so that a
+    # not-Ready worker pod is one that holds nothing: see minimaldask.pod.scaling.
+    container["readinessProbe"] = {
+        **_probe("http-health", 1, 3),
+        "httpGet": {"path": contract.READY_PATH, "port": "http-health"},
+        "timeoutSeconds": 5,
+    }
+    container["lifecycle"] = {
+        "preStop": {"exec": {"command": ["python3", "-m", contract.DRAIN_MODULE]}}
+    }
+    pod = _pod_spec(spec, container, grace=grace)
     deployment = _deployment(
         spec, contract.worker_name(spec.name), contract.WORKER, spec.workers, pod
     )
@@ -446,20 +532,20 @@ def without_namespace(obj: Obj) -> Obj:
 
 
 def cluster_parts(spec: ClusterSpec, janitor: bool = True) -> list[Part]:
-    """Every object of the cluster, in the order they are applied.
+    """Every object of the cluster, in the order they are applied: the root first.
 
     Without ``janitor``, the janitor's objects are left out (the user may not
     grant it its rights).
     """
-    scheduler, worker = contract.scheduler_name, contract.worker_name
+    scheduler, worker, role = contract.scheduler_name, contract.worker_name, contract.janitor_name
     parts = [
-        Part(SERVICE_ACCOUNT, scheduler, janitor_service_account, Stage.IDENTITY, janitor=True),
-        Part(DEPLOYMENT, scheduler, lambda s: scheduler_deployment(s, janitor), Stage.OWNER),
+        Part(CONFIG_MAP, contract.root_name, cluster_root, Stage.ROOT),
+        Part(SERVICE_ACCOUNT, scheduler, janitor_service_account, janitor=True),
+        Part(ROLE, role, janitor_role, janitor=True),
+        Part(ROLE_BINDING, role, janitor_role_binding, janitor=True),
+        Part(DEPLOYMENT, scheduler, lambda s: scheduler_deployment(s, janitor)),
         Part(SERVICE, scheduler, scheduler_service),
         Part(DEPLOYMENT, worker, worker_deployment),
-        Part(ROLE, contract.janitor_name, janitor_role, janitor=True),
-        Part(ROLE_BINDING, contract.janitor_name, janitor_role_binding, janitor=True),
-        Part(CONFIG_MAP, contract.janitor_name, janitor_state, janitor=True),
         *expose.EXPOSURES[spec.expose]().parts(spec),
     ]
     return [p for p in parts if janitor or not p.janitor]
@@ -468,21 +554,22 @@ def cluster_parts(spec: ClusterSpec, janitor: bool = True) -> list[Part]:
 def cluster_objects(
     spec: ClusterSpec, owner: Mapping[str, Any] | None = None, janitor: bool = True
 ) -> list[Obj]:
-    """Every object of the cluster, the owner (scheduler Deployment) first.
+    """Every object of the cluster, the root first.
 
-    ``owner`` is the scheduler Deployment as the API server returned it; with
-    it, the others carry an ownerReference to it. Without it (``minimaldask
-    manifests``), delete the cluster by its label: see docs/kubernetes.md.
+    ``owner`` is the root as the API server returned it; with it, the others
+    carry an ownerReference to it. Without it (``minimaldask manifests``),
+    delete the cluster by its label: see docs/kubernetes.md.
     """
-    parts = sorted(cluster_parts(spec, janitor), key=lambda p: p.stage != Stage.OWNER)
-    return [p.build(spec) if p.stage == Stage.OWNER else owned(p.build(spec), owner) for p in parts]
+    return [
+        p.build(spec) if p.stage == Stage.ROOT else owned(p.build(spec), owner)
+        for p in cluster_parts(spec, janitor)
+    ]
 
 
 def apply_order(objects: list[Obj], spec: ClusterSpec) -> list[Obj]:
-    """``objects`` in the order ``kubectl apply`` should create them: the janitor's first.
+    """``objects`` in the order ``kubectl apply`` should create them: the parts' order.
 
-    The scheduler pod runs as the janitor's ServiceAccount, which must exist before
-    it, and its janitor works as soon as its Role and ConfigMap exist.
+    The scheduler pod runs as the janitor's ServiceAccount, which must exist before it.
     """
-    first = {(p.kind.name, p.name(spec.name)) for p in cluster_parts(spec) if p.janitor}
-    return sorted(objects, key=lambda o: (o["kind"], o["metadata"]["name"]) not in first)
+    order = {(p.kind.name, p.name(spec.name)): i for i, p in enumerate(cluster_parts(spec))}
+    return sorted(objects, key=lambda o: order.get((o["kind"], o["metadata"]["name"]), len(order)))

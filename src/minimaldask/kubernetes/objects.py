@@ -62,14 +62,12 @@ NODE = Kind("", "v1", "Node", "nodes")
 
 
 class Stage(enum.IntEnum):
-    """When a part is applied, relative to the scheduler Deployment that owns the rest."""
+    """When a part is applied."""
 
-    #: Before the owner (its pod needs it), then again as an owned child.
-    IDENTITY = 0
-    #: The scheduler Deployment: deleting it garbage-collects every owned part.
-    OWNER = 1
-    #: After the owner, with an ownerReference to it.
-    CHILD = 2
+    #: The root: created first, and only if it does not exist (the claim on the name).
+    ROOT = 0
+    #: Every other part, with an ownerReference to the root.
+    OWNED = 1
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,7 @@ class Part:
     kind: Kind
     name: Callable[[str], str]
     build: Callable[[ClusterSpec], Obj]
-    stage: Stage = Stage.CHILD
+    stage: Stage = Stage.OWNED
     #: One of the janitor's objects: made only when the user may grant the janitor its rights.
     janitor: bool = False
 
@@ -94,8 +92,11 @@ def cluster_kinds(parts: Iterable[Part]) -> list[Kind]:
 
 
 def delete_order(parts: Iterable[Part]) -> list[Part]:
-    """The owner first (its children go with it), then every part, children before identities."""
-    return sorted(parts, key=lambda p: (p.stage != Stage.OWNER, -p.stage))
+    """The root first (what it owns goes with it), then every part, last made first."""
+    parts = list(parts)
+    return [p for p in parts if p.stage == Stage.ROOT] + [
+        p for p in reversed(parts) if p.stage != Stage.ROOT
+    ]
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,6 @@ class LocalBackend(Backend):
     """Processes on this machine, started through the pods' entrypoint."""
 
     name = "local"
-    close_retired = True
 
     def __init__(self, spec: ClusterSpec, log: Logger) -> None:
         super().__init__(spec, log)
@@ -216,8 +215,11 @@ class LocalBackend(Backend):
 
     # -- Backend API ----------------------------------------------------------------------
 
-    async def start(self, attach_only: bool = False) -> str:
-        """Attach to a running local cluster of this name, or start one."""
+    async def start(self, attach_only: bool = False, update: bool = False) -> str:
+        """Attach to a running local cluster of this name, or start one.
+
+        ``update`` is not needed here: local processes take no options that change.
+        """
         state = self._load(self.dir)
         if state and await scheduler_answers(state["address"]):
             self.address = state["address"]
@@ -240,6 +242,7 @@ class LocalBackend(Backend):
         self.dir.mkdir(parents=True)
         self._created = time.time()
         self.log(f"Starting a local scheduler and {self.spec.workers} worker(s)")
+        self.created = True
         self._start_scheduler()
         self._save()
         deadline = time.monotonic() + self.spec.startup_timeout
@@ -271,14 +274,34 @@ class LocalBackend(Backend):
                 )
             await asyncio.sleep(0.2)
 
-    async def scale(self, n: int, remove: list[str]) -> None:
-        """Start or stop worker processes; ``remove`` were retired by the scheduler."""
-        gone = [name for name in remove if name in self.requested]
-        # Retired workers close themselves; give them time to exit cleanly.
-        await self._stop(gone, grace=self.spec.death_timeout)
-        self.requested.difference_update(gone)
+    async def scale(self, n: int, scheduler: Any) -> None:
+        """Start or stop worker processes; those that stop are retired first (their data moves).
+
+        Workers that never connected go first; the scheduler chooses the others,
+        and keeps those whose data has nowhere to go.
+        """
+        excess = len(self.requested) - n
+        if excess > 0:
+            answer = await asyncio.wait_for(getattr(scheduler, contract.WORKERS)(), 30)
+            connected = set(answer["running"]) | set(answer["retired"])
+            gone = sorted(self.requested - connected)[:excess] + sorted(answer["retired"])
+            if len(gone) < excess:
+                retired = await asyncio.wait_for(
+                    getattr(scheduler, contract.RETIRE)(n=excess - len(gone), timeout=60), 90
+                )
+                gone += retired["retired"]
+                if len(gone) < excess:
+                    self.log(f"Kept {excess - len(gone)} worker(s): their data had nowhere to go")
+            await self.remove(gone[:excess] if len(gone) > excess else gone)
         while len(self.requested) < n:
             self._start_worker()
+        self._save()
+
+    async def remove(self, names: list[str]) -> None:
+        """Stop these worker processes (retired already: they hold nothing)."""
+        gone = [name for name in names if name in self.requested]
+        await self._stop(gone, grace=10)
+        self.requested.difference_update(gone)
         self._save()
 
     async def close(self) -> None:

@@ -1,29 +1,43 @@
 """The few Kubernetes API calls the janitor makes, with its pod's service account.
 
 The image has no Kubernetes client library and needs none: this is urllib,
-the token and the cluster's CA that the kubelet mounts.
+the token and the cluster's CA that the kubelet mounts. Every call has a
+deadline; a refusal raises :class:`APIError` with the HTTP status, so that the
+janitor tells a lasting refusal (403) from a passing one by its code.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import ssl
 import urllib.error
 import urllib.request
+from datetime import datetime
 from typing import Any
 
 from minimaldask.contract import TOKEN_DIR
 
+#: Seconds one API call may take.
+TIMEOUT = 10.0
+
+
+class APIError(Exception):
+    """The API server refused a call, or could not be reached (``status`` 0)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def timestamp(value: str) -> float:
+    """Seconds since the epoch of an API timestamp (``2026-11-29T10:00:00Z``)."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
 
 class KubernetesAPI:
-    """The few REST calls the janitor needs, with the pod's service account.
-
-    The image has no Kubernetes client library and needs none: this is
-    urllib, the token and the cluster CA the kubelet mounts.
-    """
+    """The calls the janitor needs, each on one object of its own cluster."""
 
     def __init__(self, namespace: str, token_dir: str = TOKEN_DIR) -> None:
         host = os.environ["KUBERNETES_SERVICE_HOST"]
@@ -40,7 +54,8 @@ class KubernetesAPI:
             os.path.join(token_dir, "token")
         )
 
-    def _call(self, method: str, path: str, body: Any = None, content_type: str = "") -> Any:
+    def call(self, method: str, path: str, body: Any = None, content_type: str = "") -> Any:
+        """One API call; raises :class:`APIError`."""
         with open(self.token_path) as f:  # re-read: projected tokens rotate
             token = f.read().strip()
         data = None if body is None else json.dumps(body).encode()
@@ -50,59 +65,46 @@ class KubernetesAPI:
         if data is not None:
             request.add_header("Content-Type", content_type or "application/json")
         try:
-            with urllib.request.urlopen(request, context=self.ssl, timeout=10) as response:
+            with urllib.request.urlopen(request, context=self.ssl, timeout=TIMEOUT) as response:
                 payload = response.read()
         except urllib.error.HTTPError as e:
             detail = e.read().decode(errors="replace")
             with contextlib.suppress(ValueError, KeyError):
                 detail = json.loads(detail)["message"]
-            raise RuntimeError(f"{method} {path}: HTTP {e.code}: {detail}") from None
+            raise APIError(e.code, f"{method} {path}: HTTP {e.code}: {detail}") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise APIError(0, f"{method} {path}: {getattr(e, 'reason', e)}") from None
         return json.loads(payload) if payload else None
-
-    async def call(self, method: str, path: str, body: Any = None, content_type: str = "") -> Any:
-        """One API call, off the event loop."""
-        return await asyncio.to_thread(self._call, method, path, body, content_type)
 
     def _deployment(self, name: str) -> str:
         return f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{name}"
 
-    async def delete_deployment(self, name: str) -> None:
-        """Delete a Deployment; its dependents are garbage-collected."""
-        await self.call("DELETE", self._deployment(name), {"propagationPolicy": "Background"})
+    def _config_map(self, name: str) -> str:
+        return f"/api/v1/namespaces/{self.namespace}/configmaps/{name}"
 
-    async def get_deployment(self, name: str) -> dict[str, Any]:
-        """A Deployment object."""
-        result: dict[str, Any] = await self.call("GET", self._deployment(name))
+    def get_deployment(self, name: str) -> dict[str, Any]:
+        """A Deployment, with its status."""
+        result: dict[str, Any] = self.call("GET", self._deployment(name))
         return result
 
-    async def set_replicas(self, name: str, replicas: int) -> None:
-        """Patch a Deployment's scale subresource."""
-        await self.call(
+    def set_replicas(self, name: str, replicas: int) -> None:
+        """Change a Deployment's replicas through its scale subresource (nothing else)."""
+        self.call(
             "PATCH",
             self._deployment(name) + "/scale",
             {"spec": {"replicas": replicas}},
             "application/merge-patch+json",
         )
 
-    def _config_map(self, name: str) -> str:
-        return f"/api/v1/namespaces/{self.namespace}/configmaps/{name}"
+    def get_config_map(self, name: str) -> dict[str, Any]:
+        """A ConfigMap (its data, and its metadata: when it was made)."""
+        result: dict[str, Any] = self.call("GET", self._config_map(name))
+        return result
 
-    async def get_config_map(self, name: str) -> dict[str, str]:
-        """The data of a ConfigMap."""
-        result: dict[str, Any] = await self.call("GET", self._config_map(name))
-        return dict(result.get("data") or {})
-
-    async def set_config_map_data(self, name: str, data: dict[str, str]) -> None:
+    def set_config_map_data(self, name: str, data: dict[str, str]) -> None:
         """Merge keys into a ConfigMap's data."""
-        await self.call(
-            "PATCH", self._config_map(name), {"data": data}, "application/merge-patch+json"
-        )
+        self.call("PATCH", self._config_map(name), {"data": data}, "application/merge-patch+json")
 
-    async def annotate_pod(self, name: str, annotations: dict[str, str]) -> None:
-        """Merge annotations into a pod."""
-        await self.call(
-            "PATCH",
-            f"/api/v1/namespaces/{self.namespace}/pods/{name}",
-            {"metadata": {"annotations": annotations}},
-            "application/merge-patch+json",
-        )
+    def delete_config_map(self, name: str) -> None:
+        """Delete a ConfigMap; whatever it owns is garbage-collected."""
+        self.call("DELETE", self._config_map(name), {"propagationPolicy": "Background"})

@@ -1,0 +1,505 @@
+"""The scheduler plugin: what only the scheduler can do for the janitor and the client.
+
+Loaded into every scheduler with ``--preload minimaldask.pod.plugin``. It
+
+- answers the handles' heartbeats (a live ``MinimalCluster`` counts as a client)
+  and reports usage;
+- retires workers with a deadline, undoing a retirement that does not finish,
+  and flags the retired ones (their pods report not ready: see
+  :mod:`minimaldask.pod.scaling`);
+- runs adaptive scaling, through the janitor's rights;
+- tells the janitor what it sees (idle since, clients, workers) and learns from
+  it when the cluster ends, to tell every client why.
+
+On Kubernetes the janitor (:mod:`minimaldask.pod.janitor`) runs beside the
+scheduler in its pod and decides when the cluster ends; it keeps deciding when
+this scheduler is gone. Outside Kubernetes (the local backend) the plugin
+decides itself, with the same clocks, and ends the cluster by closing the
+scheduler. On Kubernetes without a janitor (its user may not grant it rights)
+nothing ends the cluster but its user, and the plugin says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from minimaldask import contract
+from minimaldask.pod import scaling
+from minimaldask.pod.clocks import Clocks, Facts
+
+# Under "distributed": the scheduler's own log handler and level apply.
+logger = logging.getLogger("distributed.minimaldask.plugin")
+
+#: Seconds a retirement may take in an adaptive step before it is undone.
+ADAPT_RETIRE_TIMEOUT = 120.0
+
+
+@dataclass
+class Usage:
+    """Resource usage of a cluster, integrated over its workers' lifetimes."""
+
+    started: float = field(default_factory=time.time)
+    worker_seconds: float = 0.0
+    core_seconds: float = 0.0
+    peak_workers: int = 0
+    #: worker address -> (time it joined, threads)
+    running: dict[str, tuple[float, int]] = field(default_factory=dict)
+
+    def add(self, address: str, nthreads: int) -> None:
+        """A worker joined."""
+        self.running[address] = (time.time(), nthreads)
+        self.peak_workers = max(self.peak_workers, len(self.running))
+
+    def remove(self, address: str) -> None:
+        """A worker left."""
+        joined = self.running.pop(address, None)
+        if joined:
+            seconds = time.time() - joined[0]
+            self.worker_seconds += seconds
+            self.core_seconds += seconds * joined[1]
+
+    def report(self) -> dict[str, float]:
+        """Totals up to now."""
+        now = time.time()
+        live = [(now - t, n) for t, n in self.running.values()]
+        return {
+            "lifetime": now - self.started,
+            "worker_seconds": self.worker_seconds + sum(s for s, _ in live),
+            "core_seconds": self.core_seconds + sum(s * n for s, n in live),
+            "peak_workers": self.peak_workers,
+            "workers": len(self.running),
+        }
+
+
+@dataclass
+class AdaptivePolicy:
+    """How eagerly the cluster scales: bounds, cool-down, step size."""
+
+    minimum: int
+    maximum: int
+    #: No scale-down sooner than this after any scaling.
+    cooldown: float = 30.0
+    #: Workers connected for less than this are never retired.
+    min_worker_age: float = 20.0
+    #: At most this fraction of the workers (and at least one) goes per step.
+    max_fraction: float = 0.5
+
+
+class JanitorLink:
+    """The janitor beside this scheduler, over the pod's loopback (standard library HTTP)."""
+
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read() or b"null")
+
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
+        """One request to the janitor, off the event loop."""
+        return await asyncio.to_thread(self._call, method, path, body)
+
+
+class JanitorReplicas:
+    """The worker Deployment, through the janitor's rights (see :mod:`~minimaldask.pod.scaling`)."""
+
+    def __init__(self, link: JanitorLink) -> None:
+        self.link = link
+
+    async def pods(self) -> scaling.Pods:
+        """Replicas, live and Ready pods, from the Deployment's status."""
+        answer = await self.link.call("GET", "/workers")
+        return scaling.Pods(answer["replicas"], answer["live"], answer["ready"])
+
+    async def set(self, replicas: int) -> None:
+        """Ask for this many worker pods."""
+        await self.link.call("POST", "/workers", {"replicas": replicas})
+
+
+class SchedulerWorkers:
+    """The workers as this scheduler has them (see :mod:`~minimaldask.pod.scaling`)."""
+
+    def __init__(self, plugin: Plugin) -> None:
+        self.plugin = plugin
+
+    async def connected(self) -> scaling.Connected:
+        """Running and retired workers, by name."""
+        return self.plugin.connected()
+
+    async def retire(self, n: int, timeout: float) -> list[str]:
+        """Retire ``n`` workers old enough to be retired (adaptive scaling's rule)."""
+        return await self.plugin.retire(n=n, timeout=timeout, adaptive=True)
+
+
+class Plugin(SchedulerPlugin):
+    """Heartbeats, usage, retirement, adaptive scaling; reports to the janitor."""
+
+    name = "minimaldask"
+
+    def __init__(self, settings: contract.JanitorSettings) -> None:
+        self.settings = settings
+        self.link = JanitorLink(settings.janitor_port) if settings.janitor_port else None
+        #: The local backend: no Kubernetes, so the plugin ends the cluster itself.
+        self.local = not settings.namespace
+        self.usage = Usage()
+        self.shutdown_reason: str | None = None
+        #: What the janitor last said it could not do (a delete refused, say).
+        self.janitor_error: str | None = None
+        self.janitor_status: dict[str, Any] = {}
+        self.handles: dict[str, float] = {}
+        self.policy: AdaptivePolicy | None = None
+        self.joined: dict[str, float] = {}
+        #: Names of the workers this plugin retired (their pods report not ready).
+        self.retired: set[str] = set()
+        self.last_scaling = 0.0
+        self.scheduler: Any = None
+        self.clocks: Clocks | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._scaling: asyncio.Task[Any] | None = None
+        self._closing: asyncio.Future[Any] | None = None
+
+    @classmethod
+    def from_environment(cls) -> Plugin:
+        """Settings from the scheduler's environment (see :class:`~minimaldask.contract.JanitorSettings`)."""
+        return cls(contract.JanitorSettings.from_env(os.environ))
+
+    # -- SchedulerPlugin ----------------------------------------------------------------------
+
+    async def start(self, scheduler: Any) -> None:
+        """Register the handlers and start watching (once, however often it is called)."""
+        if self._task is not None:
+            return
+        self.scheduler = scheduler
+        scheduler.handlers[contract.HEARTBEAT] = self.heartbeat
+        scheduler.handlers[contract.USAGE] = self.report_usage
+        scheduler.handlers[contract.ADAPT] = self.adapt
+        scheduler.handlers[contract.RETIRE] = self.retire_handler
+        scheduler.handlers[contract.WORKERS] = self.workers_handler
+        now = time.time()
+        self.usage.started = now
+        for address, ws in scheduler.workers.items():
+            self.usage.add(address, ws.nthreads)
+        if self.local:
+            self.clocks = Clocks(self.settings, created=now, last_client=now)
+            mode = "ends the cluster by closing this scheduler"
+        elif self.link:
+            mode = f"reports to its janitor (cluster {self.settings.cluster!r})"
+            await self._restore_policy()
+        else:
+            mode = "no janitor: nothing but its user ends this cluster"
+        s = self.settings
+        logger.info(
+            "minimaldask: idle_timeout=%s no_client_timeout=%s max_lifetime=%s; %s",
+            s.idle_timeout,
+            s.no_client_timeout,
+            s.max_lifetime,
+            mode,
+        )
+        self._task = asyncio.create_task(self._watch())
+
+    async def close(self) -> None:
+        """Stop watching and scaling."""
+        for task in (self._task, self._scaling):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def add_worker(self, scheduler: Any, worker: str) -> None:
+        """Count the worker's time from now."""
+        self.usage.add(worker, scheduler.workers[worker].nthreads)
+        self.joined[worker] = time.time()
+
+    def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+        """Stop counting the worker's time."""
+        self.usage.remove(worker)
+        self.joined.pop(worker, None)
+
+    # -- handlers -------------------------------------------------------------------------------
+
+    def heartbeat(self, handle: str = "") -> dict[str, Any]:
+        """A MinimalCluster handle is alive; tell it whether the cluster is ending, and why."""
+        if handle:
+            self.handles[handle] = time.time()
+        return {
+            "shutdown_reason": self.shutdown_reason,
+            "janitor_error": self.janitor_error,
+            "janitor": self.janitor_status,
+            **self.usage.report(),
+        }
+
+    def report_usage(self) -> dict[str, float]:
+        """Worker-seconds, core-seconds, peak workers and lifetime so far."""
+        return self.usage.report()
+
+    def adapt(
+        self,
+        minimum: int | None = None,
+        maximum: int | None = None,
+        cooldown: float | None = None,
+        min_worker_age: float | None = None,
+    ) -> dict[str, Any]:
+        """Set the adaptive bounds (``maximum=None`` turns adaptive scaling off)."""
+        if maximum is None:
+            self.policy = None
+            return {"adapt": None}
+        if self.link is None:
+            raise RuntimeError(
+                "adaptive scaling in the scheduler needs its janitor (the cluster's rights "
+                "to scale its workers); this cluster has none"
+            )
+        policy = AdaptivePolicy(minimum=int(minimum or 0), maximum=int(maximum))
+        if cooldown is not None:
+            policy.cooldown = float(cooldown)
+        if min_worker_age is not None:
+            policy.min_worker_age = float(min_worker_age)
+        self.policy = policy
+        logger.info("minimaldask adapt: %s", policy)
+        return {"adapt": vars(policy)}
+
+    async def _restore_policy(self) -> None:
+        """Adaptive bounds survive a scheduler restart: the janitor keeps them."""
+        assert self.link is not None
+        try:
+            state = await self.link.call("GET", "/state")
+        except OSError as e:
+            logger.warning("minimaldask: cannot read the adaptive policy from the janitor: %s", e)
+            return
+        policy = (state or {}).get("adapt")
+        if policy:
+            self.adapt(**policy)
+
+    def workers_handler(self) -> dict[str, list[str]]:
+        """Running and retired workers, by name (the client's side of a scale-down)."""
+        connected = self.connected()
+        return {"running": sorted(connected.running), "retired": sorted(connected.retired)}
+
+    async def retire_handler(
+        self, n: int | None = None, names: list[str] | None = None, timeout: float = 60
+    ) -> dict[str, list[str]]:
+        """Retire ``n`` workers the scheduler chooses (or those ``names``), within ``timeout``."""
+        retired = await self.retire(n=n, names=names, timeout=timeout)
+        return {"retired": retired}
+
+    # -- retirement -----------------------------------------------------------------------------
+
+    def connected(self) -> scaling.Connected:
+        """Workers connected now: running (not retired by us), and retired by us."""
+        running, retired = set(), set()
+        for ws in self.scheduler.workers.values():
+            name = str(ws.name)
+            if name in self.retired:
+                retired.add(name)
+            elif ws.status.name == "running":
+                running.add(name)
+        self.retired &= {str(ws.name) for ws in self.scheduler.workers.values()}
+        return scaling.Connected(frozenset(running), frozenset(retired))
+
+    async def retire(
+        self,
+        n: int | None = None,
+        names: list[str] | None = None,
+        timeout: float = 60,
+        adaptive: bool = False,
+    ) -> list[str]:
+        """Move the data of ``n`` workers (or of ``names``) elsewhere, then flag them retired.
+
+        The scheduler chooses which (``workers_to_close``: least data first); with
+        ``adaptive``, only workers older than the policy's minimum age. A worker
+        whose data has nowhere to go is kept. A retirement that does not finish
+        within ``timeout`` (a receiving worker frozen) is undone: its workers run
+        again. Returns the names of the retired workers.
+        """
+        scheduler = self.scheduler
+        candidates = [
+            ws
+            for ws in scheduler.workers.values()
+            if ws.status.name == "running" and str(ws.name) not in self.retired
+        ]
+        if names is not None:
+            wanted = {str(x) for x in names}
+            chosen = [ws for ws in candidates if str(ws.name) in wanted]
+        else:
+            now = time.time()
+            eligible = {
+                ws.address
+                for ws in candidates
+                if not adaptive
+                or self.policy is None
+                or now - self.joined.get(ws.address, now) >= self.policy.min_worker_age
+            }
+            order = scheduler.workers_to_close(n=len(scheduler.workers), attribute="address")
+            chosen = [scheduler.workers[a] for a in order if a in eligible][: n or 0]
+        if not chosen:
+            return []
+        addresses = [ws.address for ws in chosen]
+        stimulus = f"minimaldask-retire-{time.time()}"
+        task = asyncio.ensure_future(
+            scheduler.retire_workers(
+                workers=addresses, close_workers=False, remove=False, stimulus_id=stimulus
+            )
+        )
+        try:
+            result = await asyncio.wait_for(asyncio.shield(task), timeout)
+        except asyncio.TimeoutError:
+            task.cancel()
+            self._undo(addresses, stimulus)
+            logger.warning(
+                "minimaldask: retiring %s took more than %gs; undone, they run again",
+                [str(ws.name) for ws in chosen],
+                timeout,
+            )
+            return []
+        retired = []
+        for address, info in result.items():
+            name = str(info.get("name", address))
+            self.retired.add(name)
+            retired.append(name)
+            with contextlib.suppress(OSError):
+                await getattr(scheduler.rpc(address), contract.WORKER_RETIRED)()
+        kept = sorted(set(addresses) - set(result))
+        if kept:
+            logger.info("minimaldask: the scheduler kept %s: their data had nowhere to go", kept)
+        return retired
+
+    def _undo(self, addresses: list[str], stimulus: str) -> None:
+        """Make workers whose retirement did not finish run again, and stop moving their data."""
+        from distributed.active_memory_manager import RetireWorker
+
+        scheduler = self.scheduler
+        amm = scheduler.extensions.get("amm")
+        for policy in list(getattr(amm, "policies", ())):
+            if isinstance(policy, RetireWorker) and policy.address in addresses:
+                amm.policies.discard(policy)
+        for address in addresses:
+            ws = scheduler.workers.get(address)
+            if ws is None or ws.status.name != "closing_gracefully":
+                continue
+            from distributed.core import Status
+
+            scheduler.handle_worker_status_change(Status.running, ws, stimulus)
+            scheduler.stream_comms[address].send(
+                {"op": "worker-status-change", "status": "running", "stimulus_id": stimulus}
+            )
+
+    # -- the watch --------------------------------------------------------------------------------
+
+    def clients(self) -> int:
+        """Dask clients plus MinimalCluster handles heard from recently."""
+        now = time.time()
+        self.handles = {h: t for h, t in self.handles.items() if now - t < contract.HANDLE_TTL}
+        real = [c for c in self.scheduler.clients if c != "fire-and-forget"]
+        return len(real) + len(self.handles)
+
+    def facts(self) -> Facts:
+        """What the scheduler says about itself now."""
+        self.scheduler.check_idle()
+        return Facts(
+            idle_since=self.scheduler.idle_since,
+            clients=self.clients(),
+            workers=len(self.scheduler.workers),
+        )
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.interval)
+            try:
+                await self._look()
+            except Exception:  # one bad look must not stop the next
+                logger.exception("minimaldask: a look at the cluster failed")
+
+    async def _look(self) -> None:
+        facts = self.facts()
+        now = time.time()
+        if self.clocks is not None:  # local: decide here
+            self.clocks.observe(now, facts)
+            reason = self.clocks.reason(now)
+            if reason and self.shutdown_reason is None:
+                await self.end(*reason)
+            return
+        if self.link is not None:
+            try:
+                answer = await self.link.call("POST", "/report", {"facts": facts.to_json()})
+            except (OSError, urllib.error.URLError, ValueError) as e:
+                logger.warning("minimaldask: cannot reach the janitor: %s", e)
+                return
+            self.janitor_error = answer.get("error")
+            self.janitor_status = answer.get("status") or {}
+            if answer.get("end") and self.shutdown_reason is None:
+                self.announce(answer["end"])
+            elif self.policy is not None and self.shutdown_reason is None:
+                self._adapt_step(now)
+
+    def _adapt_step(self, now: float) -> None:
+        """Start one adaptive scaling, unless one runs: the checks never wait for scaling."""
+        if self._scaling is not None and not self._scaling.done():
+            return
+        policy = self.policy
+        assert policy is not None and self.link is not None
+        workers = len(self.scheduler.workers)
+        target = max(policy.minimum, min(policy.maximum, int(self.scheduler.adaptive_target())))
+        if target < workers:
+            if now - self.last_scaling < policy.cooldown:
+                return
+            target = max(target, workers - max(1, int(workers * policy.max_fraction)))
+        self._scaling = asyncio.create_task(self._scale(target))
+
+    async def _scale(self, target: int) -> None:
+        assert self.link is not None
+        replicas = JanitorReplicas(self.link)
+        before = await replicas.pods()
+        if before.replicas == target and before.live == target:
+            return
+        outcome = await scaling.scale_to(
+            target, replicas, SchedulerWorkers(self), ADAPT_RETIRE_TIMEOUT
+        )
+        self.last_scaling = time.time()
+        logger.info(
+            "minimaldask adapt: %s -> %s workers (retired %s%s)",
+            before.replicas,
+            target,
+            outcome.retired,
+            f"; {outcome.reason}" if outcome.reason else "",
+        )
+
+    def announce(self, message: str) -> None:
+        """The cluster ends: every client learns why (its futures are cancelled with it)."""
+        self.shutdown_reason = message
+        logger.warning(message)
+        self.scheduler.log_event("minimaldask", {"action": "shutdown", "reason": message})
+        for client, cs in list(self.scheduler.clients.items()):
+            keys = [ts.key for ts in cs.wants_what]
+            if keys:
+                self.scheduler.stimulus_cancel(
+                    keys, client, force=True, reason="minimaldask-shutdown", msg=message
+                )
+
+    async def end(self, timeout: str, reason: str) -> None:
+        """Outside Kubernetes: tell every client why, then close the scheduler."""
+        self.announce(f"minimaldask ended cluster {self.settings.cluster!r}: {reason}")
+        # Give handles a heartbeat to learn the reason before the scheduler goes.
+        await asyncio.sleep(min(2.0, contract.HANDLE_TTL / 2))
+        # Not awaited here: closing the scheduler closes this plugin, which ends this task.
+        self._closing = asyncio.ensure_future(self.scheduler.close(reason=f"minimaldask-{timeout}"))
+
+
+async def dask_setup(scheduler: Any) -> None:
+    """Entry point of ``--preload minimaldask.pod.plugin``.
+
+    Preloads run before the scheduler starts its plugins, which starts this one.
+    """
+    scheduler.add_plugin(Plugin.from_environment(), idempotent=True)

@@ -1,0 +1,118 @@
+"""The worker's side of scaling down: readiness, the retired flag, and the drain.
+
+Loaded into each worker on Kubernetes with ``--preload minimaldask.pod.worker``.
+It adds to the worker's HTTP server (the port of its probes):
+
+``GET /minimaldask/ready``
+    The readiness probe: 200 while the worker runs and was not retired by
+    minimaldask; 503 before it has joined its scheduler and once retired. The
+    ReplicaSet removes pods that are not Ready first, so lowering replicas by the
+    number of retired workers removes exactly their pods.
+``POST /minimaldask/drain?timeout=SECONDS``
+    From the pod itself only (its preStop hook, :mod:`minimaldask.pod.drain`):
+    before the pod stops (deleted, evicted, drained, a spot node reclaimed), the
+    scheduler moves this worker's data to the others, within ``timeout``.
+
+and a handler the scheduler calls when it retired this worker (the flag).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from tornado.web import RequestHandler
+
+from minimaldask import contract
+
+logger = logging.getLogger("distributed.minimaldask.worker")
+
+
+class _State:
+    """What the worker's routes need to know about it."""
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+        #: Set once the scheduler retired this worker for minimaldask.
+        self.retired = False
+        self.drain: asyncio.Task[bool] | None = None
+
+    def ready(self) -> bool:
+        return not self.retired and getattr(self.worker.status, "name", "") == "running"
+
+    async def drain_data(self, timeout: float) -> bool:
+        """Ask the scheduler to move this worker's data to the others; whether it did."""
+        worker = self.worker
+        if getattr(worker.status, "name", "") not in ("running", "closing_gracefully"):
+            return False
+        started = time.monotonic()
+        try:
+            retired = await asyncio.wait_for(
+                worker.scheduler.retire_workers(
+                    workers=[worker.address],
+                    close_workers=False,
+                    remove=False,
+                    stimulus_id=f"minimaldask-drain-{time.time()}",
+                ),
+                timeout,
+            )
+        except (OSError, asyncio.TimeoutError) as e:
+            logger.warning("minimaldask drain: could not move this worker's data: %r", e)
+            return False
+        done = worker.address in (retired or {})
+        logger.info(
+            "minimaldask drain: %s in %.1fs",
+            "data moved" if done else "the scheduler kept this worker's data (nowhere to go)",
+            time.monotonic() - started,
+        )
+        return done
+
+
+class _Ready(RequestHandler):
+    def initialize(self, state: _State) -> None:
+        self.state = state
+
+    def get(self) -> None:
+        self.set_status(200 if self.state.ready() else 503)
+        self.write("ok" if self.state.ready() else "not ready")
+
+
+class _Drain(RequestHandler):
+    def initialize(self, state: _State) -> None:
+        self.state = state
+
+    async def post(self) -> None:
+        if self.request.remote_ip not in ("127.0.0.1", "::1"):
+            self.set_status(403)  # only the pod's own preStop hook may drain it
+            return
+        timeout = float(self.get_argument("timeout", "30"))
+        state = self.state
+        if state.drain is None:  # the hook is delivered at least once: drain once
+            state.drain = asyncio.ensure_future(state.drain_data(timeout))
+        moved = await asyncio.shield(state.drain)
+        self.write(json.dumps({"moved": moved}))
+
+
+async def dask_setup(worker: Any) -> None:
+    """Entry point of ``--preload minimaldask.pod.worker``."""
+    state = _State(worker)
+
+    def retired() -> None:
+        state.retired = True
+        logger.info("minimaldask: retired; this worker's pod reports not ready")
+
+    def unretired() -> None:
+        state.retired = False
+
+    worker.handlers[contract.WORKER_RETIRED] = retired
+    worker.handlers[contract.WORKER_UNRETIRED] = unretired
+    worker.http_application.add_handlers(
+        r".*",
+        [
+            (contract.READY_PATH, _Ready, {"state": state}),
+            (contract.DRAIN_PATH, _Drain, {"state": state}),
+        ],
+    )
