@@ -35,8 +35,11 @@ from distributed import Client
 from rich.console import Console
 from rich.table import Table
 
-from minimaldask import MinimalCluster, delete_dask_cluster, kube
+from minimaldask import MinimalCluster, delete_dask_cluster
 from minimaldask.contract import label_selector
+from minimaldask.kubernetes import api as kube
+from minimaldask.kubernetes.backend import KubernetesBackend
+from minimaldask.kubernetes.objects import POD
 from minimaldask.spec import default_image_tag
 
 LOCALKUBE_USER = Path("/var/lib/localkube/user.kubeconfig")
@@ -58,7 +61,7 @@ class PodMeter:
         last = time.monotonic()
         while not self._stop.is_set():
             pods = await kube.list_objects(
-                api, "Pod", self.namespace, label_selector(self.name, "worker")
+                api, POD, self.namespace, label_selector(self.name, "worker")
             )
             now = time.monotonic()
             self.pod_seconds += self.current * (now - last)
@@ -149,11 +152,7 @@ def sigkill_to_nothing_left(args: argparse.Namespace, namespace: str) -> float:
     owner.wait()
     t = time.monotonic()
 
-    async def left() -> list[str]:
-        api = await kube.connect()
-        return await kube.cluster_leftovers(api, namespace, name)
-
-    while asyncio.run(left()) and time.monotonic() - t < 600:
+    while asyncio.run(KubernetesBackend.leftovers(name, namespace)) and time.monotonic() - t < 600:
         time.sleep(1)
     return time.monotonic() - t
 

@@ -19,6 +19,7 @@ from distributed.core import Status, rpc
 from distributed.deploy.cluster import Cluster
 from distributed.utils import Logs
 
+from minimaldask import contract
 from minimaldask.backend import backend_class
 from minimaldask.spec import ClusterSpec
 
@@ -74,6 +75,8 @@ class MinimalCluster(Cluster):
         self._attach_only = _attach_only
         #: Why the cluster ended itself (idle, no client, max lifetime), once it has.
         self.shutdown_reason: str | None = None
+        #: What the cluster's janitor cannot do now (delete the cluster, say), if anything.
+        self.janitor_error: str | None = None
         self._janitor_info: dict[str, Any] = {}
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._adapting = False
@@ -166,23 +169,29 @@ class MinimalCluster(Cluster):
         return sum(1 for w in info["workers"].values() if w.get("status") == Status.running.name)
 
     async def _heartbeat(self) -> None:
-        """Tell the janitor this handle is alive; learn if the cluster is ending."""
+        """Tell the plugin this handle is alive; learn if the cluster ends, or cannot."""
         handle = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
         while self.status == Status.running:
             try:
                 info = await asyncio.wait_for(
-                    self._scheduler.minimaldask_heartbeat(handle=handle), 10
+                    getattr(self._scheduler, contract.HEARTBEAT)(handle=handle), 10
                 )
             except (OSError, asyncio.TimeoutError):
                 await asyncio.sleep(1)
                 continue
-            except Exception as e:  # a scheduler without the janitor
-                self._log(f"The scheduler runs no minimaldask janitor ({e}); no self-shutdown")
+            except Exception as e:  # a scheduler without the plugin
+                self._log(f"The scheduler runs no minimaldask plugin ({e}); no self-shutdown")
                 return
             if not isinstance(info, dict):  # an older scheduler answers unknown handlers with None
-                self._log("The scheduler runs no minimaldask janitor; no self-shutdown")
+                self._log("The scheduler runs no minimaldask plugin; no self-shutdown")
                 return
             self._janitor_info = info
+            error = info.get("janitor_error")
+            if error != self.janitor_error:
+                self.janitor_error = error
+                if error:  # the truth, once: the cluster cannot end itself right now
+                    warnings.warn(error, RuntimeWarning, stacklevel=1)
+                    self._log(error)
             if info.get("shutdown_reason") and not self.shutdown_reason:
                 self.shutdown_reason = info["shutdown_reason"]
                 warnings.warn(self.shutdown_reason, RuntimeWarning, stacklevel=1)
@@ -193,7 +202,9 @@ class MinimalCluster(Cluster):
             await asyncio.sleep(1)
 
     async def _usage(self) -> dict[str, float]:
-        result: dict[str, float] = await asyncio.wait_for(self._scheduler.minimaldask_usage(), 10)
+        result: dict[str, float] = await asyncio.wait_for(
+            getattr(self._scheduler, contract.USAGE)(), 10
+        )
         return result
 
     def usage(self) -> Any:
@@ -214,6 +225,8 @@ class MinimalCluster(Cluster):
                 usage = None
                 with contextlib.suppress(Exception):
                     usage = await self._usage()
+                with contextlib.suppress(Exception):  # workers need not move their data now
+                    await asyncio.wait_for(getattr(self._scheduler, contract.CLOSING)(), 5)
                 await self._backend.close()
                 self._log(f"Cluster {self.spec.name!r} deleted{_usage_text(usage)}")
             else:

@@ -130,6 +130,10 @@ ADAPT = "minimaldask_adapt"
 RETIRE = "minimaldask_retire"
 #: The state of the workers for a scale-down: running ones, and retired ones.
 WORKERS = "minimaldask_workers"
+#: A worker whose pod stops asks for its data to be moved (its preStop hook).
+DRAIN = "minimaldask_drain"
+#: The cluster is being deleted: workers that stop need not hand their data over.
+CLOSING = "minimaldask_closing"
 #: Worker handlers: retired by minimaldask (its pod reports not ready), or not any more.
 WORKER_RETIRED = "minimaldask_retired"
 WORKER_UNRETIRED = "minimaldask_unretired"

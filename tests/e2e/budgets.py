@@ -6,7 +6,8 @@ never a bare number: when a setting of the product changes, its budget follows.
 
 from __future__ import annotations
 
-from minimaldask import janitor, manifests
+from minimaldask import contract
+from minimaldask.kubernetes import manifests
 from minimaldask.spec import ClusterSpec
 
 #: One pod of a cluster on the local node: scheduled, its image pulled from the local
@@ -35,6 +36,9 @@ def fail_fast(crashes: int = 0) -> float:
 
 def self_deletion(timeout: float) -> float:
     """A janitor that ends its cluster ``timeout`` seconds after the last sign of use:
-    a dead handle counts for HANDLE_TTL more, the janitor looks every second, then the delete.
+    a dead handle counts for HANDLE_TTL more, the janitor looks every second, tells the
+    clients (FAREWELL), then the delete.
     """
-    return timeout + janitor.HANDLE_TTL + 2 + REQUESTS + delete()
+    from minimaldask.pod.janitor import FAREWELL
+
+    return timeout + contract.HANDLE_TTL + 1 + FAREWELL + REQUESTS + delete()

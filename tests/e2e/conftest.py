@@ -48,23 +48,28 @@ def image(localkube_cluster, localkube_registry):
 
 @pytest.fixture
 def namespace(kube_namespace, image, monkeypatch):
-    """A fresh namespace; the client runs as the namespace-only user with the image as default."""
+    """A fresh namespace; the client runs as the namespace-only user with the image as default.
+
+    The same settings reach the processes a test starts (``minimaldask`` commands,
+    other clients), as DASK_MINIMALDASK__* variables.
+    """
     monkeypatch.setenv("KUBECONFIG", str(kube_namespace.user_kubeconfig))
     repository = image.rpartition(":")[0]
-    with dask.config.set(
-        {
-            "minimaldask.backend": "kubernetes",
-            "minimaldask.namespace": kube_namespace.name,
-            "minimaldask.image.repository": repository,
-            "minimaldask.image.tag": image.rpartition(":")[2],
-            # Each run pushes a new build under the same tag: a node must not run an old one.
-            "minimaldask.image.pull-policy": "Always",
-            "minimaldask.worker.cpu": SMALL["cpu"],
-            "minimaldask.worker.memory": SMALL["memory"],
-            "minimaldask.scheduler.cpu": "100m",
-            "minimaldask.scheduler.memory": "384Mi",
-        }
-    ):
+    settings = {
+        "minimaldask.backend": "kubernetes",
+        "minimaldask.namespace": kube_namespace.name,
+        "minimaldask.image.repository": repository,
+        "minimaldask.image.tag": image.rpartition(":")[2],
+        # Each run pushes a new build under the same tag: a node must not run an old one.
+        "minimaldask.image.pull-policy": "Always",
+        "minimaldask.worker.cpu": SMALL["cpu"],
+        "minimaldask.worker.memory": SMALL["memory"],
+        "minimaldask.scheduler.cpu": "100m",
+        "minimaldask.scheduler.memory": "384Mi",
+    }
+    for key, value in settings.items():
+        monkeypatch.setenv("DASK_" + key.upper().replace(".", "__").replace("-", "_"), value)
+    with dask.config.set(settings):
         yield kube_namespace.name
 
 

@@ -52,3 +52,27 @@ def test_usage_integrates_worker_and_core_seconds():
     assert abs(report["worker_seconds"] - 8) < 0.5
     assert abs(report["core_seconds"] - (5 * 2 + 3 * 4)) < 1
     assert report["lifetime"] >= 10
+
+
+def test_python_patch_levels_alone_are_not_a_mismatch():
+    from distributed import versions
+
+    from minimaldask.pod.plugin import quiet_patch_levels
+
+    def table(python):
+        return {"host": {}, "packages": {"python": python, "dask": "2026.8.0"}}
+
+    original = versions.error_message
+    try:
+        quiet_patch_levels()
+        quiet_patch_levels()  # once is enough, twice is harmless
+        same_minor = versions.error_message(
+            table("3.11.2.final.0"), {"w": table("3.11.2.final.0")}, table("3.11.7.final.0")
+        )
+        assert same_minor["warning"] == ""
+        other_minor = versions.error_message(
+            table("3.11.2.final.0"), {"w": table("3.11.2.final.0")}, table("3.12.1.final.0")
+        )
+        assert "Mismatched versions" in other_minor["warning"]
+    finally:
+        versions.error_message = original

@@ -607,6 +607,13 @@ class KubernetesBackend(Backend):
         )
 
     @classmethod
+    async def leftovers(cls, name: str, namespace: str) -> list[str]:
+        """``Kind/name`` of every object of cluster ``name`` still there (kinds a user may list)."""
+        api = await kube.connect()
+        spec = ClusterSpec.from_options(name=name, namespace=namespace, backend="kubernetes")
+        return await kube.leftovers(api, namespace, name, cluster_kinds(cluster_parts(spec)))
+
+    @classmethod
     async def list_clusters(cls, namespace: str) -> list[ClusterInfo]:
         """The clusters in ``namespace``, found by their scheduler Deployments' labels."""
         api = await kube.connect()

@@ -92,11 +92,13 @@ def cluster_kinds(parts: Iterable[Part]) -> list[Kind]:
 
 
 def delete_order(parts: Iterable[Part]) -> list[Part]:
-    """The root first (what it owns goes with it), then every part, last made first."""
+    """The root first (what it owns goes with it), then every part in the order it was made.
+
+    The scheduler goes before the workers: a worker told to stop asks its scheduler
+    to move its data, and one whose scheduler is gone stops at once.
+    """
     parts = list(parts)
-    return [p for p in parts if p.stage == Stage.ROOT] + [
-        p for p in reversed(parts) if p.stage != Stage.ROOT
-    ]
+    return [p for p in parts if p.stage == Stage.ROOT] + [p for p in parts if p.stage != Stage.ROOT]
 
 
 @dataclass(frozen=True)

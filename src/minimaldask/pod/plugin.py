@@ -165,6 +165,8 @@ class Plugin(SchedulerPlugin):
         self.joined: dict[str, float] = {}
         #: Names of the workers this plugin retired (their pods report not ready).
         self.retired: set[str] = set()
+        #: The cluster is being deleted (by its user or its janitor): nothing to save.
+        self.closing = False
         self.last_scaling = 0.0
         self.scheduler: Any = None
         self.clocks: Clocks | None = None
@@ -189,6 +191,8 @@ class Plugin(SchedulerPlugin):
         scheduler.handlers[contract.ADAPT] = self.adapt
         scheduler.handlers[contract.RETIRE] = self.retire_handler
         scheduler.handlers[contract.WORKERS] = self.workers_handler
+        scheduler.handlers[contract.DRAIN] = self.drain_handler
+        scheduler.handlers[contract.CLOSING] = self.closing_handler
         now = time.time()
         self.usage.started = now
         for address, ws in scheduler.workers.items():
@@ -295,6 +299,20 @@ class Plugin(SchedulerPlugin):
         retired = await self.retire(n=n, names=names, timeout=timeout)
         return {"retired": retired}
 
+    async def drain_handler(self, worker: str, timeout: float = 30) -> dict[str, bool]:
+        """A worker's pod stops: move its data to the others first, unless the cluster ends."""
+        if self.closing or self.shutdown_reason:
+            return {"moved": False}
+        ws = self.scheduler.workers.get(worker)
+        if ws is None:
+            return {"moved": False}
+        retired = await self.retire(names=[str(ws.name)], timeout=timeout)
+        return {"moved": bool(retired)}
+
+    def closing_handler(self) -> None:
+        """The cluster is being deleted: workers that stop now hand nothing over."""
+        self.closing = True
+
     # -- retirement -----------------------------------------------------------------------------
 
     def connected(self) -> scaling.Connected:
@@ -332,7 +350,11 @@ class Plugin(SchedulerPlugin):
         ]
         if names is not None:
             wanted = {str(x) for x in names}
-            chosen = [ws for ws in candidates if str(ws.name) in wanted]
+            chosen = [
+                ws
+                for ws in scheduler.workers.values()
+                if str(ws.name) in wanted and ws.status.name in ("running", "closing_gracefully")
+            ]
         else:
             now = time.time()
             eligible = {
@@ -479,6 +501,7 @@ class Plugin(SchedulerPlugin):
     def announce(self, message: str) -> None:
         """The cluster ends: every client learns why (its futures are cancelled with it)."""
         self.shutdown_reason = message
+        self.closing = True
         logger.warning(message)
         self.scheduler.log_event("minimaldask", {"action": "shutdown", "reason": message})
         for client, cs in list(self.scheduler.clients.items()):
@@ -497,9 +520,50 @@ class Plugin(SchedulerPlugin):
         self._closing = asyncio.ensure_future(self.scheduler.close(reason=f"minimaldask-{timeout}"))
 
 
+def _minor(packages: Any) -> Any:
+    """A copy of a versions table with Python's version cut to major.minor."""
+    if not isinstance(packages, dict) or not isinstance(packages.get("python"), str):
+        return packages
+    return {**packages, "python": ".".join(packages["python"].split(".")[:2])}
+
+
+def _without_patch_level(versions: Any) -> Any:
+    if not isinstance(versions, dict):
+        return versions
+    return {**versions, "packages": _minor(versions.get("packages"))}
+
+
+def quiet_patch_levels() -> None:
+    """Compare Python versions at major.minor when clients and workers connect.
+
+    Pickled code moves between Pythons of one minor version (3.11.2 and 3.11.7
+    make the same bytecode), so a difference in patch level alone is noise: the
+    client would print distributed's "Mismatched versions" table on every
+    connect. The client's own check (the image's labels, before a cluster
+    starts) still refuses a minor version that differs.
+    """
+    from distributed import versions
+
+    original = versions.error_message
+    if getattr(original, "minimaldask", False):
+        return
+
+    def error_message(
+        scheduler: Any, workers: Any, source: Any, source_name: str = "Client"
+    ) -> Any:
+        workers = {w: _without_patch_level(v) for w, v in (workers or {}).items()}
+        return original(
+            _without_patch_level(scheduler), workers, _without_patch_level(source), source_name
+        )
+
+    error_message.minimaldask = True  # type: ignore[attr-defined]
+    versions.error_message = error_message
+
+
 async def dask_setup(scheduler: Any) -> None:
     """Entry point of ``--preload minimaldask.pod.plugin``.
 
     Preloads run before the scheduler starts its plugins, which starts this one.
     """
+    quiet_patch_levels()
     scheduler.add_plugin(Plugin.from_environment(), idempotent=True)

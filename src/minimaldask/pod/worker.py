@@ -50,25 +50,22 @@ class _State:
             return False
         started = time.monotonic()
         try:
-            retired = await asyncio.wait_for(
-                worker.scheduler.retire_workers(
-                    workers=[worker.address],
-                    close_workers=False,
-                    remove=False,
-                    stimulus_id=f"minimaldask-drain-{time.time()}",
-                ),
-                timeout,
+            answer = await asyncio.wait_for(
+                getattr(worker.scheduler, contract.DRAIN)(worker=worker.address, timeout=timeout),
+                timeout + 5,
             )
         except (OSError, asyncio.TimeoutError) as e:
             logger.warning("minimaldask drain: could not move this worker's data: %r", e)
             return False
-        done = worker.address in (retired or {})
+        moved = bool((answer or {}).get("moved"))
         logger.info(
             "minimaldask drain: %s in %.1fs",
-            "data moved" if done else "the scheduler kept this worker's data (nowhere to go)",
+            "data moved"
+            if moved
+            else "nothing moved (the cluster ends, or the data had nowhere to go)",
             time.monotonic() - started,
         )
-        return done
+        return moved
 
 
 class _Ready(RequestHandler):
