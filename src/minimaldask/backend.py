@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from distributed.core import rpc
+from distributed.security import Security
 
 if TYPE_CHECKING:
     from minimaldask.spec import ClusterSpec
@@ -39,10 +40,11 @@ class ClusterInfo:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-async def scheduler_answers(address: str) -> bool:
+async def scheduler_answers(address: str, security: Security | None = None) -> bool:
     """Whether a dask scheduler answers at ``address`` within a few seconds."""
+    args = security.get_connection_args("client") if security else {}
     try:
-        async with rpc(address, timeout=2) as r:
+        async with rpc(address, timeout=2, connection_args=args) as r:
             await asyncio.wait_for(r.identity(), 3)
     except (OSError, asyncio.TimeoutError):
         return False
@@ -65,6 +67,8 @@ class Backend(abc.ABC):
         self.requested: set[str] = set()
         #: This handle created the cluster (rather than attached to a running one).
         self.created = False
+        #: How this client connects to the scheduler (TLS), once the cluster is known.
+        self.security: Security | None = None
 
     @abc.abstractmethod
     async def start(self, attach_only: bool = False, update: bool = False) -> str:

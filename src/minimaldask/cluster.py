@@ -17,6 +17,7 @@ from typing import Any
 
 from distributed.core import Status, rpc
 from distributed.deploy.cluster import Cluster
+from distributed.security import Security
 from distributed.utils import Logs
 
 from minimaldask import contract
@@ -81,6 +82,8 @@ class MinimalCluster(Cluster):
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._adapting = False
         super().__init__(asynchronous=asynchronous, loop=loop, quiet=quiet, name=self.spec.name)
+        #: How clients connect: plain TCP until the cluster's TLS credentials are known.
+        self.security = Security()
         self._backend = backend_class(self.spec.backend)(self.spec, self._log)
         if not self.asynchronous:
             self._loop_runner.start()
@@ -121,7 +124,12 @@ class MinimalCluster(Cluster):
         spec = self.spec
         try:
             address = await self._backend.start(attach_only=self._attach_only, update=self._update)
-            self.scheduler_comm = rpc(address)
+            if self._backend.security is not None:
+                # Client(cluster) takes it from here: TLS with the cluster's client certificate.
+                self.security = self._backend.security
+            self.scheduler_comm = rpc(
+                address, connection_args=self.security.get_connection_args("client")
+            )
             await super()._start()
             self._heartbeat_task = asyncio.ensure_future(self._heartbeat())
             if not self._attach_only:

@@ -231,7 +231,9 @@ class Launch:
     ``WORKER`` (set: a worker, else a scheduler), ``PORT``, ``DASHBOARD_PORT``,
     ``ARGUMENTS`` (extra dask options, shell-split), ``DASK_SCHEDULER_ADDRESS``,
     ``EXTRA_PIP_PACKAGES``, ``EXTRA_OS_PACKAGES``, ``EXTRA_APK_PACKAGES`` and
-    ``MINIMALDASK_PREFIX`` (where extra packages go). See docs/entrypoint.md.
+    ``MINIMALDASK_PREFIX`` (where extra packages go) and ``MINIMALDASK_TLS_DIR``
+    (the cluster's certificates: :func:`tls_files`; the dask process then
+    speaks only TLS, with mutual authentication). See docs/entrypoint.md.
     """
 
     worker: bool = False
@@ -243,6 +245,7 @@ class Launch:
     os_packages: tuple[str, ...] = ()
     apk_packages: tuple[str, ...] = ()
     prefix: str = ""
+    tls_dir: str = ""
 
     def to_env(self) -> dict[str, str]:
         """The variables that make the entrypoint start this (unset ones are left out)."""
@@ -262,6 +265,8 @@ class Launch:
                 env[name] = shlex.join(packages)
         if self.prefix:
             env["MINIMALDASK_PREFIX"] = self.prefix
+        if self.tls_dir:
+            env["MINIMALDASK_TLS_DIR"] = self.tls_dir
         env["ARGUMENTS"] = shlex.join(self.arguments)
         return env
 
@@ -293,6 +298,7 @@ class Launch:
             os_packages=_split(env, "EXTRA_OS_PACKAGES"),
             apk_packages=_split(env, "EXTRA_APK_PACKAGES"),
             prefix=prefix,
+            tls_dir=env.get("MINIMALDASK_TLS_DIR", "").strip(),
         )
 
 
@@ -370,6 +376,49 @@ def reserved_variable(name: str) -> str | None:
     if name.startswith(RESERVED_PREFIX):
         return f"variables starting with {RESERVED_PREFIX} are minimaldask's own"
     return None
+
+
+# -- TLS -----------------------------------------------------------------------------------------
+
+#: Where the pods mount the cluster's certificates (the Secret tls_name).
+TLS_DIR = "/etc/minimaldask/tls"
+#: The files of a cluster's certificates: its CA, and the certificate and key its scheduler
+#: and workers share. The client's own certificate and key stay in the Secret only.
+TLS_CA, TLS_CERT, TLS_KEY = "ca.crt", "tls.crt", "tls.key"
+TLS_CLIENT_CERT, TLS_CLIENT_KEY = "client.crt", "client.key"
+
+
+def network_policy_name(cluster: str) -> str:
+    """Name of the NetworkPolicy that guards the cluster's scheduler and workers."""
+    return f"{cluster}-network"
+
+
+def tls_name(cluster: str) -> str:
+    """Name of the Secret that holds the cluster's CA, certificates and keys."""
+    return f"{cluster}-tls"
+
+
+def tls_env(tls_dir: str) -> dict[str, str]:
+    """Dask's configuration, as environment variables, for TLS with the files in ``tls_dir``.
+
+    Every role (scheduler, worker, and a client inside the cluster) uses the
+    cluster's certificate; every connection must be TLS and both ends must
+    show a certificate signed by the cluster's CA.
+    """
+    ca, cert, key = (os.path.join(tls_dir, f) for f in (TLS_CA, TLS_CERT, TLS_KEY))
+    env = {
+        "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+        "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": ca,
+    }
+    for role in ("SCHEDULER", "WORKER", "CLIENT"):
+        env[f"DASK_DISTRIBUTED__COMM__TLS__{role}__CERT"] = cert
+        env[f"DASK_DISTRIBUTED__COMM__TLS__{role}__KEY"] = key
+    return env
+
+
+def scheme(tls: bool) -> str:
+    """``tls://`` or ``tcp://``."""
+    return "tls://" if tls else "tcp://"
 
 
 # -- the dask command lines ----------------------------------------------------------------------

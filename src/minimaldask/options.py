@@ -25,8 +25,10 @@ class Flag:
     names: tuple[str, ...]
     type: Callable[[str], Any] | None = None
     metavar: str | None = None
-    #: ``append`` (repeatable) or ``store_true``; plain values otherwise.
+    #: ``append`` (repeatable), ``store_true`` or ``store_const``; plain values otherwise.
     action: str | None = None
+    #: The value of a ``store_const`` flag.
+    const: Any = None
     #: The flag's value to the option's value (e.g. ``NAME=VALUE`` lines to a mapping).
     convert: Callable[[Any], Any] | None = None
     #: A positional argument (``minimaldask up NAME``), which may be left out.
@@ -96,9 +98,11 @@ def add_flags(parser: argparse.ArgumentParser, options: Iterable[Option]) -> Non
         if o.flag.positional:
             parser.add_argument(o.name, nargs="?", help=_flag_help(o))
             continue
-        kwargs: dict[str, Any] = {"dest": o.name, "help": _flag_help(o)}
+        kwargs: dict[str, Any] = {"dest": o.name, "help": _flag_help(o), "default": None}
         if o.flag.action:
             kwargs["action"] = o.flag.action
+        if o.flag.action == "store_const":
+            kwargs["const"] = o.flag.const
         if o.flag.type:
             kwargs["type"] = o.flag.type
         if o.flag.metavar:
@@ -123,7 +127,7 @@ def from_flags(args: argparse.Namespace, options: Iterable[Option]) -> dict[str,
         if o.flag is None:
             continue
         value = getattr(args, o.name, None)
-        if value is None or value is False:
+        if value is None:  # not given: the configured default
             continue
         out[o.name] = o.flag.convert(value) if o.flag.convert else value
     return out

@@ -377,6 +377,34 @@ def _tolerations(value: Iterable[Mapping[str, Any]] | None) -> tuple[Mapping[str
     return tuple(out)
 
 
+def _quantity_at_least(option: str, value: Any, minimum: float) -> str:
+    if parse_quantity(value, option) < minimum:
+        raise _invalid(option, value, "expected at least 16Mi, e.g. '10Gi'")
+    return str(value)
+
+
+_PEER_KEYS = {"podSelector", "namespaceSelector", "ipBlock"}
+
+
+def _peers(option: str, value: Any) -> tuple[Mapping[str, Any], ...]:
+    if value is None:
+        return ()
+    if isinstance(value, Mapping):
+        value = [value]
+    peers = []
+    for peer in value:
+        if not isinstance(peer, Mapping) or not peer or not set(peer) <= _PEER_KEYS:
+            raise _invalid(
+                option,
+                peer,
+                "expected NetworkPolicy peers: mappings of podSelector, namespaceSelector "
+                "and/or ipBlock, e.g. {'namespaceSelector': {'matchLabels': "
+                "{'kubernetes.io/metadata.name': 'jupyter'}}}",
+            )
+        peers.append(dict(peer))
+    return tuple(peers)
+
+
 def _patch(value: Mapping[str, Any] | None) -> dict[str, Any]:
     if value is None:
         return {}
@@ -413,6 +441,7 @@ def client_versions() -> dict[str, str]:
 
 #: Options that do not shape the running pods: an attaching handle may differ in them.
 _NOT_SHAPING = {
+    "allow_from",
     "name",
     "namespace",
     "backend",
@@ -644,6 +673,29 @@ class ClusterSpec:
     worker_options: tuple[str, ...] = option(
         "Extra options of dask worker.", _dask_options(contract.MANAGED_WORKER_OPTIONS)
     )
+    tls: bool | None = option(
+        "TLS with mutual authentication between the client, the scheduler and the workers, "
+        "with a CA of the cluster's own; None: on for Kubernetes, off for the local backend "
+        "(loopback only).",
+        lambda o, v: None if v is None else bool(v),
+        key="tls",
+        nullable=True,
+        flag=Flag(("--no-tls",), action="store_const", const=False),
+    )
+    allow_from: tuple[Mapping[str, Any], ...] = option(
+        "Who else may connect to the scheduler and workers on Kubernetes, as NetworkPolicy "
+        "peers, e.g. [{'podSelector': {'matchLabels': {'app': 'jupyterhub'}}}]; the "
+        "cluster's own pods always may.",
+        lambda o, v: _peers(o, v),
+    )
+    tmp_size: str | None = option(
+        "Size limit of each pod's /tmp, where workers spill and extra packages go (a worker "
+        "that fills it is evicted alone); None: twice a worker's memory plus 1Gi, 2Gi for the "
+        "scheduler.",
+        lambda o, v: None if v is None else _quantity_at_least(o, v, MIN_MEMORY),
+        key="tmp-size",
+        nullable=True,
+    )
     allow_unsafe_patch: bool = option(
         "Let patch weaken the pods' security (privileges, host namespaces, a writable root).",
         lambda o, v: bool(v),
@@ -658,6 +710,11 @@ class ClusterSpec:
                 f"the scheduler's port is {self.port} already; pick another, e.g. "
                 f"dashboard_port={self.port + 1}",
             )
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether the cluster speaks TLS (``tls``, or the backend's default)."""
+        return self.backend == "kubernetes" if self.tls is None else self.tls
 
     @property
     def nthreads(self) -> int:

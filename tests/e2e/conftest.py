@@ -54,6 +54,13 @@ def namespace(kube_namespace, image, monkeypatch):
     other clients), as DASK_MINIMALDASK__* variables.
     """
     monkeypatch.setenv("KUBECONFIG", str(kube_namespace.user_kubeconfig))
+    # Every pod of the suite must pass Pod Security "restricted".
+    kube_namespace.kubectl(
+        "label", "namespace", kube_namespace.name, "--overwrite",
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/enforce-version=latest",
+        as_user=False,
+    )  # fmt: skip
     repository = image.rpartition(":")[0]
     settings = {
         "minimaldask.backend": "kubernetes",

@@ -9,7 +9,11 @@ def janitor_env(spec):
     """The janitor's variables in the scheduler Deployment made for ``spec``."""
     container = scheduler_deployment(spec)["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    return {k: v for k, v in env.items() if k.startswith("MINIMALDASK_") and v is not None}
+    return {
+        k: v
+        for k, v in env.items()
+        if k.startswith("MINIMALDASK_") and v is not None and k != "MINIMALDASK_TLS_DIR"
+    }
 
 
 def test_janitor_env_carries_the_timeouts_of_the_spec():

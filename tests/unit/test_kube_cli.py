@@ -24,6 +24,8 @@ def test_manifests_print_the_objects_identities_first(capsys):
         ("ServiceAccount", "etl-scheduler"),
         ("Role", "etl-janitor"),
         ("RoleBinding", "etl-janitor"),
+        ("Secret", "etl-tls"),
+        ("NetworkPolicy", "etl-network"),
         ("Deployment", "etl-scheduler"),
         ("Service", "etl-scheduler"),
         ("Deployment", "etl-worker"),

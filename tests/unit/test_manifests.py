@@ -9,6 +9,7 @@ import pytest
 from minimaldask import contract
 from minimaldask.kubernetes import manifests
 from minimaldask.spec import ClusterSpec
+from minimaldask.tls import Credentials
 
 
 def spec(**options):
@@ -22,12 +23,19 @@ def env_of(container):
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
 
 
+CREDENTIALS = Credentials.make("demo", [])
+
+
+def objects(s, *args, **kwargs):
+    return manifests.cluster_objects(s, *args, credentials=CREDENTIALS, **kwargs)
+
+
 def by_kind(objects):
     return {(o["kind"], o["metadata"]["name"]): o for o in objects}
 
 
 def test_objects_are_named_per_cluster():
-    objs = by_kind(manifests.cluster_objects(spec()))
+    objs = by_kind(objects(spec()))
     assert set(objs) == {
         ("Deployment", "demo-scheduler"),
         ("Deployment", "demo-worker"),
@@ -36,6 +44,8 @@ def test_objects_are_named_per_cluster():
         ("Role", "demo-janitor"),
         ("RoleBinding", "demo-janitor"),
         ("ConfigMap", "demo-cluster"),
+        ("Secret", "demo-tls"),
+        ("NetworkPolicy", "demo-network"),
     }
     for obj in objs.values():
         assert obj["metadata"]["namespace"] == "team"
@@ -47,8 +57,8 @@ def test_objects_are_named_per_cluster():
 
 
 def test_two_clusters_do_not_share_names_or_selectors():
-    a = manifests.cluster_objects(spec(name="a"))
-    b = manifests.cluster_objects(spec(name="b"))
+    a = objects(spec(name="a"))
+    b = objects(spec(name="b"))
     assert not {o["metadata"]["name"] for o in a} & {o["metadata"]["name"] for o in b}
     (sched_a,) = [
         o for o in a if o["metadata"]["name"] == "a-scheduler" and o["kind"] == "Deployment"
@@ -65,7 +75,7 @@ def test_every_object_is_owned_by_the_root():
         "kind": "ConfigMap",
         "metadata": {"name": "demo-cluster", "uid": "1234"},
     }
-    objs = manifests.cluster_objects(spec(), owner)
+    objs = objects(spec(), owner)
     assert objs[0]["kind"] == "ConfigMap" and objs[0]["metadata"]["name"] == "demo-cluster"
     assert "ownerReferences" not in objs[0]["metadata"]
     for child in objs[1:]:
@@ -116,7 +126,13 @@ def test_worker_arguments_come_from_resources_and_pod():
     assert names.index("POD_NAME") < names.index("ARGUMENTS")
     assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["WORKER"] == "1"
-    assert env["DASK_SCHEDULER_ADDRESS"] == "tcp://demo-scheduler:8786"
+    assert env["DASK_SCHEDULER_ADDRESS"] == "tls://demo-scheduler:8786"
+    assert env["MINIMALDASK_TLS_DIR"] == "/etc/minimaldask/tls"
+    plain = env_of(
+        manifests.worker_deployment(spec(tls=False))["spec"]["template"]["spec"]["containers"][0]
+    )
+    assert plain["DASK_SCHEDULER_ADDRESS"] == "tcp://demo-scheduler:8786"
+    assert "MINIMALDASK_TLS_DIR" not in plain
     args = shlex.split(env["ARGUMENTS"])
     assert args[args.index("--name") + 1] == "$(POD_NAME)"
     assert args[args.index("--nthreads") + 1] == "2"
@@ -156,7 +172,8 @@ def test_pods_are_locked_down(builder):
         assert sc["allowPrivilegeEscalation"] is False
         assert sc["capabilities"] == {"drop": ["ALL"]}
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
-    assert {"name": "tmp", "emptyDir": {}} in pod["volumes"]
+    (tmp,) = [v for v in pod["volumes"] if v["name"] == "tmp"]
+    assert tmp["emptyDir"]["sizeLimit"]  # a worker that fills it is evicted, not the node
     for probe in ("startupProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["path"] == "/health"
 
@@ -273,7 +290,7 @@ def test_label_selector():
 
 
 def test_the_janitor_may_touch_only_this_clusters_objects():
-    objs = by_kind(manifests.cluster_objects(spec()))
+    objs = by_kind(objects(spec()))
     rules = objs[("Role", "demo-janitor")]["rules"]
     assert all(r.get("resourceNames") for r in rules), "every right names its objects"
     assert not [r for r in rules if "pods" in r["resources"]], "no right on pods"
@@ -301,7 +318,7 @@ def test_the_janitor_may_touch_only_this_clusters_objects():
 
 
 def test_without_the_janitor_the_scheduler_has_no_token():
-    objs = by_kind(manifests.cluster_objects(spec(), janitor=False))
+    objs = by_kind(objects(spec(), janitor=False))
     assert ("Role", "demo-janitor") not in objs
     pod = objs[("Deployment", "demo-scheduler")]["spec"]["template"]["spec"]
     assert "serviceAccountName" not in pod
@@ -353,3 +370,35 @@ def test_a_patch_that_weakens_the_pods_is_refused_unless_allowed(patch, found):
 def test_the_default_pods_and_a_harmless_patch_pass_the_check():
     assert manifests.security_weakenings(spec()) == []
     manifests.check_patch(spec(patch={"worker": {"metadata": {"labels": {"team": "a"}}}}))
+
+
+def test_the_network_policy_admits_the_cluster_the_named_peers_and_what_expose_needs():
+    jupyter = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "hub"}}}
+    policy = manifests.network_policy(spec(allow_from=[jupyter]))
+    own = {"app.kubernetes.io/name": "minimaldask", "app.kubernetes.io/instance": "demo"}
+    assert policy["spec"]["podSelector"] == {"matchLabels": own}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": own}}, jupyter]
+    # NodePort: the comm port (TLS) from anywhere, and the dashboard not published at all.
+    s = spec(expose="nodeport")
+    _, anywhere = manifests.network_policy(s)["spec"]["ingress"]
+    assert anywhere["ports"] == [{"port": 8786, "protocol": "TCP"}]
+    assert [p["name"] for p in manifests.scheduler_service(s)["spec"]["ports"]] == ["tcp-comm"]
+    ports = manifests.scheduler_service(spec())["spec"]["ports"]
+    assert [p["name"] for p in ports] == ["tcp-comm", "http-dashboard"]
+
+
+def test_the_pods_mount_the_cluster_certificate_but_not_the_clients_key():
+    s = spec()
+    secret = manifests.tls_secret(s, CREDENTIALS)
+    assert set(secret["stringData"]) == {"ca.crt", "tls.crt", "tls.key", "client.crt", "client.key"}
+    for build in (manifests.scheduler_deployment, manifests.worker_deployment):
+        pod = build(s)["spec"]["template"]["spec"]
+        (tls,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+        assert tls["secret"]["secretName"] == "demo-tls"
+        assert {i["key"] for i in tls["secret"]["items"]} == {"ca.crt", "tls.crt", "tls.key"}
+        mounts = pod["containers"][0]["volumeMounts"]
+        assert {"name": "tls", "mountPath": "/etc/minimaldask/tls", "readOnly": True} in mounts
+    with pytest.raises(ValueError, match="credentials"):
+        manifests.tls_secret(s, None)

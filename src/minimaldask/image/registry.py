@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -28,9 +29,11 @@ __all__ = [
     "Reference",
     "RegistryError",
     "check",
+    "image_digest",
     "image_platforms",
     "image_versions",
     "parse_reference",
+    "pinned",
     "push",
 ]
 
@@ -269,6 +272,31 @@ def image_platforms(ref: str, insecure: bool = False) -> list[str]:
     config = json.loads(client.get_blob(parsed, data["config"]["digest"]))
     plat = {"platform": {k: config.get(k) for k in ("os", "architecture", "variant")}}
     return [_platform_of(plat)]
+
+
+def image_digest(ref: str, insecure: bool = False) -> str:
+    """The digest a tag names now (of its index, or of its manifest): ``sha256:...``.
+
+    A cluster runs ``repository@digest``, so that its scheduler and every worker
+    run the same build, whatever the tag names later.
+    """
+    parsed = parse_reference(ref)
+    if parsed.tag.startswith("sha256:"):
+        return parsed.tag
+    client = Client(parsed.registry, insecure)
+    scope = f"repository:{parsed.repository}:pull"
+    status, _, body = client.request(
+        "GET", f"/v2/{parsed.repository}/manifests/{parsed.tag}", scope, headers={"Accept": ACCEPT}
+    )
+    if status == 404:
+        raise ImageNotFoundError(f"no image {parsed.registry}/{parsed.repository}:{parsed.tag}")
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def pinned(ref: str, digest: str) -> str:
+    """``ref`` with its tag replaced by ``digest``: ``registry/repository@sha256:...``."""
+    parsed = parse_reference(ref)
+    return f"{parsed.registry}/{parsed.repository}@{digest}"
 
 
 def image_versions(ref: str, insecure: bool = False) -> dict[str, str]:

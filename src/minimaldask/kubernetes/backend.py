@@ -11,6 +11,7 @@ client reaches it, from the ``expose`` mode's strategy
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import enum
 import json
@@ -39,12 +40,19 @@ from minimaldask.exceptions import (
 )
 from minimaldask.kubernetes import api as kube
 from minimaldask.kubernetes import expose
-from minimaldask.kubernetes.manifests import check_patch, cluster_parts, cluster_root, owned
+from minimaldask.kubernetes.manifests import (
+    check_patch,
+    cluster_parts,
+    cluster_root,
+    owned,
+    scheduler_hosts,
+)
 from minimaldask.kubernetes.objects import (
     CONFIG_MAP,
     DEPLOYMENT,
     POD,
     REPLICA_SET,
+    SECRET,
     SERVICE,
     Access,
     Part,
@@ -56,6 +64,7 @@ from minimaldask.kubernetes.objects import (
 from minimaldask.kubernetes.status import pod_phase, pod_ready, ready_since, replica_failure
 from minimaldask.pod import scaling
 from minimaldask.spec import ClusterSpec, client_versions, default_image_tag
+from minimaldask.tls import Credentials
 
 #: Seconds a wait may overrun its deadline while an API call is answered.
 API_GRACE = 15
@@ -87,13 +96,19 @@ class Start(enum.Enum):
     READY = "ready"
 
 
-def _read_image(registry: Any, ref: str) -> tuple[dict[str, str], list[str]]:
-    """Versions and platforms of ``ref``; a loopback registry is read over plain http, as Docker does."""
+def _read_image(registry: Any, ref: str) -> tuple[dict[str, str], list[str], str]:
+    """Versions, platforms and pinned reference (``repository@digest``) of ``ref``.
+
+    A loopback registry is read over plain http, as Docker does.
+    """
     host = registry.parse_reference(ref).registry.rsplit(":", 1)[0]
     insecure = host in ("localhost", "[::1]") or host.startswith("127.")
+    digest = registry.image_digest(ref, insecure=insecure)
+    pinned = registry.pinned(ref, digest)
     return (
-        registry.image_versions(ref, insecure=insecure),
-        registry.image_platforms(ref, insecure=insecure),
+        registry.image_versions(pinned, insecure=insecure),
+        registry.image_platforms(pinned, insecure=insecure),
+        pinned,
     )
 
 
@@ -124,6 +139,8 @@ class KubernetesBackend(Backend):
         self.state = Start.NEW
         #: This handle created the cluster (so, by default, its close deletes it).
         self.created = False
+        #: The cluster's CA and certificates (TLS), made by the creator, read by others.
+        self.credentials: Credentials | None = None
         #: One line saying where the start is; the CLI displays it live.
         self.progress = ""
         #: Whether the cluster gets its janitor's ServiceAccount and Role (self-deletion).
@@ -140,7 +157,7 @@ class KubernetesBackend(Backend):
             self.log(line)
 
     def _parts(self) -> list[Part]:
-        return cluster_parts(self.spec, janitor=self.janitor)
+        return cluster_parts(self.spec, janitor=self.janitor, credentials=self.credentials)
 
     # -- pre-flight -------------------------------------------------------------------------
 
@@ -198,14 +215,17 @@ class KubernetesBackend(Backend):
             return
         ref = self.spec.image
         try:
-            versions, platforms = await asyncio.to_thread(_read_image, registry, ref)
+            versions, platforms, pinned = await asyncio.to_thread(_read_image, registry, ref)
         except registry.ImageNotFoundError as e:
             raise ClusterStartError(
                 f"image {ref} does not exist ({e}); push it first (minimaldask image "
                 f"build --push {ref}) or fix image=..."
             ) from e
         except registry.RegistryError as e:
-            self.log(f"Image check skipped: cannot read {ref} from its registry ({e})")
+            self.log(
+                f"Image check skipped: cannot read {ref} from its registry ({e}); the pods run "
+                "the tag as it is, not one pinned build"
+            )
             return
         mine = client_versions()
         differ = {k: (versions[k], v) for k, v in mine.items() if versions.get(k) not in (None, v)}
@@ -220,6 +240,8 @@ class KubernetesBackend(Backend):
                 f"this client, image={repository}:{default_image_tag()} (the default), or run "
                 "the client with the image's versions"
             )
+        # One build for the scheduler and every worker, whatever the tag names later.
+        self.spec = replace(self.spec, image=pinned)
         nodes = await kube.node_architectures(api)
         if nodes is None:
             self.log("Platform check skipped: this user may not list nodes")
@@ -258,6 +280,9 @@ class KubernetesBackend(Backend):
             if root is not None:
                 self.state = Start.CREATING
                 self.created = True
+                if spec.uses_tls:
+                    self.credentials = Credentials.make(spec.name, scheduler_hosts(spec))
+                    self.security = self.credentials.security()
                 await self._apply(root)
                 return await self._within_deadline(self._wait_for_scheduler())
             self._say(f"Cluster {spec.name!r} was created by another process meanwhile")
@@ -272,6 +297,7 @@ class KubernetesBackend(Backend):
                 f"start one with MinimalCluster(name={spec.name!r}, namespace={spec.namespace!r})"
             )
         self.state = Start.ATTACHING
+        await self._read_credentials()
         if not attach_only:
             differ = _differences(root, spec)
             if differ and update:
@@ -293,6 +319,26 @@ class KubernetesBackend(Backend):
             self.state = Start.READY
             self._deadline = 0.0
         return address
+
+    async def _read_credentials(self) -> None:
+        """The running cluster's TLS credentials, from its Secret; none: it speaks plain TCP."""
+        spec = self.spec
+        secret = await kube.get(self._api, SECRET, spec.namespace, contract.tls_name(spec.name))
+        if secret is None:
+            if spec.uses_tls:
+                self.log(f"Cluster {spec.name!r} runs without TLS (it was started with tls=False)")
+            self.spec = replace(spec, tls=False)
+            return
+        files = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+        try:
+            self.credentials = Credentials.from_files(files)
+        except KeyError as e:
+            raise KubernetesError(
+                f"the Secret {contract.tls_name(spec.name)} of cluster {spec.name!r} lacks {e}: "
+                "it was changed by hand; delete the cluster and start it again"
+            ) from None
+        self.spec = replace(spec, tls=True)
+        self.security = self.credentials.security()
 
     def _root(self, spec: ClusterSpec) -> dict[str, Any]:
         """The root object, recording what shapes the cluster (to tell an attaching handle)."""
@@ -367,7 +413,7 @@ class KubernetesBackend(Backend):
             if running:
                 newest = max(running, key=lambda p: p["metadata"].get("creationTimestamp", ""))
                 endpoint = await self.exposure.connect(self._connection(), newest)
-                if endpoint and await scheduler_answers(endpoint.address):
+                if endpoint and await scheduler_answers(endpoint.address, self.security):
                     self._endpoint = endpoint
                     return endpoint.address
             if self._remaining() < 0:
@@ -643,12 +689,14 @@ class KubernetesBackend(Backend):
             w = workers.get(name) or {}
             spec = ClusterSpec.from_options(name=name, namespace=namespace, backend="kubernetes")
             host = f"{contract.scheduler_name(name)}.{namespace}.svc"
+            containers = d["spec"]["template"]["spec"].get("containers") or [{}]
+            tls = any(e["name"] == "MINIMALDASK_TLS_DIR" for e in containers[0].get("env") or [])
             out.append(
                 ClusterInfo(
                     name=name,
                     namespace=namespace,
                     backend="kubernetes",
-                    scheduler_address=f"tcp://{host}:{spec.port}",
+                    scheduler_address=f"{contract.scheme(tls)}{host}:{spec.port}",
                     workers=int((w.get("status") or {}).get("readyReplicas") or 0),
                     requested_workers=int((w.get("spec") or {}).get("replicas") or 0),
                     created=_timestamp(d["metadata"].get("creationTimestamp")),

@@ -50,6 +50,13 @@ class Exposure(abc.ABC):
     help: ClassVar[str]
     #: Type of the Service NAME-scheduler.
     service_type: ClassVar[str] = "ClusterIP"
+    #: Whether the Service publishes the dashboard, which has no authentication: not
+    #: beyond the Kubernetes cluster (reach it through `minimaldask dashboard`).
+    publishes_dashboard: ClassVar[bool] = True
+
+    def ingress(self, spec: ClusterSpec) -> list[Obj]:
+        """NetworkPolicy ingress rules this mode needs beyond the cluster's own pods."""
+        return []
 
     def parts(self, spec: ClusterSpec) -> list[Part]:
         """Objects of the cluster this mode adds (none by default)."""
@@ -77,7 +84,10 @@ class InCluster(Exposure):
         """The Service's name, which resolves inside the cluster."""
         spec = conn.spec
         host = f"{contract.scheduler_name(spec.name)}.{spec.namespace}.svc"
-        return Endpoint(f"tcp://{host}:{spec.port}", f"http://{host}:{spec.dashboard_port}/status")
+        return Endpoint(
+            f"{contract.scheme(spec.uses_tls)}{host}:{spec.port}",
+            f"http://{host}:{spec.dashboard_port}/status",
+        )
 
 
 class PortForward(Exposure):
@@ -111,7 +121,8 @@ class PortForward(Exposure):
             )
             self._forwards.append(dash)
             self._endpoint = Endpoint(
-                f"tcp://127.0.0.1:{comm_port}", f"http://127.0.0.1:{dash_port}/status"
+                f"{contract.scheme(spec.uses_tls)}127.0.0.1:{comm_port}",
+                f"http://127.0.0.1:{dash_port}/status",
             )
         return self._endpoint
 
@@ -129,31 +140,49 @@ def _ports(service: Obj | None) -> dict[str, Obj]:
     return {p["name"]: p for p in ((service or {}).get("spec") or {}).get("ports", [])}
 
 
+def _from_anywhere(spec: ClusterSpec) -> list[Obj]:
+    """The scheduler's comm port open to any address (TLS authenticates who connects)."""
+    return [
+        {
+            "ports": [{"port": spec.port, "protocol": "TCP"}],
+            "from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}],
+        }
+    ]
+
+
 class NodePort(Exposure):
     """A NodePort Service: the scheduler at a port of the node it runs on."""
 
     name = "nodeport"
-    help = "a NodePort Service: the scheduler at a port of its node"
+    help = "a NodePort Service: the scheduler (TLS only) at a port of its node"
     service_type = "NodePort"
+    publishes_dashboard = False
+
+    def ingress(self, spec: ClusterSpec) -> list[Obj]:
+        """Clients come from outside the cluster, through the node."""
+        return _from_anywhere(spec)
 
     async def connect(self, conn: Connection, pod: Obj) -> Endpoint | None:
-        """The node's address and the Service's node ports."""
+        """The node's address and the Service's node port; no dashboard (not published)."""
         host = (pod.get("status") or {}).get("hostIP")
-        ports = _ports(await conn.service())
-        comm, dash = ports.get("tcp-comm", {}), ports.get("http-dashboard", {})
+        comm = _ports(await conn.service()).get("tcp-comm", {})
         if not host or not comm.get("nodePort"):
             return None
-        return Endpoint(
-            f"tcp://{host}:{comm['nodePort']}", f"http://{host}:{dash.get('nodePort')}/status"
-        )
+        scheme = contract.scheme(conn.spec.uses_tls)
+        return Endpoint(f"{scheme}{host}:{comm['nodePort']}", "")
 
 
 class LoadBalancer(Exposure):
     """A LoadBalancer Service: the scheduler at the load balancer's address."""
 
     name = "loadbalancer"
-    help = "a LoadBalancer Service: the scheduler at the load balancer's address"
+    help = "a LoadBalancer Service: the scheduler (TLS only) at the load balancer's address"
     service_type = "LoadBalancer"
+    publishes_dashboard = False
+
+    def ingress(self, spec: ClusterSpec) -> list[Obj]:
+        """Clients come from outside the cluster, through the load balancer."""
+        return _from_anywhere(spec)
 
     async def connect(self, conn: Connection, pod: Obj) -> Endpoint | None:
         """The load balancer's address, once the controller gave one."""
@@ -166,7 +195,7 @@ class LoadBalancer(Exposure):
             return None
         host = ingress[0].get("ip") or ingress[0].get("hostname")
         spec = conn.spec
-        return Endpoint(f"tcp://{host}:{spec.port}", f"http://{host}:{spec.dashboard_port}/status")
+        return Endpoint(f"{contract.scheme(spec.uses_tls)}{host}:{spec.port}", "")
 
     def no_address(self, spec: ClusterSpec) -> str:
         """Why a start failed when the scheduler runs but has no address."""
@@ -197,3 +226,8 @@ def exposure(name: str) -> Exposure:
 def service_type(name: str) -> str:
     """Type of the scheduler's Service for ``expose=name``."""
     return EXPOSURES[name].service_type
+
+
+def publishes_dashboard(name: str) -> bool:
+    """Whether the scheduler's Service carries the dashboard's port for ``expose=name``."""
+    return EXPOSURES[name].publishes_dashboard

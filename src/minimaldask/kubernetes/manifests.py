@@ -33,8 +33,10 @@ from minimaldask.kubernetes import expose
 from minimaldask.kubernetes.objects import (
     CONFIG_MAP,
     DEPLOYMENT,
+    NETWORK_POLICY,
     ROLE,
     ROLE_BINDING,
+    SECRET,
     SERVICE,
     SERVICE_ACCOUNT,
     Obj,
@@ -42,6 +44,7 @@ from minimaldask.kubernetes.objects import (
     Stage,
 )
 from minimaldask.spec import ClusterSpec
+from minimaldask.tls import Credentials
 
 #: Seconds the scheduler pod gets to exit after SIGTERM.
 SCHEDULER_GRACE_PERIOD = 30
@@ -123,7 +126,17 @@ def _probe(port: str | int, period: int, failures: int) -> Obj:
     }
 
 
+def _tmp_size(spec: ClusterSpec, role: str) -> str:
+    """The size limit of a pod's /tmp: ``tmp_size``, or room to spill and install packages."""
+    if spec.tmp_size:
+        return spec.tmp_size
+    if role == contract.WORKER:
+        return f"{math.ceil(2 * (spec.memory_limit or 0) / 2**20) + 1024}Mi"
+    return "2Gi"
+
+
 def _pod_spec(spec: ClusterSpec, container: Obj, grace: int) -> Obj:
+    tmp: Obj = {"name": "tmp", "emptyDir": {"sizeLimit": _tmp_size(spec, container["name"])}}
     pod: Obj = {
         "automountServiceAccountToken": False,
         # Service links would put DASK_SCHEDULER_PORT=tcp://... into the environment of
@@ -138,8 +151,26 @@ def _pod_spec(spec: ClusterSpec, container: Obj, grace: int) -> Obj:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "volumes": [tmp],
     }
+    if spec.uses_tls:
+        pod["volumes"].append(
+            {
+                "name": "tls",
+                "secret": {
+                    "secretName": contract.tls_name(spec.name),
+                    # Not the client's key: the pods are the cluster's members, not its users.
+                    "items": [
+                        {"key": f, "path": f}
+                        for f in (contract.TLS_CA, contract.TLS_CERT, contract.TLS_KEY)
+                    ],
+                    "defaultMode": 0o440,
+                },
+            }
+        )
+        container["volumeMounts"].append(
+            {"name": "tls", "mountPath": contract.TLS_DIR, "readOnly": True}
+        )
     if spec.node_selector:
         pod["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
@@ -325,6 +356,7 @@ def scheduler_deployment(spec: ClusterSpec, janitor: bool = True) -> Obj:
         port=spec.port,
         dashboard_port=spec.dashboard_port,
         arguments=tuple(contract.scheduler_arguments(spec.scheduler_options)),
+        tls_dir=contract.TLS_DIR if spec.uses_tls else "",
         **_packages(spec),
     )
     settings = contract.JanitorSettings(
@@ -390,7 +422,10 @@ def worker_deployment(spec: ClusterSpec) -> Obj:
         port=spec.port,
         # The short Service name resolves in the pod's own namespace: the same manifests
         # work in any namespace (`minimaldask manifests | kubectl apply -n NS -f -`).
-        scheduler_address=f"tcp://{contract.scheduler_name(spec.name)}:{spec.port}",
+        scheduler_address=(
+            f"{contract.scheme(spec.uses_tls)}{contract.scheduler_name(spec.name)}:{spec.port}"
+        ),
+        tls_dir=contract.TLS_DIR if spec.uses_tls else "",
         arguments=tuple(
             contract.worker_arguments(
                 "$(POD_NAME)",
@@ -449,16 +484,64 @@ def scheduler_service(spec: ClusterSpec) -> Obj:
                     "targetPort": "tcp-comm",
                     "protocol": "TCP",
                 },
-                {
-                    "name": "http-dashboard",
-                    "port": spec.dashboard_port,
-                    "targetPort": "http-dashboard",
-                    "protocol": "TCP",
-                },
             ],
         },
     }
+    if expose.publishes_dashboard(spec.expose):
+        service["spec"]["ports"].append(
+            {
+                "name": "http-dashboard",
+                "port": spec.dashboard_port,
+                "targetPort": "http-dashboard",
+                "protocol": "TCP",
+            }
+        )
     return deep_merge(service, spec.patch.get("service", {}))
+
+
+def scheduler_hosts(spec: ClusterSpec) -> list[str]:
+    """The names of the scheduler inside the cluster (its certificate carries them)."""
+    service = contract.scheduler_name(spec.name)
+    return [service, f"{service}.{spec.namespace}", f"{service}.{spec.namespace}.svc", "localhost"]
+
+
+def network_policy(spec: ClusterSpec) -> Obj:
+    """NetworkPolicy ``NAME-network``: who may connect to the scheduler and workers.
+
+    The cluster's own pods, the peers in ``allow_from``, and whatever the
+    ``expose`` mode needs. A port-forward enters the pod's own network
+    namespace and is not filtered.
+    """
+    peers = [{"podSelector": {"matchLabels": contract.selector(spec.name)}}, *spec.allow_from]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(spec, contract.network_policy_name(spec.name), contract.SCHEDULER),
+        "spec": {
+            "podSelector": {"matchLabels": contract.selector(spec.name)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [dict(p) for p in peers]},
+                *expose.EXPOSURES[spec.expose]().ingress(spec),
+            ],
+        },
+    }
+
+
+def tls_secret(spec: ClusterSpec, credentials: Credentials | None) -> Obj:
+    """Secret ``NAME-tls``: the cluster's CA, its members' and clients' certificates and keys.
+
+    See :mod:`minimaldask.tls`.
+    """
+    if credentials is None:
+        raise ValueError("the TLS Secret is made from the cluster's credentials: none given")
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(spec, contract.tls_name(spec.name), contract.SCHEDULER),
+        "type": "Opaque",
+        "stringData": credentials.files(),
+    }
 
 
 def security_weakenings(spec: ClusterSpec) -> list[str]:
@@ -531,11 +614,13 @@ def without_namespace(obj: Obj) -> Obj:
     return out
 
 
-def cluster_parts(spec: ClusterSpec, janitor: bool = True) -> list[Part]:
+def cluster_parts(
+    spec: ClusterSpec, janitor: bool = True, credentials: Credentials | None = None
+) -> list[Part]:
     """Every object of the cluster, in the order they are applied: the root first.
 
     Without ``janitor``, the janitor's objects are left out (the user may not
-    grant it its rights).
+    grant it its rights). The TLS Secret is built from ``credentials``.
     """
     scheduler, worker, role = contract.scheduler_name, contract.worker_name, contract.janitor_name
     parts = [
@@ -543,6 +628,12 @@ def cluster_parts(spec: ClusterSpec, janitor: bool = True) -> list[Part]:
         Part(SERVICE_ACCOUNT, scheduler, janitor_service_account, janitor=True),
         Part(ROLE, role, janitor_role, janitor=True),
         Part(ROLE_BINDING, role, janitor_role_binding, janitor=True),
+        *(
+            [Part(SECRET, contract.tls_name, lambda s: tls_secret(s, credentials))]
+            if spec.uses_tls
+            else []
+        ),
+        Part(NETWORK_POLICY, contract.network_policy_name, network_policy),
         Part(DEPLOYMENT, scheduler, lambda s: scheduler_deployment(s, janitor)),
         Part(SERVICE, scheduler, scheduler_service),
         Part(DEPLOYMENT, worker, worker_deployment),
@@ -552,7 +643,10 @@ def cluster_parts(spec: ClusterSpec, janitor: bool = True) -> list[Part]:
 
 
 def cluster_objects(
-    spec: ClusterSpec, owner: Mapping[str, Any] | None = None, janitor: bool = True
+    spec: ClusterSpec,
+    owner: Mapping[str, Any] | None = None,
+    janitor: bool = True,
+    credentials: Credentials | None = None,
 ) -> list[Obj]:
     """Every object of the cluster, the root first.
 
@@ -562,7 +656,7 @@ def cluster_objects(
     """
     return [
         p.build(spec) if p.stage == Stage.ROOT else owned(p.build(spec), owner)
-        for p in cluster_parts(spec, janitor)
+        for p in cluster_parts(spec, janitor, credentials)
     ]
 
 

@@ -139,7 +139,30 @@ class LocalBackend(Backend):
             "pip_packages": self.spec.pip_packages,
             "os_packages": self.spec.os_packages,
             "prefix": str(self.dir / "packages"),
+            "tls_dir": str(self.dir / "tls") if self.security else "",
         }
+
+    def _make_credentials(self) -> None:
+        """TLS, when asked: a CA of the cluster's own, its files readable by this user only."""
+        from minimaldask.tls import Credentials
+
+        credentials = Credentials.make(self.spec.name, ["localhost", "127.0.0.1"])
+        directory = self.dir / "tls"
+        directory.mkdir(mode=0o700)
+        for name, text in credentials.files().items():
+            path = directory / name
+            path.touch(mode=0o600)
+            path.write_text(text)
+        self.security = credentials.security()
+
+    def _read_credentials(self) -> None:
+        """The TLS files of a running cluster of this user, if it has them."""
+        directory = self.dir / "tls"
+        if directory.exists():
+            from minimaldask.tls import Credentials
+
+            files = {p.name: p.read_text() for p in directory.iterdir()}
+            self.security = Credentials.from_files(files).security()
 
     def _start_scheduler(self) -> None:
         spec = self.spec
@@ -164,7 +187,7 @@ class LocalBackend(Backend):
         # An inherited namespace would make the janitor think it runs in a pod.
         env = {**settings.to_env(), contract.JanitorSettings.NAMESPACE_VARIABLE: ""}
         self._spawn("scheduler", launch, env)
-        self.address = f"tcp://127.0.0.1:{port}"
+        self.address = f"{contract.scheme(bool(self.security))}127.0.0.1:{port}"
 
     def _start_worker(self) -> str:
         spec = self.spec
@@ -221,7 +244,9 @@ class LocalBackend(Backend):
         ``update`` is not needed here: local processes take no options that change.
         """
         state = self._load(self.dir)
-        if state and await scheduler_answers(state["address"]):
+        if state:
+            self._read_credentials()
+        if state and await scheduler_answers(state["address"], self.security):
             self.address = state["address"]
             self.dashboard_port = state["dashboard_port"]
             self.pids = state["pids"]
@@ -243,10 +268,13 @@ class LocalBackend(Backend):
         self._created = time.time()
         self.log(f"Starting a local scheduler and {self.spec.workers} worker(s)")
         self.created = True
+        self.security = None
+        if self.spec.uses_tls:
+            self._make_credentials()
         self._start_scheduler()
         self._save()
         deadline = time.monotonic() + self.spec.startup_timeout
-        while not await scheduler_answers(self.address):
+        while not await scheduler_answers(self.address, self.security):
             if not _alive(self.pids["scheduler"]):
                 raise self._failure("scheduler", "The scheduler exited during start-up")
             if time.monotonic() > deadline:
@@ -308,7 +336,8 @@ class LocalBackend(Backend):
         """Ask the scheduler to close everything, then make sure every process is gone."""
         if self.address:
             with contextlib.suppress(OSError, asyncio.TimeoutError):
-                async with rpc(self.address, timeout=3) as r:
+                args = self.security.get_connection_args("client") if self.security else {}
+                async with rpc(self.address, timeout=3, connection_args=args) as r:
                     await asyncio.wait_for(r.terminate(), 10)
         workers = [n for n in self.pids if n != "scheduler"]
         await self._stop(workers, grace=10)
@@ -339,6 +368,7 @@ class LocalBackend(Backend):
         backend.address = state["address"]
         backend.pids = state["pids"]
         backend.dir = directory
+        backend._read_credentials()
         await asyncio.wait_for(backend.close(), timeout)
         return True
 

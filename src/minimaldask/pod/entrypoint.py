@@ -41,7 +41,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from minimaldask.contract import ContractError, Launch
+from minimaldask.contract import ContractError, Launch, tls_env
 
 
 class EntrypointError(Exception):
@@ -58,6 +58,8 @@ class Plan:
     os_packages: list[str] = field(default_factory=list)
     apk_packages: list[str] = field(default_factory=list)
     prefix: str = ""
+    #: Variables dask reads (its TLS configuration).
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def plan(env: Mapping[str, str]) -> Plan:
@@ -67,8 +69,9 @@ def plan(env: Mapping[str, str]) -> Plan:
     except ContractError as e:
         raise EntrypointError(str(e)) from None
     python = [sys.executable, "-m"]
+    tls = ["--protocol", "tls"] if launch.tls_dir else []
     if launch.worker:
-        argv = [*python, "distributed.cli.dask_worker", launch.scheduler_address]
+        argv = [*python, "distributed.cli.dask_worker", launch.scheduler_address, *tls]
     else:
         argv = [
             *python,
@@ -77,6 +80,7 @@ def plan(env: Mapping[str, str]) -> Plan:
             str(launch.port),
             "--dashboard-address",
             f":{launch.dashboard_port}",
+            *tls,
         ]
     return Plan(
         role="worker" if launch.worker else "scheduler",
@@ -85,6 +89,7 @@ def plan(env: Mapping[str, str]) -> Plan:
         os_packages=list(launch.os_packages),
         apk_packages=list(launch.apk_packages),
         prefix=launch.prefix,
+        env=tls_env(launch.tls_dir) if launch.tls_dir else {},
     )
 
 
@@ -154,6 +159,7 @@ def install_os(packages: Sequence[str], prefix: str, env: dict[str, str]) -> Non
 
 def prepare(p: Plan, env: dict[str, str]) -> None:
     """Install the extra packages the plan asks for, updating ``env`` for the dask process."""
+    env.update(p.env)
     if p.apk_packages:
         install_apk(p.apk_packages)
     if p.os_packages or p.pip_packages:
