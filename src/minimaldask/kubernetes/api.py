@@ -371,12 +371,16 @@ async def pod_log(
     tail: int | None = None,
     previous: bool = False,
     limit_bytes: int | None = None,
+    container: str = "",
 ) -> str:
     """A pod's log (its last ``tail`` lines; the previous container's with ``previous``).
 
-    ``limit_bytes`` reads at most that much from the start of the log.
+    ``limit_bytes`` reads at most that much from the start of the log;
+    ``container`` names one of the pod's containers (required when it has several).
     """
     params: dict[str, Any] = {}
+    if container:
+        params["container"] = container
     if tail:
         params["tailLines"] = tail
     if limit_bytes:
@@ -412,7 +416,7 @@ async def _scale_up_triggered(api: kr8s.asyncio.Api, namespace: str, pod: str) -
     return any(e.get("reason") == "TriggeredScaleUp" for e in (events or {}).get("items", []))
 
 
-async def _crash_log(api: kr8s.asyncio.Api, namespace: str, pod: str) -> str:
+async def _crash_log(api: kr8s.asyncio.Api, namespace: str, pod: str, container: str) -> str:
     """What a crashed container printed: its first error, then its last lines.
 
     The previous run's log, else the current one's. Right after a crash the
@@ -422,10 +426,19 @@ async def _crash_log(api: kr8s.asyncio.Api, namespace: str, pod: str) -> str:
     for attempt in range(5):
         for previous in (True, False):
             try:
-                log = await pod_log(api, namespace, pod, previous=previous, limit_bytes=LOG_LIMIT)
+                log = await pod_log(
+                    api,
+                    namespace,
+                    pod,
+                    previous=previous,
+                    limit_bytes=LOG_LIMIT,
+                    container=container,
+                )
                 tail = "\n".join(log.rstrip().splitlines()[-LOG_TAIL:])
                 if len(log.encode()) >= LOG_LIMIT:  # a long log: its end is not in the first part
-                    tail = await pod_log(api, namespace, pod, tail=LOG_TAIL, previous=previous)
+                    tail = await pod_log(
+                        api, namespace, pod, tail=LOG_TAIL, previous=previous, container=container
+                    )
             except KubernetesError as e:
                 reason = str(e)
                 continue
@@ -444,7 +457,7 @@ async def _crash_log(api: kr8s.asyncio.Api, namespace: str, pod: str) -> str:
 async def explain(api: kr8s.asyncio.Api, namespace: str, problem: PodProblem) -> str:
     """The message a user sees for ``problem``: for a crash, with the end of its log."""
     if problem.kind == "crash":
-        log = await _crash_log(api, namespace, problem.pod)
+        log = await _crash_log(api, namespace, problem.pod, problem.container)
         return (
             f"pod {problem.pod}: container {problem.container} {problem.message} "
             f"(CrashLoopBackOff). {log.rstrip()}"

@@ -444,7 +444,13 @@ class KubernetesBackend(Backend):
             return ""
         name = pods[0]["metadata"]["name"]
         try:
-            log = await kube.pod_log(self._api, self.spec.namespace, name, tail=kube.LOG_TAIL)
+            log = await kube.pod_log(
+                self._api,
+                self.spec.namespace,
+                name,
+                tail=kube.LOG_TAIL,
+                container=contract.SCHEDULER,
+            )
         except KubernetesError as e:
             return f" Its log could not be read: {e}"
         return f" Last lines of its log:\n{log.rstrip()}"
@@ -624,7 +630,10 @@ class KubernetesBackend(Backend):
         out = {}
         for pod in pods:
             name = pod["metadata"]["name"]
-            out[f"pod {name}"] = await kube.pod_log(api, ns, name)
+            containers = [c["name"] for c in pod["spec"]["containers"]]
+            for container in containers:
+                title = f"pod {name}" if len(containers) == 1 else f"pod {name} {container}"
+                out[title] = await kube.pod_log(api, ns, name, container=container)
         return out
 
     @property
