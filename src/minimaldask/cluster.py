@@ -179,7 +179,9 @@ class MinimalCluster(Cluster):
     async def _heartbeat(self) -> None:
         """Tell the plugin this handle is alive; learn if the cluster ends, or cannot."""
         handle = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
-        while self.status == Status.running:
+        # Until close() cancels it: after the cluster ends, the janitor may still say that
+        # it cannot delete it.
+        while True:
             try:
                 info = await asyncio.wait_for(
                     getattr(self._scheduler, contract.HEARTBEAT)(handle=handle), 10
@@ -206,7 +208,6 @@ class MinimalCluster(Cluster):
                 self._log(self.shutdown_reason)
                 # Clients of this cluster close instead of trying to reconnect.
                 self.status = Status.closing
-                return
             await asyncio.sleep(1)
 
     async def _usage(self) -> dict[str, float]:
