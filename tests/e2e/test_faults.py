@@ -148,7 +148,7 @@ def test_a_scheduler_that_crash_loops_after_its_start_is_ended(
     breaking = (
         "import os, signal; open('/tmp/late.py', 'w').write('raise SystemExit(3)\\n'); "
         "[os.kill(int(p), signal.SIGKILL) for p in os.listdir('/proc') if p.isdigit() and "
-        "b'dask_scheduler' in open(f'/proc/{p}/cmdline', 'rb').read()]"
+        "int(p) != os.getpid() and b'dask_scheduler' in open(f'/proc/{p}/cmdline', 'rb').read()]"
     )
     kube.kubectl("exec", pod, "-n", namespace, "-c", "scheduler", "--", "python3", "-c", breaking)
     assert wait_until(
@@ -178,32 +178,39 @@ def test_a_frozen_worker_does_not_stop_max_lifetime_and_no_key_is_lost(
     client = Client(cluster)
     try:
         futures = unique_data_on_each_worker(client)
-        # Freeze one worker: every process of its container but the init process stops.
+        # Freeze a worker that holds nothing (its own data goes first: a frozen worker is
+        # killed by its liveness probe after a minute, and what it held with it).
         victim = sorted(futures)[0]
+        futures.pop(victim).release()
         freeze = (
             "import os, signal; [os.kill(int(p), signal.SIGSTOP) for p in os.listdir('/proc') "
             "if p.isdigit() and int(p) not in (1, os.getpid())]"
         )
         kube.kubectl("exec", victim, "-n", namespace, "-c", "worker", "--", "python3", "-c", freeze)
-        # Adaptive scaling wants fewer workers (nothing to do): it retires toward the frozen one.
+        # Adaptive scaling wants fewer workers (nothing to do): it retires, and the frozen
+        # worker is where the data of a retired one may be sent.
         cluster.adapt(0, 3, cooldown=5, min_worker_age=0)
         keys = {f.key for f in futures.values()}
         holders = []
 
+        def look(dask_scheduler, keys=keys):
+            ending = dask_scheduler.plugins["minimaldask"].shutdown_reason
+            held = {
+                str(k): len(dask_scheduler.tasks[k].who_has or ())
+                for k in keys
+                if k in dask_scheduler.tasks
+            }
+            return ending, held
+
         def watch():
             while not done.is_set():
                 try:
-                    holders.append(
-                        client.run_on_scheduler(
-                            lambda dask_scheduler, keys=keys: {
-                                str(k): len(dask_scheduler.tasks[k].who_has or ())
-                                for k in keys
-                                if k in dask_scheduler.tasks
-                            }
-                        )
-                    )
+                    ending, held = client.run_on_scheduler(look)
                 except Exception:  # the scheduler is gone: the cluster ended
                     return
+                if ending:  # the janitor ended the cluster: it cancels every client's keys
+                    return
+                holders.append(held)
                 time.sleep(2)
 
         done = threading.Event()

@@ -43,6 +43,8 @@ logger = logging.getLogger("distributed.minimaldask.plugin")
 
 #: Seconds a retirement may take in an adaptive step before it is undone.
 ADAPT_RETIRE_TIMEOUT = 120.0
+#: Seconds a retired worker has to take its flag.
+FLAG_TIMEOUT = 10.0
 
 
 @dataclass
@@ -391,8 +393,12 @@ class Plugin(SchedulerPlugin):
             name = str(info.get("name", address))
             self.retired.add(name)
             retired.append(name)
-            with contextlib.suppress(OSError):
-                await getattr(scheduler.rpc(address), contract.WORKER_RETIRED)()
+            try:  # a frozen worker does not answer: its probe fails anyway, and it holds nothing
+                await asyncio.wait_for(
+                    getattr(scheduler.rpc(address), contract.WORKER_RETIRED)(), FLAG_TIMEOUT
+                )
+            except (OSError, asyncio.TimeoutError) as e:
+                logger.warning("minimaldask: could not flag %s as retired: %r", name, e)
         kept = sorted(set(addresses) - set(result))
         if kept:
             logger.info("minimaldask: the scheduler kept %s: their data had nowhere to go", kept)
