@@ -505,15 +505,42 @@ def _pip_packages(option: str, value: Any) -> tuple[str, ...]:
     return packages
 
 
-def _dask_options(managed: Mapping[str, str]) -> Callable[[str, Any], tuple[str, ...]]:
+def _dask_options(
+    managed: Mapping[str, str], command: str
+) -> Callable[[str, Any], tuple[str, ...]]:
     def parse(option: str, value: Any) -> tuple[str, ...]:
         arguments = _options(option, value)
         if (found := contract.managed_option(arguments, managed)) is not None:
             flag, why = found
             raise _invalid(option, shlex.join(arguments), f"minimaldask sets {flag} itself: {why}")
+        if arguments:
+            _check_with_dask(option, arguments, command)
         return arguments
 
     return parse
+
+
+def _check_with_dask(option: str, arguments: tuple[str, ...], command: str) -> None:
+    """Parse the options as ``dask worker`` or ``dask scheduler`` would, here, before any pod.
+
+    A preload of the user's may take options of its own, which only it knows:
+    options with ``--preload`` are left to dask in the pods.
+    """
+    if any(a.split("=", 1)[0] == "--preload" for a in arguments):
+        return
+    import click
+    from distributed.cli import dask_scheduler, dask_worker
+
+    if command == "worker":
+        main, args = dask_worker.main, ["tcp://scheduler:8786", *arguments]
+    else:
+        main, args = dask_scheduler.main, list(arguments)
+    try:
+        main.make_context(f"dask {command}", args)
+    except click.ClickException as e:
+        raise _invalid(
+            option, shlex.join(arguments), f"{e.format_message()} (see `dask {command} --help`)"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -668,10 +695,11 @@ class ClusterSpec:
         lambda o, v: _patch(v),
     )
     scheduler_options: tuple[str, ...] = option(
-        "Extra options of dask scheduler.", _dask_options(contract.MANAGED_SCHEDULER_OPTIONS)
+        "Extra options of dask scheduler.",
+        _dask_options(contract.MANAGED_SCHEDULER_OPTIONS, "scheduler"),
     )
     worker_options: tuple[str, ...] = option(
-        "Extra options of dask worker.", _dask_options(contract.MANAGED_WORKER_OPTIONS)
+        "Extra options of dask worker.", _dask_options(contract.MANAGED_WORKER_OPTIONS, "worker")
     )
     tls: bool | None = option(
         "TLS with mutual authentication between the client, the scheduler and the workers, "

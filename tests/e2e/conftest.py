@@ -22,8 +22,9 @@ from testutil import source_hash
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "localkube"))
 import pytest_localkube
 
-# Small pods: the test node has 2 cores.
-SMALL = {"cpu": "200m", "memory": "384Mi"}
+# Small pods: the test node has 2 cores, and several tests run at once. A request is
+# what the scheduler reserves, not what a pod may use.
+SMALL = {"cpu": "50m", "memory": "384Mi"}
 
 
 def pytest_configure(config):
@@ -94,7 +95,7 @@ def namespace(kube_namespace, image, monkeypatch):
         "minimaldask.image.pull-policy": "IfNotPresent",
         "minimaldask.worker.cpu": SMALL["cpu"],
         "minimaldask.worker.memory": SMALL["memory"],
-        "minimaldask.scheduler.cpu": "100m",
+        "minimaldask.scheduler.cpu": "50m",
         "minimaldask.scheduler.memory": "384Mi",
     }
     for key, value in settings.items():

@@ -25,7 +25,7 @@ def cli(*args: str, timeout: float = 180) -> str:
 
 def test_every_command(namespace, kube, image):
     ns = ["-n", namespace]
-    small = ["--cpu", "200m", "--memory", "384Mi", "--image", image]
+    small = ["--cpu", "50m", "--memory", "384Mi", "--image", image]
     out = cli("up", "cli", *ns, "--workers", "1", *small)
     assert "Cluster cli is running" in out
     assert kube.pods("cli", "worker")  # still running after the command exited

@@ -37,8 +37,8 @@ def test_a_client_killed_with_sigkill_leaves_no_object(namespace, kube, cluster_
         import time
         from minimaldask import MinimalCluster
         c = MinimalCluster(name={cluster_name!r}, namespace={namespace!r}, image={image!r}, image_pull_policy="Always",
-                           workers=1, resources={{"cpu": "200m", "memory": "384Mi"}},
-                           scheduler_resources={{"cpu": "100m", "memory": "384Mi"}},
+                           workers=1, resources={{"cpu": "50m", "memory": "384Mi"}},
+                           scheduler_resources={{"cpu": "50m", "memory": "384Mi"}},
                            idle_timeout=None, no_client_timeout="15s", quiet=True)
         print("started", flush=True)
         time.sleep(600)

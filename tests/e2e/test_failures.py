@@ -17,7 +17,7 @@ from minimaldask.exceptions import (
     ForbiddenError,
     ImageMismatchError,
 )
-from minimaldask.spec import client_versions
+from minimaldask.spec import client_versions, default_image_tag
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
 
@@ -57,26 +57,28 @@ def test_an_image_that_cannot_be_pulled(namespace, kube):
 
 
 def test_a_crashing_command(namespace, kube):
+    # Dask parses it (the client checks options as dask would), but the worker cannot use it.
     message = start_fails(
         kube,
         ClusterStartError,
         "CrashLoopBackOff",
         budgets.fail_fast(crashes=2),
-        worker_options="--no-such-option",
+        worker_options="--memory-limit not-a-size",
     )
-    assert "exited with code 2" in message
-    assert "No such option" in message  # the last lines of the worker's log
+    assert "exited with code 1" in message
+    assert "First error in its log" in message
+    assert "Could not interpret" in message  # the cause, from the first traceback
 
 
 def test_workers_that_give_up_before_their_scheduler_listens_do_not_fail_the_start(
     namespace, kube, cluster_name, image
 ):
-    # The scheduler's pod waits 25 s in an init container (a node still pulling its image);
-    # the workers give up waiting for it after 5 s and exit 1, more than once.
+    # The scheduler's pod waits 45 s in an init container (a node still pulling its image);
+    # the workers give up waiting for it after 15 s and exit 1, more than once.
     late = {
         "name": "late",
         "image": image,
-        "command": ["/usr/bin/python3", "-c", "import time; time.sleep(25)"],
+        "command": ["/usr/bin/python3", "-c", "import time; time.sleep(45)"],
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
@@ -85,7 +87,7 @@ def test_workers_that_give_up_before_their_scheduler_listens_do_not_fail_the_sta
     }
     patch = {"scheduler": {"spec": {"template": {"spec": {"initContainers": [late]}}}}}
     with MinimalCluster(
-        name=cluster_name, workers=2, death_timeout="5s", patch=patch, startup_timeout=180
+        name=cluster_name, workers=2, death_timeout="15s", patch=patch, startup_timeout=240
     ) as cluster:
         restarts = {
             name: sum(c.get("restartCount", 0) for c in p["status"]["containerStatuses"])
@@ -130,7 +132,12 @@ def test_a_forbidden_verb(namespace, kube):
     kube.kubectl("delete", "rolebinding", "--all", "-n", namespace, admin=True)
     rules = [
         {"apiGroups": ["apps"], "resources": ["deployments", "replicasets"], "verbs": ["*"]},
-        {"apiGroups": [""], "resources": ["services", "pods", "pods/log"], "verbs": ["*"]},
+        {
+            "apiGroups": [""],
+            "resources": ["services", "pods", "pods/log", "configmaps", "secrets"],
+            "verbs": ["*"],
+        },
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["*"]},
     ]
     role = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -219,7 +226,8 @@ def test_a_mismatched_image(namespace, kube, image, localkube_registry):
     )
     mine = client_versions()["dask"]
     assert f"dask 2024.1.0 in the image but {mine} here" in message
-    assert f"image={image}" in message  # the fix: the image built for this client
+    # The fix: the image built for this client.
+    assert f"image={image.rpartition(':')[0]}:{default_image_tag()}" in message
 
 
 def test_a_missing_namespace(namespace, kube):
@@ -233,7 +241,7 @@ def test_a_missing_namespace(namespace, kube):
 def test_keep_on_failure_keeps_the_objects(namespace, kube):
     with pytest.raises(ClusterStartError, match="CrashLoopBackOff"):
         MinimalCluster(
-            name=NAME, workers=1, worker_options="--no-such-option", keep_on_failure=True
+            name=NAME, workers=1, worker_options="--memory-limit not-a-size", keep_on_failure=True
         )
     assert f"deployment.apps/{NAME}-worker" in kube.objects_of(NAME)
     from minimaldask import delete_dask_cluster

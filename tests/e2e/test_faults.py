@@ -16,6 +16,7 @@ from collections import Counter
 import budgets
 import distributed
 import pytest
+import report
 from distributed import Client
 
 from minimaldask import MinimalCluster, contract
@@ -28,11 +29,19 @@ pytestmark = [pytest.mark.kube, pytest.mark.slow, pytest.mark.timeout(900)]
 FULL_LOG = {"DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH": "1000000"}
 
 
-def gone_within(kube, name, seconds):
-    """Whether every object of cluster ``name`` is gone within ``seconds``; prints how long."""
+def gone_within(kube, name, seconds, fault="", since=None, kept="-"):
+    """Whether every object of cluster ``name`` is gone within ``seconds``; prints how long,
+    counted from ``since`` (a time.monotonic()) if given, and records it for the benchmark.
+    """
     t = time.monotonic()
+    since = t if since is None else since
     ok = wait_until(lambda: kube.objects_of(name) == [], seconds, interval=1)
-    print(f"cluster {name} gone after {time.monotonic() - t:.0f}s (bound {seconds:.0f}s)")
+    took = time.monotonic() - since
+    bound = seconds + (t - since)
+    print(f"cluster {name} gone after {took:.0f}s (bound {bound:.0f}s)")
+    if fault:
+        observed = f"gone after {took:.0f} s" if ok else f"still there after {took:.0f} s"
+        report.record(fault, f"gone within {bound:.0f} s", observed, kept)
     return ok
 
 
@@ -80,7 +89,13 @@ def test_max_lifetime_survives_the_scheduler_pod_being_deleted(namespace, kube, 
         )
         remaining = 120 - (time.monotonic() - started)
         # The lifetime counts from the cluster's creation, not from the new pod's.
-        assert gone_within(kube, cluster_name, remaining + budgets.self_deletion(0))
+        assert gone_within(
+            kube,
+            cluster_name,
+            remaining + budgets.self_deletion(0),
+            "max_lifetime=120s, the scheduler pod deleted at 60 s (from the start)",
+            since=started,
+        )
         print(f"gone {time.monotonic() - started:.0f}s after the start (max_lifetime 120 s)")
     finally:
         cluster.shutdown_on_close = False
@@ -112,7 +127,12 @@ def test_a_refused_delete_is_retried_until_the_rights_come_back(
     }
     kube.kubectl("apply", "-f", "-", admin=True, input=json.dumps(restored))
     # The next try (back-off at most BACKOFF[1]) succeeds.
-    assert gone_within(kube, cluster_name, janitor_module.BACKOFF[1] + budgets.delete() + 15)
+    assert gone_within(
+        kube,
+        cluster_name,
+        janitor_module.BACKOFF[1] + budgets.delete() + 15,
+        "the janitor's RoleBinding removed past idle_timeout, then restored (from the restore)",
+    )
     assert scheduler_restarts(kube, cluster_name) in ({}, before)
     cluster.shutdown_on_close = False
     cluster.close()
@@ -150,6 +170,7 @@ def test_a_scheduler_that_crash_loops_after_its_start_is_ended(
         "[os.kill(int(p), signal.SIGKILL) for p in os.listdir('/proc') if p.isdigit() and "
         "int(p) != os.getpid() and b'dask_scheduler' in open(f'/proc/{p}/cmdline', 'rb').read()]"
     )
+    crashed = time.monotonic()
     kube.kubectl("exec", pod, "-n", namespace, "-c", "scheduler", "--", "python3", "-c", breaking)
     assert wait_until(
         lambda: any(
@@ -159,7 +180,13 @@ def test_a_scheduler_that_crash_loops_after_its_start_is_ended(
         ),
         90,
     ), "the scheduler did not crash-loop"
-    assert gone_within(kube, cluster_name, janitor_module.GONE_AFTER + budgets.self_deletion(0))
+    assert gone_within(
+        kube,
+        cluster_name,
+        janitor_module.GONE_AFTER + budgets.self_deletion(0),
+        "the scheduler crash-loops after its start (from the first crash)",
+        since=crashed,
+    )
 
 
 def test_a_frozen_worker_does_not_stop_max_lifetime_and_no_key_is_lost(
@@ -217,11 +244,18 @@ def test_a_frozen_worker_does_not_stop_max_lifetime_and_no_key_is_lost(
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         remaining = lifetime - (time.monotonic() - started)
-        assert gone_within(kube, cluster_name, remaining + budgets.self_deletion(0))
+        ended = gone_within(kube, cluster_name, remaining + budgets.self_deletion(0))
         done.set()
         watcher.join(10)
         assert holders, "the scheduler was never looked at"
         lost = [h for h in holders if len(h) < len(keys) or min(h.values(), default=0) < 1]
+        report.record(
+            f"a worker frozen (SIGSTOP) while adaptive scaling retires; max_lifetime={lifetime}s",
+            f"gone within {lifetime + budgets.self_deletion(0):.0f} s of the start",
+            f"gone after {time.monotonic() - started:.0f} s" if ended else "still there",
+            "yes" if not lost else f"no: {len(lost)} looks found a key without a holder",
+        )
+        assert ended
         assert lost == [], f"a key had no holder while the cluster lived: {lost[:3]}"
     finally:
         client.close()
@@ -229,7 +263,7 @@ def test_a_frozen_worker_does_not_stop_max_lifetime_and_no_key_is_lost(
         cluster.close()
 
 
-def _scale_down_keeps_everything(client, cluster, kube, name, scale_to_one):
+def _scale_down_keeps_everything(client, cluster, kube, name, scale_to_one, how=""):
     """Three workers with unique data and computed results; ``scale_to_one()``; all still there."""
     client.wait_for_workers(3, timeout=180)
     assert wait_until(lambda: len(kube.pods(name, "worker")) == 3, 120)
@@ -242,7 +276,14 @@ def _scale_down_keeps_everything(client, cluster, kube, name, scale_to_one):
     for worker, future in futures.items():
         assert int(future.result(timeout=60)[0]) == hash(worker) % 1000
     assert client.gather(computed) == [i * 3 for i in range(200)]
-    assert computed_more_than_once(client, {f.key for f in computed}) == {}
+    twice = computed_more_than_once(client, {f.key for f in computed})
+    report.record(
+        f"3 -> 1 workers {how}, unique data on each",
+        "every key kept, none computed twice",
+        f"{len(futures)} scattered and 200 computed keys gathered; {len(twice)} computed twice",
+        "yes" if not twice else "no",
+    )
+    assert twice == {}
 
 
 def test_scaling_down_from_another_process_a_reattached_handle_and_adapt_loses_nothing(
@@ -271,7 +312,9 @@ def test_scaling_down_from_another_process_a_reattached_handle_and_adapt_loses_n
                 env=os.environ.copy(),
             )
 
-        _scale_down_keeps_everything(client, cluster, kube, cluster_name, cli)
+        _scale_down_keeps_everything(
+            client, cluster, kube, cluster_name, cli, "by minimaldask scale"
+        )
 
         # 2. A handle attached by name.
         cluster.scale(3)
@@ -281,7 +324,9 @@ def test_scaling_down_from_another_process_a_reattached_handle_and_adapt_loses_n
             again.scale(1)
             again.close()
 
-        _scale_down_keeps_everything(client, cluster, kube, cluster_name, attached)
+        _scale_down_keeps_everything(
+            client, cluster, kube, cluster_name, attached, "by an attached handle"
+        )
 
         # 3. Adaptive scaling in the scheduler.
         cluster.scale(3)
@@ -289,7 +334,9 @@ def test_scaling_down_from_another_process_a_reattached_handle_and_adapt_loses_n
         def adaptive():
             cluster.adapt(1, 3, cooldown=5, min_worker_age=0)
 
-        _scale_down_keeps_everything(client, cluster, kube, cluster_name, adaptive)
+        _scale_down_keeps_everything(
+            client, cluster, kube, cluster_name, adaptive, "by adaptive scaling"
+        )
     finally:
         client.close()
         cluster.close()
@@ -323,7 +370,14 @@ def test_a_worker_pod_deleted_or_evicted_hands_its_data_over(namespace, kube, cl
         for worker, future in futures.items():
             assert int(future.result(timeout=60)[0]) == hash(worker) % 1000
         assert client.gather(computed) == [i + 1 for i in range(300)]
-        assert computed_more_than_once(client, {f.key for f in computed}) == {}
+        twice = computed_more_than_once(client, {f.key for f in computed})
+        report.record(
+            "a worker pod deleted (SIGTERM) and another evicted (a drain)",
+            "every key kept, none computed twice",
+            f"{len(futures)} scattered and 300 computed keys gathered; {len(twice)} computed twice",
+            "yes" if not twice else "no",
+        )
+        assert twice == {}
         # The Deployment replaced them: three workers again.
         client.wait_for_workers(3, timeout=180)
     assert kube.objects_of(cluster_name) == []
@@ -360,6 +414,11 @@ def test_two_processes_starting_one_name_at_once_make_one_cluster(
     ]
     try:
         said = [p.stdout.readline().strip() for p in procs]
+        report.record(
+            "two processes start one name at once (different env)",
+            "one creates, one attaches; the scheduler is not replaced",
+            " and ".join(sorted(said)),
+        )
         assert sorted(said) == ["attached", "created"], said
         creator = procs[said.index("created")]
         attacher = procs[said.index("attached")]

@@ -110,12 +110,12 @@ def test_scale_down_retires_exactly_the_chosen_workers(namespace, kube, cluster_
             for n, p in kube.pods(cluster_name, "worker").items()
             if not p["metadata"].get("deletionTimestamp")
         }
-        retired = [
+        retired = {
             addr
             for _, msg in client.get_events("all")
             if isinstance(msg, dict) and msg.get("action") == "retire-workers"
             for addr in msg["retired"]
-        ]
+        }
         assert len(retired) == 2
         # Exactly the pods of the workers the scheduler retired went.
         assert after == before - {names[a] for a in retired}
@@ -166,7 +166,7 @@ def test_a_worker_pod_deleted_during_a_computation(namespace, kube, cluster_name
 def test_manifests_piped_into_kubectl_make_a_working_cluster(namespace, kube, image):
     yaml_text = subprocess.run(
         [sys.executable, "-m", "minimaldask.cli", "manifests", "piped", "-n", namespace, "--workers", "2",
-         "--image", image, "--cpu", "200m", "--memory", "384Mi"],
+         "--image", image, "--cpu", "50m", "--memory", "384Mi"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     kube.kubectl("apply", "-f", "-", input=yaml_text)
@@ -197,7 +197,7 @@ def test_expose_nodeport(namespace, kube, cluster_name):
 
 
 def test_changing_an_option_updates_the_cluster_in_place(namespace, kube, cluster_name):
-    with MinimalCluster(name=cluster_name, workers=1) as first:
+    with MinimalCluster(name=cluster_name, workers=1):
         uid = kube.get("deployment", f"{cluster_name}-scheduler")["metadata"]["uid"]
         old_scheduler = set(kube.pods(cluster_name, "scheduler"))
         updated = MinimalCluster(name=cluster_name, workers=1, env={"TEAM": "data"}, update=True)
@@ -211,6 +211,7 @@ def test_changing_an_option_updates_the_cluster_in_place(namespace, kube, cluste
                 client.wait_for_workers(1, timeout=120)
                 assert client.submit(lambda: 2).result() == 2
         finally:
-            updated.close()
-        first.shutdown_on_close = False  # `updated` deleted it
+            updated.close()  # it attached: the cluster runs on
+        assert kube.get("deployment", f"{cluster_name}-scheduler")["metadata"]["uid"] == uid
+    # The handle that created it deleted it.
     assert kube.objects_of(cluster_name) == []

@@ -226,6 +226,19 @@ def test_timeouts_accept_numbers_strings_and_off():
             "invalid tolerations[...]['effect']='NoScheduling': expected one of 'NoSchedule'",
         ),
         (
+            {"worker_options": "--no-such-option"},
+            "invalid worker_options='--no-such-option': No such option '--no-such-option'. "
+            "(see `dask worker --help`)",
+        ),
+        (
+            {"scheduler_options": ["--nthreads", "2"]},
+            "invalid scheduler_options='--nthreads 2': No such option '--nthreads'",
+        ),
+        (
+            {"worker_options": "--nthreads many"},
+            "'many' is not a valid integer",
+        ),
+        (
             {"image_pull_secrets": "Bad_Secret"},
             "invalid image_pull_secrets='Bad_Secret': expected a DNS-1123 subdomain",
         ),

@@ -308,6 +308,8 @@ class Plugin(SchedulerPlugin):
         ws = self.scheduler.workers.get(worker)
         if ws is None:
             return {"moved": False}
+        if str(ws.name) in self.retired:  # retired already: its data moved
+            return {"moved": True}
         retired = await self.retire(names=[str(ws.name)], timeout=timeout)
         return {"moved": bool(retired)}
 
