@@ -6,6 +6,7 @@ never a bare number: when a setting of the product changes, its budget follows.
 
 from __future__ import annotations
 
+import localkube
 from minimaldask import contract
 from minimaldask.kubernetes import manifests
 from minimaldask.spec import ClusterSpec
@@ -18,9 +19,10 @@ POD_START = 4 * 5.0
 KUBELET_BACKOFF = 10.0
 #: A handful of API requests and a registry read: pre-flight checks, a refused apply.
 REQUESTS = 15.0
-#: The kubelet measures emptyDir usage every volumeStatsAggPeriod (60 s by default), and
-#: its eviction manager looks every 10 s.
-KUBELET_EVICTION = 2 * 60.0 + 10.0
+#: The kubelet measures emptyDir usage every volumeStatsAggPeriod (localkube's, which is
+#: 60 s on a default kubelet), and its eviction manager looks every 10 s; a busy node
+#: takes a few rounds.
+KUBELET_EVICTION = 3 * localkube.VOLUME_STATS_PERIOD + 3 * 10.0
 
 
 def delete(spec: ClusterSpec | None = None) -> float:

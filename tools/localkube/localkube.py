@@ -61,6 +61,8 @@ SERVICE_CIDR = "10.96.0.0/16"
 KUBERNETES_SERVICE_IP = "10.96.0.1"
 DNS_SERVICE_IP = "10.96.0.10"
 CLUSTER_DOMAIN = "cluster.local"
+#: How often the kubelet measures volume usage (its emptyDir sizeLimit evictions follow).
+VOLUME_STATS_PERIOD = 10
 APISERVER_PORT = 6443
 REGISTRY_LISTEN = "127.0.0.1:5000"
 REGISTRY = "localhost:5000"  # the name pods use in image references
@@ -1154,6 +1156,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 "serializeImagePulls": False,
                 "podLogsDir": str(STATE / "pod-logs"),
                 "volumePluginDir": str(STATE / "kubelet-plugins"),
+                # Measure emptyDir usage every 10 s (1 min by default): a pod over its
+                # sizeLimit is evicted within seconds, which the e2e tests wait for.
+                "volumeStatsAggPeriod": f"{VOLUME_STATS_PERIOD}s",
                 "evictionHard": {
                     "memory.available": "100Mi",
                     "nodefs.available": "1%",

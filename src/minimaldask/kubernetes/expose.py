@@ -9,6 +9,7 @@ Adding a mode is adding one class to :data:`EXPOSURES` (and its tests).
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
 import os
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,10 @@ from minimaldask.kubernetes.objects import POD, Access, Obj, Part
 
 if TYPE_CHECKING:
     from minimaldask.spec import ClusterSpec
+
+
+#: Seconds a port-forward has to stop.
+STOP_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -127,10 +132,10 @@ class PortForward(Exposure):
         return self._endpoint
 
     async def close(self) -> None:
-        """Stop the forwards."""
+        """Stop the forwards (each within a few seconds: a dead connection may not answer)."""
         for forward in self._forwards:
             with contextlib.suppress(Exception):
-                await forward.stop()
+                await asyncio.wait_for(forward.stop(), STOP_TIMEOUT)
         self._forwards.clear()
         self._pod = ""
         self._endpoint = None
