@@ -111,6 +111,7 @@ class BuildOptions:
     python_from: Sequence[str] = ()
     lock: str | None = None
     keyring: str | None = None
+    ignore_valid_until: bool = False
     cache_dir: str = field(
         default_factory=lambda: os.path.join(
             os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "minimaldask"
@@ -198,7 +199,12 @@ class _Platform:
         self.python = python
         self.host_python = host_python
         self.archive = Archive(
-            mirror, tgt.suite, tgt.arch, os.path.join(opts.cache_dir, "debian"), keyring=keyring
+            mirror,
+            tgt.suite,
+            tgt.arch,
+            os.path.join(opts.cache_dir, "debian"),
+            keyring=keyring,
+            ignore_valid_until=opts.ignore_valid_until,
         )
         self.wheels: list[Wheel] = []
         self.extras: set[str] = set()
@@ -490,6 +496,7 @@ class _Platform:
             host_tgt.arch,
             os.path.join(self.opts.cache_dir, "debian"),
             keyring=self.keyring,
+            ignore_valid_until=self.opts.ignore_valid_until,
         ).load()
         pkgs = archive.resolve(host_tgt.runtime_debs)
         key = "-".join(sorted(p.sha256[:8] for p in pkgs))[:64]
@@ -732,6 +739,8 @@ def build(opts: BuildOptions, log: Callable[[str], None] = _log) -> BuildResult:
             plat.resolve(lock)
         except MinimalDaskError as e:
             raise BuildError(f"{plat.tgt.platform}: {e}") from e
+        if plat.archive.expired:
+            log(f"warning: {plat.tgt.platform}: {plat.archive.expired}")
     if lock is None:
         lock = _make_lock(opts, platforms)
     results = []

@@ -73,6 +73,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--write-lock", metavar="FILE", help="write the build's lock file to FILE")
     p.add_argument(
+        "--ignore-valid-until",
+        action="store_true",
+        help="accept a Debian InRelease past its Valid-Until (a frozen snapshot mirror); the"
+        " build says so. Without it an expired index is refused",
+    )
+    p.add_argument(
         "--debian-keyring",
         metavar="FILE",
         help="the Debian archive keyring (default: $MINIMALDASK_DEBIAN_KEYRING, else"
@@ -172,6 +178,7 @@ def run_build(args: argparse.Namespace) -> int:
             python_from=args.python_from,
             lock=args.lock,
             keyring=args.debian_keyring,
+            ignore_valid_until=args.ignore_valid_until,
         )
         result = build(opts)
         if args.write_lock:

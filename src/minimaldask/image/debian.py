@@ -298,8 +298,9 @@ def check_valid_until(release: Mapping[str, str], what: str, now: float | None =
     if parse_release_date(until) < now:
         raise ReleaseExpiredError(
             f"{what} expired: its Valid-Until is {until}, before now"
-            f" ({time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(now))}); the archive or"
-            " mirror serves an old index: use an up-to-date mirror"
+            f" ({time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(now))}): the archive or"
+            " mirror serves an old index: use an up-to-date mirror (or, for a snapshot mirror"
+            " you trust, --ignore-valid-until)"
         )
 
 
@@ -323,6 +324,10 @@ class Archive:
     keyring: str | None = None
     #: The time ``Valid-Until`` is compared with; None: now.
     now: float | None = None
+    #: Accept an expired ``InRelease`` (a frozen snapshot mirror), saying so in :attr:`expired`.
+    ignore_valid_until: bool = False
+    #: Why the index was accepted although expired, when it was.
+    expired: str | None = None
 
     def load(self) -> Archive:
         """Fetch and verify ``InRelease`` and the ``Packages`` index; return self.
@@ -334,7 +339,12 @@ class Archive:
         inrelease = _fetch(f"{self.url}/dists/{self.suite}/InRelease").decode("utf-8")
         text = self._verify_signature(inrelease, keyring)
         release = next(iter(parse_stanzas(text)), {})
-        check_valid_until(release, f"InRelease of {self.url} {self.suite}", self.now)
+        try:
+            check_valid_until(release, f"InRelease of {self.url} {self.suite}", self.now)
+        except ReleaseExpiredError as e:
+            if not self.ignore_valid_until:
+                raise
+            self.expired = f"{e.args[0].split(': the archive')[0]}; accepted (--ignore-valid-until)"
         entries: dict[str, tuple[str, int]] = {}
         for line in release.get("SHA256", "").splitlines():
             parts = line.split()
