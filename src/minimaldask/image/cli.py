@@ -160,7 +160,7 @@ def run_build(args: argparse.Namespace) -> int:
         dask_version = args.dask or importlib.metadata.version("dask")
         for ref in args.push:
             registry.check(ref, insecure=args.insecure)
-        if (args.docker_archive or args.rootfs) and len(platforms) != 1:
+        if (args.docker_archive or args.rootfs) and len(platforms or args.python_from) != 1:
             raise MinimalDaskError(
                 "--docker-archive and --rootfs hold one platform: pass exactly one --platform"
             )
