@@ -16,6 +16,7 @@ import sys
 
 import pytest
 from dockerutil import EPOCH, IMPORT_ALL, REPO, Network, build_cli, docker
+
 from pythonfrom import pyenv_prefix, standalone_archive
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

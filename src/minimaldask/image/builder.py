@@ -45,6 +45,7 @@ from minimaldask.image.recipe import (
     NO_WHEEL,
     NUMERIC,
     SONAME_PACKAGES,
+    TRIM_MODULES,
     WHEEL_EXCLUDE,
     Target,
     target,
@@ -53,6 +54,7 @@ from minimaldask.image.recipe import (
 from minimaldask.image.standalone import StandalonePython
 from minimaldask.image.standalone import find as find_python
 from minimaldask.image.standalone import install as install_python
+from minimaldask.image.trim import recorded_modules, remove_unused, sourceless
 from minimaldask.image.wheels import (
     Wheel,
     canonical,
@@ -70,15 +72,19 @@ HOME = "/home/dask"
 PREFIX = "/tmp/minimaldask"
 TITLE = "minimaldask"
 
+# Input: (source, name in the image, bytecode path or "") triples. A given
+# bytecode path is the sourceless place (module.pyc beside it): the source goes.
 _COMPILE = r"""
-import py_compile, sys
+import os, py_compile, sys
 mode = py_compile.PycInvalidationMode.UNCHECKED_HASH
-pairs = sys.stdin.read().split("\0")
-for path, dfile in zip(pairs[0::2], pairs[1::2]):
+items = sys.stdin.read().split("\0")
+for path, dfile, cfile in zip(items[0::3], items[1::3], items[2::3]):
     try:
-        py_compile.compile(path, dfile=dfile, doraise=True, invalidation_mode=mode)
+        py_compile.compile(path, cfile=cfile or None, dfile=dfile, doraise=True, invalidation_mode=mode)
     except py_compile.PyCompileError:
-        pass  # a file that is not Python 3 (a template, a sample): left as is
+        continue  # a file that is not Python 3 (a template, a sample): left as is
+    if cfile:
+        os.unlink(path)
 """
 
 
@@ -287,6 +293,7 @@ class _Platform:
         self._system_files(runtime + numeric_debs + extra_debs, wheels, lock)
         for stage in self.stages.values():
             prune(stage, opts.flavor)
+            remove_unused(stage, TRIM_MODULES, recorded_modules())
         self._check_keyring()
         problems = missing_libraries(self.stages.values(), tgt.triplet)
         if problems:
@@ -448,8 +455,12 @@ class _Platform:
             f.write(lock.text())
 
     def _compile(self) -> None:
-        """Compile every module to bytecode that does not depend on mtimes."""
-        pairs: list[tuple[str, str]] = []
+        """Compile every module to bytecode that does not depend on mtimes.
+
+        Modules the recorded imports never name ship as bytecode only.
+        """
+        recorded = recorded_modules()
+        pairs: list[tuple[str, str, str]] = []
         for stage in self.stages.values():
             for dirpath, dirnames, filenames in os.walk(stage):
                 dirnames.sort()
@@ -457,7 +468,8 @@ class _Platform:
                     path = os.path.join(dirpath, name)
                     rel = os.path.relpath(path, stage)
                     if name.endswith(".py") and not rel.startswith(NO_BYTECODE):
-                        pairs.append((path, "/" + rel))
+                        cfile = path + "c" if sourceless(stage, rel, recorded) else ""
+                        pairs.append((path, "/" + rel, cfile))
         pairs.sort(key=lambda p: p[1])
         command, env = self._host_python()
         jobs = max(1, min(4, os.cpu_count() or 1))
@@ -653,7 +665,7 @@ def _pythons_from(
                 f" {python.platform}: give one per platform"
             )
         found[python.platform] = python
-        log(f"--python-from: {python.describe()}")
+        log(f"--python-from {path}: {python.describe()}")
     versions = sorted({p.version for p in found.values()})
     if len(versions) > 1:
         raise BuildError(f"--python-from CPythons of different versions ({', '.join(versions)})")

@@ -263,6 +263,18 @@ PRUNE_FLAVOR_GLOBS = {
 #: once per start; its bytecode would add 2 MB (gzip) to every image.
 NO_BYTECODE = ("usr/lib/python3/dist-packages/pip/",)
 
+#: Modules removed unless the recorded imports (image/recorded-imports.txt) name
+#: them: tooling of the standard library that a scheduler or worker has no use
+#: for, and numpy's extension modules that only its own test suite loads.
+TRIM_MODULES = (
+    "unittest", "doctest", "pydoc", "pdb", "xmlrpc", "wsgiref", "distutils", "venv",
+    "mailbox", "imaplib", "nntplib", "smtplib", "smtpd", "ftplib", "poplib", "telnetlib",
+    "cgi", "cgitb", "msilib", "tabnanny", "pyclbr", "trace", "timeit", "profile", "cProfile",
+    "numpy._core._simd", "numpy._core._multiarray_tests", "numpy._core._umath_tests",
+    "numpy._core._rational_tests", "numpy._core._struct_ufunc_tests",
+    "numpy._core._operand_flag_tests",
+)  # fmt: skip
+
 #: File names removed anywhere below site-packages (fnmatch patterns).
 PRUNE_SITE_FILES = (
     "*.pyi",

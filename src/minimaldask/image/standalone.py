@@ -51,9 +51,9 @@ class StandalonePython:
         return os.path.join(self.root, "bin", f"python{self.version}")
 
     def describe(self) -> str:
-        """One line: what this Python is and where it came from."""
-        origin = f"archive sha256:{self.sha256}" if self.sha256 else "install prefix"
-        return f"CPython {self.version} for {self.platform} from {self.source} ({origin})"
+        """What this Python is, in words that do not depend on where it lies on this machine."""
+        origin = f"archive sha256:{self.sha256}" if self.sha256 else "an install prefix"
+        return f"CPython {self.version} for {self.platform} from {origin}"
 
 
 def _sha256(path: str) -> str:

@@ -1,4 +1,4 @@
-"""A CPython 3.12 for --python-from, made on this machine from pyenv's.
+"""A CPython 3.12 for --python-from, made on this machine from pyenv's (image and e2e tests).
 
 No standalone CPython archive can be downloaded here, so the tests make one
 laid out the same way (python/bin/python3.12, python/lib/...) from the pyenv
