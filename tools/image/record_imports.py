@@ -20,14 +20,15 @@ goes to src/minimaldask/image/recorded-imports.txt, which the image builder
 reads (see docs/image.md: what it trims and what it ships without sources).
 
 The environment is a virtual environment of its own (cached under
-~/.cache/minimaldask/record-imports), with pandas and pyarrow for the
-dataframe flavor.
+~/.cache/minimaldask/record-imports), with the packages of every flavor
+(bokeh for the dashboard, pandas and pyarrow for the dataframe flavor).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import socket
@@ -39,14 +40,29 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _recipe():
+    """image/recipe.py alone (plain data): the package's __init__ needs dask, not here yet."""
+    spec = importlib.util.spec_from_file_location(
+        "recipe", REPO / "src/minimaldask/image/recipe.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["recipe"] = module  # dataclasses looks the module up
+    spec.loader.exec_module(module)
+    return module
+
+
+PACKAGES = sorted({p for flavor in _recipe().FLAVORS.values() for p in flavor} - {"pip"})
 OUTPUT = REPO / "src/minimaldask/image/recorded-imports.txt"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "minimaldask"
 
-SITECUSTOMIZE = r'''
+SITECUSTOMIZE = r"""
 import os, sys
 _dir = os.environ.get("MINIMALDASK_IMPORT_RECORD")
 if _dir:
     _out = open(os.path.join(_dir, f"{os.getpid()}.txt"), "a", buffering=1)
+    _out.write(f"#ppid {os.getppid()}\n#argv {' '.join(getattr(sys, 'orig_argv', sys.argv))}\n")
 
     def _hook(event, args, _out=_out):
         if event == "import":
@@ -57,15 +73,14 @@ if _dir:
     def _at_exit(_out=_out):
         for name in list(sys.modules):
             _out.write(name + "\n")
-        _out.write("#argv " + " ".join(sys.argv) + "\n")
 
     import atexit
     atexit.register(_at_exit)
-'''
+"""
 
-SCENARIO_CLIENT = r'''
-import json, sys, tempfile, urllib.request
-import dask, dask.array as da, dask.bag as db
+SCENARIO_CLIENT = r"""
+import json, sys, tempfile, urllib.parse, urllib.request
+import dask, dask.array as da, dask.bag as db, distributed
 from distributed import Client
 address, dashboard = sys.argv[1], sys.argv[2]
 client = Client(address, timeout=60)
@@ -89,9 +104,17 @@ else:
         print("csv", len(dd.read_csv(tmp + "/c-*.csv").compute()))
 base = f"http://127.0.0.1:{dashboard}"
 pages = json.load(urllib.request.urlopen(base + "/sitemap.json", timeout=60))["paths"]
+worker = urllib.parse.quote(next(iter(client.scheduler_info()["workers"])), safe="")
+kept = x.persist()
+distributed.wait(kept)
+key = urllib.parse.quote(str(next(k for ks in client.has_what().values() for k in ks)), safe="")
 done = 0
 for page in pages:
-    if "{" in page or page.startswith(("/proxy", "/sitemap")):
+    if page.startswith(("/info/worker/", "/info/logs/", "/info/call-stacks/")):
+        page = page.replace("(.*)", worker)
+    elif page.startswith(("/info/task/", "/info/call-stack/")):
+        page = page.replace("(.*)", key)
+    if "{" in page or "(" in page or page.startswith(("/proxy", "/sitemap", "/eventstream")):
         continue
     try:
         urllib.request.urlopen(base + page, timeout=120).read()
@@ -100,9 +123,9 @@ for page in pages:
         print("page", page, e)
 print("dashboard pages", done)
 client.close()
-'''
+"""
 
-DEBIAN = r'''
+DEBIAN = r"""
 import json, os, sys, tempfile
 from minimaldask.image import debian
 with tempfile.TemporaryDirectory() as tmp:
@@ -113,19 +136,19 @@ with tempfile.TemporaryDirectory() as tmp:
     debian.IMAGE_RECORD = record
     env = debian.install_runtime_packages(["jq"], os.path.join(tmp, "prefix"), environ={})
     print(sorted(env))
-'''
+"""
 
 
 def venv(python: str) -> Path:
     """A virtual environment with this checkout, pytest, pandas and pyarrow (cached)."""
     key = hashlib.sha256(
-        (python + (REPO / "pyproject.toml").read_text() + str(REPO)).encode()
+        (python + (REPO / "pyproject.toml").read_text() + str(REPO) + str(PACKAGES)).encode()
     ).hexdigest()[:16]
     path = CACHE / "record-imports" / key
     if not (path / "done").exists():
         subprocess.run([python, "-m", "venv", "--clear", str(path)], check=True)
         pip = [str(path / "bin/python"), "-m", "pip", "install", "-q"]
-        subprocess.run([*pip, "-e", f"{REPO}[test]", "pandas", "pyarrow"], check=True)
+        subprocess.run([*pip, "-e", f"{REPO}[test]", *PACKAGES], check=True)
         (path / "done").write_text("")
     return path / "bin/python"
 
@@ -143,9 +166,13 @@ def scenario(python: Path, env: dict[str, str]) -> None:
     procs = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            procs.append(subprocess.Popen([str(python), "-m", "minimaldask.entrypoint"], env=common))
+            procs.append(
+                subprocess.Popen([str(python), "-m", "minimaldask.entrypoint"], env=common)
+            )
             worker = {**common, "WORKER": "1", "DASK_SCHEDULER_ADDRESS": address}
-            procs.append(subprocess.Popen([str(python), "-m", "minimaldask.entrypoint"], env=worker))
+            procs.append(
+                subprocess.Popen([str(python), "-m", "minimaldask.entrypoint"], env=worker)
+            )
             pip = {**worker, "EXTRA_PIP_PACKAGES": "camelcase", "MINIMALDASK_PREFIX": tmp}
             procs.append(subprocess.Popen([str(python), "-m", "minimaldask.entrypoint"], env=pip))
             deadline = time.monotonic() + 120
@@ -165,20 +192,39 @@ def scenario(python: Path, env: dict[str, str]) -> None:
                 proc.terminate()
             for proc in procs:
                 proc.wait(timeout=60)
-    subprocess.run([str(python), "-c", DEBIAN], env=env, check=True, timeout=600)
+    # The marker argument tells collect() that this process is one of the image's.
+    subprocess.run([str(python), "-c", DEBIAN, MARKER], env=env, check=True, timeout=600)
+
+
+#: Command lines of the image's processes; their children (a Nanny's worker
+#: process, pip run by the entrypoint) count too. Not the tests nor clients.
+CLUSTER_SIDE = ("minimaldask.entrypoint", "distributed.cli.dask_", "minimaldask.janitor")
+MARKER = "record-os-packages"
 
 
 def collect(directory: Path) -> tuple[set[str], int]:
-    modules: set[str] = set()
-    used = 0
-    for path in sorted(directory.glob("*.txt")):
+    """The union of the modules of the image's processes, and how many there were."""
+    parents: dict[int, int] = {}
+    argvs: dict[int, list[str]] = {}
+    found: dict[int, set[str]] = {}
+    for path in directory.glob("*.txt"):
+        pid = int(path.stem)
         lines = path.read_text().splitlines()
-        argv = next((ln[6:] for ln in lines if ln.startswith("#argv ")), "")
-        if "pytest" in argv.split(" ", 1)[0] or " -m pytest" in argv:
-            continue  # the test runner, not a process of a cluster
-        used += 1
-        modules.update(ln for ln in lines if ln and not ln.startswith("#"))
-    return modules, used
+        for line in lines:
+            if line.startswith("#ppid "):
+                parents.setdefault(pid, int(line[6:]))
+            elif line.startswith("#argv "):
+                argvs.setdefault(pid, []).append(line[6:])
+        found[pid] = {ln for ln in lines if ln and not ln.startswith("#")}
+
+    def cluster_side(pid: int, depth: int = 0) -> bool:
+        if any(p in argv for argv in argvs.get(pid, []) for p in (*CLUSTER_SIDE, MARKER)):
+            return True
+        parent = parents.get(pid)
+        return parent in found and depth < 10 and cluster_side(parent, depth + 1)
+
+    chosen = [pid for pid in found if cluster_side(pid)]
+    return set().union(*(found[pid] for pid in chosen)), len(chosen)
 
 
 def main() -> int:

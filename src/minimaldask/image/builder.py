@@ -26,7 +26,6 @@ from minimaldask.exceptions import MinimalDaskError
 from minimaldask.image import oci
 from minimaldask.image.debfile import apply_alternatives, unpack_deb
 from minimaldask.image.debian import (
-    KEYRING_ENV,
     KEYRINGS,
     Archive,
     Package,
@@ -137,6 +136,8 @@ class PlatformResult:
     #: Where the Python came from: ``Debian trixie`` or the --python-from CPython.
     python_source: str = ""
     suite: str = ""
+    #: Seconds per phase of the build (resolution, unpacking, bytecode, layers, ...).
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def compressed(self) -> int:
@@ -217,11 +218,20 @@ class _Platform:
         self.paths: dict[str, str] = {}
         self.digests: dict[str, str] = {}
         self.seconds = 0.0
+        self.phases: dict[str, float] = {}
+        self._mark = time.monotonic()
+
+    def _phase(self, name: str) -> None:
+        """Charge the time since the last mark to ``name``."""
+        now = time.monotonic()
+        self.phases[name] = self.phases.get(name, 0.0) + now - self._mark
+        self._mark = now
 
     def resolve(self, lock: Lock | None) -> None:
         """Load the Debian index; resolve and download the wheels (or take them from ``lock``)."""
-        start = time.monotonic()
+        start = self._mark = time.monotonic()
         self.archive.load()
+        self._phase("debian index")
         wheel_dir = os.path.join(self.opts.cache_dir, "wheels")
         if lock is None:
             self.wheels, self.extras = self._wheels()
@@ -237,6 +247,7 @@ class _Platform:
             wanted = [(w.name, w.version, lock.hashes(w.name)) for w in locked]
             self.paths = download_locked(wanted, self.tgt, wheel_dir)
         self.digests = {name: file_sha256(path) for name, path in self.paths.items()}
+        self._phase("wheels: resolve, download")
         self.seconds += time.monotonic() - start
 
     def _debian_version(self, package: str) -> str:
@@ -247,7 +258,7 @@ class _Platform:
 
     def run(self, work: str, lock: Lock) -> PlatformResult:
         """Assemble the layers in ``work`` and make the image."""
-        start = time.monotonic()
+        start = self._mark = time.monotonic()
         self.work = work
         self.stages = {name: os.path.join(work, name) for name in LAYERS}
         for path in self.stages.values():
@@ -274,6 +285,7 @@ class _Platform:
             for pkg in debs:
                 unpack_deb(self.archive.fetch(pkg), self.stages[layer])
             apply_alternatives(self.stages[layer], tgt.triplet)
+        self._phase("debian packages")
         for wheel in wheels:
             if wheel.debian:
                 continue
@@ -291,6 +303,7 @@ class _Platform:
             )
         self._minimaldask()
         self._system_files(runtime + numeric_debs + extra_debs, wheels, lock)
+        self._phase("wheels: unpack")
         for stage in self.stages.values():
             prune(stage, opts.flavor)
             remove_unused(stage, TRIM_MODULES, recorded_modules())
@@ -299,8 +312,11 @@ class _Platform:
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise BuildError(f"a shared library is missing: {problems[0]}{more}")
+        self._phase("prune, check")
         self._compile()
+        self._phase("bytecode")
         image = self._image(lock)
+        self._phase("layers: tar, compress")
         self.seconds += time.monotonic() - start
         return PlatformResult(
             image,
@@ -310,6 +326,7 @@ class _Platform:
             self.archive.signature,
             self._python_source(),
             tgt.suite,
+            dict(self.phases),
         )
 
     def _python_source(self) -> str:
@@ -385,7 +402,8 @@ class _Platform:
         shutil.copytree(
             source,
             os.path.join(site, "minimaldask"),
-            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+            # The recorded imports are the builder's input, not the image's.
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "recorded-imports.txt"),
         )
         info = os.path.join(site, f"minimaldask-{minimaldask.__version__}.dist-info")
         os.makedirs(info)
@@ -732,7 +750,12 @@ def build(opts: BuildOptions, log: Callable[[str], None] = _log) -> BuildResult:
         if reason:
             raise BuildError(f"the {opts.flavor} flavor is not available for {name}: {reason}")
     lock = _read_lock(opts)
-    keyring = find_keyring({KEYRING_ENV: opts.keyring} if opts.keyring else None)
+    if opts.keyring and not os.path.isfile(opts.keyring):
+        raise BuildError(
+            f"--debian-keyring {opts.keyring} is not a file: name a binary OpenPGP keyring such"
+            " as /usr/share/keyrings/debian-archive-keyring.gpg (package debian-archive-keyring)"
+        )
+    keyring = opts.keyring or find_keyring()
     mirror = resolve_mirror(opts.debian_mirror)
     host = host_platform()
     platforms = [
