@@ -2,12 +2,17 @@
 
 import hashlib
 import http.server
+import json
 import lzma
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 from image_signing import make_key
 
+import minimaldask
 from minimaldask.image import debian
 from minimaldask.image.debian import (
     Archive,
@@ -274,3 +279,32 @@ def test_extra_os_packages_outside_an_image_say_why(tmp_path, monkeypatch):
     monkeypatch.setattr(debian, "IMAGE_RECORD", str(tmp_path / "missing.json"))
     with pytest.raises(DebianError, match="this is not a minimaldask image"):
         debian.install_runtime_packages(["jq"], str(tmp_path))
+
+
+POD_SIDE = r"""
+import json, sys, types
+from pathlib import Path
+# The package's __init__ (the client API) is not the image module's to decide: stand in for it,
+# so that what loads is what minimaldask.image.debian itself needs.
+root = Path(sys.argv[1])
+for name, path in (("minimaldask", root), ("minimaldask.image", root / "image")):
+    module = types.ModuleType(name)
+    module.__path__ = [str(path)]
+    sys.modules[name] = module
+before = set(sys.modules)
+import minimaldask.image.debian
+loaded = sorted(m.split(".")[0] for m in set(sys.modules) - before)
+print(json.dumps(sorted(set(loaded) - set(sys.stdlib_module_names) - {"minimaldask"})))
+"""
+
+
+def test_the_pod_side_install_path_loads_only_the_standard_library():
+    # The entrypoint calls install_runtime_packages at pod start for EXTRA_OS_PACKAGES.
+    root = Path(minimaldask.__file__).parent
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", POD_SIDE, str(root)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(result.stdout) == []

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import glob
+import hashlib
 import json
 import os
 import platform as _platform
@@ -490,7 +492,8 @@ class _Platform:
                         pairs.append((path, "/" + rel, cfile))
         pairs.sort(key=lambda p: p[1])
         command, env = self._host_python()
-        jobs = max(1, min(4, os.cpu_count() or 1))
+        pairs, stored = self._cached_bytecode(pairs, command)
+        jobs = max(1, min(4, os.cpu_count() or 1, len(pairs)))
         procs = []
         for i in range(jobs):
             chunk = pairs[i::jobs]
@@ -509,6 +512,44 @@ class _Platform:
         for proc, _ in procs:
             if proc.wait() != 0:
                 raise BuildError(f"bytecode compilation failed for {self.tgt.platform}")
+        for made, keep in stored:
+            if os.path.exists(made):  # not a file that failed to compile
+                os.makedirs(os.path.dirname(keep), exist_ok=True)
+                tmp = f"{keep}.{os.getpid()}.tmp"
+                shutil.copyfile(made, tmp)
+                os.replace(tmp, keep)
+
+    def _cached_bytecode(
+        self, items: list[tuple[str, str, str]], command: list[str]
+    ) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+        """Take bytecode compiled before (this build's other platforms, earlier builds).
+
+        Bytecode depends on the source, the name recorded in it and the
+        interpreter only, so it is kept in the cache under their digest.
+        Returns what is left to compile, and (made, cache path) pairs to store.
+        """
+        interpreter = next(c for c in command if os.path.basename(c).startswith("python"))
+        cache = os.path.join(self.opts.cache_dir, "bytecode", _file_sha256(interpreter)[:16])
+        tag = "cpython-" + self.tgt.python.replace(".", "")
+        todo, stored = [], []
+        for path, dfile, cfile in items:
+            with open(path, "rb") as f:
+                source = f.read()
+            kind = b"sourceless" if cfile else b"cached"
+            key = hashlib.sha256(b"\0".join([dfile.encode(), kind, source])).hexdigest()
+            keep = os.path.join(cache, key[:2], key)
+            made = cfile or os.path.join(
+                os.path.dirname(path), "__pycache__", f"{os.path.basename(path)[:-3]}.{tag}.pyc"
+            )
+            if os.path.exists(keep):
+                os.makedirs(os.path.dirname(made), exist_ok=True)
+                shutil.copyfile(keep, made)
+                if cfile:
+                    os.unlink(path)
+            else:
+                todo.append((path, dfile, cfile))
+                stored.append((made, keep))
+        return todo, stored
 
     def _host_python(self) -> tuple[list[str], dict[str, str]]:
         """A command that runs Python ``tgt.python`` built for this machine, and its environment."""
@@ -631,6 +672,11 @@ class _Platform:
             diff_ids=diff_ids,
             annotations=labels,
         )
+
+
+@functools.cache
+def _file_sha256(path: str) -> str:
+    return file_sha256(os.path.realpath(path))
 
 
 def _iso(epoch: int) -> str:
