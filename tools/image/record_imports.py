@@ -103,7 +103,12 @@ else:
         df.to_csv(tmp + "/c-*.csv")
         print("csv", len(dd.read_csv(tmp + "/c-*.csv").compute()))
 base = f"http://127.0.0.1:{dashboard}"
-pages = json.load(urllib.request.urlopen(base + "/sitemap.json", timeout=60))["paths"]
+# The dashboard's bokeh applications and its HTML and JSON pages, from distributed itself
+# (its /sitemap.json fails once bokeh's routes are in).
+from distributed.dashboard.scheduler import applications
+import distributed.http.scheduler.info as info, distributed.http.scheduler.json as js
+pages = sorted(applications) + [r[0] for r in info.routes + js.routes]
+pages += ["/health", "/individual-plots.json"]
 worker = urllib.parse.quote(next(iter(client.scheduler_info()["workers"])), safe="")
 kept = x.persist()
 distributed.wait(kept)
