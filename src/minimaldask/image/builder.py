@@ -46,6 +46,7 @@ from minimaldask.image.recipe import (
     NO_WHEEL,
     NUMERIC,
     SONAME_PACKAGES,
+    SOURCELESS_PACKAGES,
     TRIM_MODULES,
     WHEEL_EXCLUDE,
     Target,
@@ -488,7 +489,8 @@ class _Platform:
                     path = os.path.join(dirpath, name)
                     rel = os.path.relpath(path, stage)
                     if name.endswith(".py") and not rel.startswith(NO_BYTECODE):
-                        cfile = path + "c" if sourceless(stage, rel, recorded) else ""
+                        bare = sourceless(stage, rel, recorded, SOURCELESS_PACKAGES)
+                        cfile = path + "c" if bare else ""
                         pairs.append((path, "/" + rel, cfile))
         pairs.sort(key=lambda p: p[1])
         command, env = self._host_python()

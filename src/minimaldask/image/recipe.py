@@ -275,6 +275,11 @@ TRIM_MODULES = (
     "numpy._core._operand_flag_tests",
 )  # fmt: skip
 
+#: Large libraries shipped as bytecode only, their modules run or not: their
+#: sources would cost 1.2 MB (numpy and bokeh) to 4 MB (pandas and pyarrow)
+#: of gzip, for source lines in tracebacks that go deep into them.
+SOURCELESS_PACKAGES = ("numpy", "bokeh", "pandas", "pyarrow")
+
 #: File names removed anywhere below site-packages (fnmatch patterns).
 PRUNE_SITE_FILES = (
     "*.pyi",

@@ -10,7 +10,8 @@ scenario that opens every dashboard page. From it:
   was never imported;
 - a module that was never imported keeps only its bytecode (the ``.pyc`` in
   place of the ``.py``): it still imports, and the modules that do run keep
-  their sources for tracebacks.
+  their sources for tracebacks; so do all modules of the large libraries of
+  :data:`~minimaldask.image.recipe.SOURCELESS_PACKAGES`.
 """
 
 from __future__ import annotations
@@ -82,11 +83,18 @@ def remove_unused(root: str, candidates: tuple[str, ...], recorded: frozenset[st
     return removed
 
 
-def sourceless(root: str, rel: str, recorded: frozenset[str]) -> bool:
-    """Whether the ``.py`` at ``rel`` (relative to a layer) is to ship as bytecode only."""
+def sourceless(
+    root: str, rel: str, recorded: frozenset[str], packages: tuple[str, ...] = ()
+) -> bool:
+    """Whether the ``.py`` at ``rel`` (relative to a layer) is to ship as bytecode only.
+
+    Yes when its module was never imported, or belongs to one of ``packages``.
+    """
     for tree in _trees(root):
         tree_rel = os.path.relpath(tree, root)
         if rel.startswith(tree_rel + "/"):
             name = module_name(rel[len(tree_rel) + 1 :])
-            return name is not None and name not in recorded
+            if name is None:
+                return False
+            return name not in recorded or name.split(".")[0] in packages
     return False
