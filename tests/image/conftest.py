@@ -57,6 +57,10 @@ class Built:
         return self.directory / "image.tar"
 
     @property
+    def lock(self):
+        return self.directory / "image.lock"
+
+    @property
     def tag(self):
         slug = self.platform.replace("/", "-")
         return f"minimaldask-test:{slug}-{self.flavor}-{self.directory.name[:8]}"
@@ -90,6 +94,7 @@ def build_image(platform, flavor="default", python=None, python_from=None):
         "--platform", platform, "--flavor", flavor, *source,
         "--docker-archive", str(directory / "image.tar"),
         "--output", str(directory / "oci"), "--tag", tag,
+        "--write-lock", str(directory / "image.lock"),
     )  # fmt: skip
     seconds = time.monotonic() - start
     assert result.returncode == 0, result.stderr + result.stdout

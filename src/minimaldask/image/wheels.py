@@ -215,10 +215,11 @@ def download_locked(
         cmd += ["--require-hashes", *_pip_target_args(target), "-r", requirements]
         result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        errors = [ln for ln in result.stderr.splitlines() if ln.strip()]
+        lines = [ln.strip() for ln in result.stderr.splitlines() if ln.strip()]
+        first = next((i for i, ln in enumerate(lines) if ln.startswith("ERROR")), len(lines) - 1)
         raise WheelError(
             f"pip could not download the locked wheels for {target.platform}: "
-            + " ".join(errors[-3:])
+            + " ".join(lines[first:])
         )
     by_digest: dict[str, str] = {}
     for filename in sorted(os.listdir(dest)):
