@@ -22,8 +22,8 @@ __all__ = ["main", "register", "run_build"]
 
 
 def _default_python() -> str:
-    here = f"{sys.version_info.major}.{sys.version_info.minor}"
-    return here if here in PYTHONS else max(PYTHONS)
+    """The running Python's version: an image must match its client (target() checks it)."""
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 def _mirror_setting() -> str | None:
@@ -54,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         help="Python version: "
         + ", ".join(f"{v} (Debian {s})" for v, s in PYTHONS.items())
-        + "; default: this Python's if supported, else the newest; with --python-from: its version",
+        + "; default: this Python's (3.13 when linux/arm/v7 is asked for); with --python-from:"
+        " its version",
     )
     p.add_argument(
         "--python-from",
