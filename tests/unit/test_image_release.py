@@ -18,6 +18,7 @@ spec.loader.exec_module(image_release)
         (["src/minimaldask/image/recipe.py"], "Trim bokeh", True, "recipe changed: src/minimaldask/image/recipe.py"),
         (["src/minimaldask/entrypoint.py", "README.md"], "x", True, "src/minimaldask/entrypoint.py"),
         (["Dockerfile"], "x", True, "Dockerfile"),
+        (["tools/ci/cpython.json"], "Pin CPython 3.12.7", True, "tools/ci/cpython.json"),
         (["README.md", "src/minimaldask/cluster.py"], "Docs", False, "did not change"),
         (["README.md"], "Docs; rebuild for the new dask", True, "asks to rebuild"),
         (["README.md"], "REBUILD", True, "asks to rebuild"),
