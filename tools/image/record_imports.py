@@ -115,6 +115,7 @@ distributed.wait(kept)
 key = urllib.parse.quote(str(next(k for ks in client.has_what().values() for k in ks)), safe="")
 done = 0
 for page in pages:
+    page = "/" + page.lstrip("/")
     if page.startswith(("/info/worker/", "/info/logs/", "/info/call-stacks/")):
         page = page.replace("(.*)", worker)
     elif page.startswith(("/info/task/", "/info/call-stack/")):
