@@ -31,6 +31,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -62,7 +63,8 @@ import os, sys
 _dir = os.environ.get("MINIMALDASK_IMPORT_RECORD")
 if _dir:
     _out = open(os.path.join(_dir, f"{os.getpid()}.txt"), "a", buffering=1)
-    _out.write(f"#ppid {os.getppid()}\n#argv {' '.join(getattr(sys, 'orig_argv', sys.argv))}\n")
+    _argv = " ".join(getattr(sys, "orig_argv", sys.argv)).replace("\n", " ")
+    _out.write(f"#ppid {os.getppid()}\n#argv {_argv}\n")
 
     def _hook(event, args, _out=_out):
         if event == "import":
@@ -206,6 +208,7 @@ def scenario(python: Path, env: dict[str, str]) -> None:
 #: process, pip run by the entrypoint) count too. Not the tests nor clients.
 CLUSTER_SIDE = ("minimaldask.entrypoint", "distributed.cli.dask_", "minimaldask.janitor")
 MARKER = "record-os-packages"
+MODULE = re.compile(r"[A-Za-z_][\w.-]*")
 
 
 def collect(directory: Path) -> tuple[set[str], int]:
@@ -221,7 +224,7 @@ def collect(directory: Path) -> tuple[set[str], int]:
                 parents.setdefault(pid, int(line[6:]))
             elif line.startswith("#argv "):
                 argvs.setdefault(pid, []).append(line[6:])
-        found[pid] = {ln for ln in lines if ln and not ln.startswith("#")}
+        found[pid] = {ln for ln in lines if MODULE.fullmatch(ln)}
 
     def cluster_side(pid: int, depth: int = 0) -> bool:
         if any(p in argv for argv in argvs.get(pid, []) for p in (*CLUSTER_SIDE, MARKER)):

@@ -109,7 +109,10 @@ WHEEL_EXCLUDE = {
             "tzdata",
         }
     ),
-    "dataframe": frozenset({"pillow", "contourpy", "xyzservices"}),
+    # narwhals too: bokeh imports it only for a data frame given as a data
+    # source, and the recorded imports (every dashboard page, with pandas
+    # installed) never saw it.
+    "dataframe": frozenset({"pillow", "contourpy", "xyzservices", "narwhals"}),
 }
 
 #: Python distributions of the numeric-libraries layer (the rest is the dask layer).
@@ -193,8 +196,9 @@ PRUNE_GLOBS = (
     "usr/lib/python3/dist-packages/bokeh/server/static/js/compiler.js",
     "usr/lib/python3/dist-packages/bokeh/sampledata",
     "usr/lib/python3/dist-packages/bokeh/sphinxext",
-    # LaTeX rendering: the dashboard has no MathText, so bokeh never sends it.
-    "usr/lib/python3/dist-packages/bokeh/server/static/js/bokeh-mathjax.min.js",
+    # LaTeX rendering: the dashboard has no MathText, so bokeh never sends it
+    # (both bundles: without its .min.js twin the unminified one was kept).
+    "usr/lib/python3/dist-packages/bokeh/server/static/js/bokeh-mathjax*.js",
     "usr/lib/python3/dist-packages/numpy/distutils",
     "usr/lib/python3/dist-packages/numpy/f2py",
     "usr/lib/python3/dist-packages/pip/_vendor/distlib/*.exe",
@@ -256,7 +260,13 @@ PRUNE_GLOBS = (
 PRUNE_FLAVOR_GLOBS = {
     # dask.dataframe needs pandas and pyarrow, which only the dataframe flavor has.
     "default": ("usr/lib/python3/dist-packages/dask/dataframe",),
-    "dataframe": (),
+    # pyarrow's own S3 client (5.9 MB of gzip): dask reads S3 through fsspec
+    # and s3fs (EXTRA_PIP_PACKAGES), and pyarrow.fs takes a missing _s3fs for
+    # a pyarrow built without S3, as pyarrow's own builds without S3 are.
+    "dataframe": (
+        "usr/lib/python3/dist-packages/pyarrow/libarrow_s3.so*",
+        "usr/lib/python3/dist-packages/pyarrow/_s3fs.*",
+    ),
 }
 
 #: Trees left without bytecode. pip runs only when EXTRA_PIP_PACKAGES is set,
