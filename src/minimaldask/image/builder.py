@@ -531,7 +531,10 @@ class _Platform:
         Returns what is left to compile, and (made, cache path) pairs to store.
         """
         interpreter = next(c for c in command if os.path.basename(c).startswith("python"))
-        cache = os.path.join(self.opts.cache_dir, "bytecode", _file_sha256(interpreter)[:16])
+        # The compiling script is part of the key: it decides the invalidation mode.
+        recipe = hashlib.sha256(_COMPILE.encode()).hexdigest()[:8]
+        identity = f"{_file_sha256(interpreter)[:16]}-{recipe}"
+        cache = os.path.join(self.opts.cache_dir, "bytecode", identity)
         tag = "cpython-" + self.tgt.python.replace(".", "")
         todo, stored = [], []
         for path, dfile, cfile in items:
