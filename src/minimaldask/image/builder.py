@@ -7,6 +7,7 @@ for the machine the builder runs on.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime
 import functools
@@ -20,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -88,6 +90,10 @@ for path, dfile, cfile in zip(items[0::3], items[1::3], items[2::3]):
     if cfile:
         os.unlink(path)
 """
+
+
+# Platforms resolve side by side; their pip downloads share one directory, one at a time.
+_DOWNLOADS = threading.Lock()
 
 
 class BuildError(MinimalDaskError):
@@ -238,7 +244,8 @@ class _Platform:
         wheel_dir = os.path.join(self.opts.cache_dir, "wheels")
         if lock is None:
             self.wheels, self.extras = self._wheels()
-            self.paths = download(self.wheels, self.tgt, wheel_dir)
+            with _DOWNLOADS:
+                self.paths = download(self.wheels, self.tgt, wheel_dir)
         else:
             locked, debian = lock.for_platform(self.tgt.platform)
             self.wheels = [Wheel(w.name, w.version, "") for w in locked]
@@ -248,8 +255,10 @@ class _Platform:
             self.wheels.sort(key=lambda w: w.name)
             self.extras = set(lock.extras)
             wanted = [(w.name, w.version, lock.hashes(w.name)) for w in locked]
-            self.paths = download_locked(wanted, self.tgt, wheel_dir)
-        self.digests = {name: file_sha256(path) for name, path in self.paths.items()}
+            with _DOWNLOADS:
+                self.paths = download_locked(wanted, self.tgt, wheel_dir)
+        with _DOWNLOADS:
+            self.digests = {name: file_sha256(path) for name, path in self.paths.items()}
         self._phase("wheels: resolve, download")
         self.seconds += time.monotonic() - start
 
@@ -623,17 +632,23 @@ class _Platform:
         def owner(rel: str) -> tuple[int, int]:
             return USER if (rel == HOME[1:] or rel.startswith(HOME[1:] + "/")) else (0, 0)
 
-        for name in LAYERS:
-            stage = self.stages[name]
-            if not any(os.scandir(stage)):
-                continue
-            tar = oci.layer_tar(stage, opts.source_date_epoch, owner)
-            blob = oci.Blob(oci.LAYER[opts.compression], oci.compress(tar, opts.compression))
-            layers.append(blob)
-            names.append(name)
-            sizes.append(len(tar))
-            diff_ids.append(oci.Blob("", tar).digest)
-            history.append({"created": created, "created_by": f"minimaldask image build: {name}"})
+        # zlib lets go of the GIL: a layer compresses while the next one is archived.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            pending = []
+            for name in LAYERS:
+                stage = self.stages[name]
+                if not any(os.scandir(stage)):
+                    continue
+                tar = oci.layer_tar(stage, opts.source_date_epoch, owner)
+                pending.append((name, tar, pool.submit(oci.compress, tar, opts.compression)))
+            for name, tar, compressed in pending:
+                layers.append(oci.Blob(oci.LAYER[opts.compression], compressed.result()))
+                names.append(name)
+                sizes.append(len(tar))
+                diff_ids.append(oci.Blob("", tar).digest)
+                history.append(
+                    {"created": created, "created_by": f"minimaldask image build: {name}"}
+                )
         labels = _labels(opts, created, tgt, lock)
         if self.python is not None and self.python.sha256:
             labels["org.minimaldask.python.archive.sha256"] = self.python.sha256
@@ -820,13 +835,16 @@ def build(opts: BuildOptions, log: Callable[[str], None] = _log) -> BuildResult:
         )
         for tgt in targets
     ]
-    for plat in platforms:
-        try:
-            plat.resolve(lock)
-        except MinimalDaskError as e:
-            raise BuildError(f"{plat.tgt.platform}: {e}") from e
-        if plat.archive.expired:
-            log(f"warning: {plat.tgt.platform}: {plat.archive.expired}")
+    # The platforms' resolutions wait on the network and on pip: side by side.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(platforms)) as pool:
+        resolving = [(plat, pool.submit(plat.resolve, lock)) for plat in platforms]
+        for plat, done in resolving:
+            try:
+                done.result()
+            except MinimalDaskError as e:
+                raise BuildError(f"{plat.tgt.platform}: {e}") from e
+            if plat.archive.expired:
+                log(f"warning: {plat.tgt.platform}: {plat.archive.expired}")
     if lock is None:
         lock = _make_lock(opts, platforms)
     results = []

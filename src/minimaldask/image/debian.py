@@ -21,6 +21,7 @@ import json
 import lzma
 import os
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -387,7 +388,7 @@ class Archive:
         _check(data, sha256, size, what)
         if path:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.tmp"
+            tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
             with open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)

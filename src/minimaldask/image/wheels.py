@@ -163,13 +163,16 @@ def download(wheels: Iterable[Wheel], target: Target, dest: str) -> dict[str, st
     if not wanted:
         return {}
     os.makedirs(dest, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", dest]
-    cmd += [*_pip_target_args(target), *(f"{w.name}=={w.version}" for w in wanted)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise WheelError(
-            "pip could not download the wheels: " + result.stderr.strip().splitlines()[-1]
-        )
+    # A file already here with the digest the index publishes needs no request.
+    fetch = [w for w in wanted if not _cached(dest, w)]
+    if fetch:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", dest]
+        cmd += [*_pip_target_args(target), *(f"{w.name}=={w.version}" for w in fetch)]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise WheelError(
+                "pip could not download the wheels: " + result.stderr.strip().splitlines()[-1]
+            )
     paths = {}
     for w in wanted:
         filename = os.path.basename(w.url.split("#")[0])
@@ -182,6 +185,11 @@ def download(wheels: Iterable[Wheel], target: Target, dest: str) -> dict[str, st
             )
         paths[w.name] = path
     return paths
+
+
+def _cached(dest: str, wheel: Wheel) -> bool:
+    path = os.path.join(dest, os.path.basename(wheel.url.split("#")[0]))
+    return bool(wheel.sha256) and os.path.exists(path) and file_sha256(path) == wheel.sha256
 
 
 def file_sha256(path: str) -> str:
