@@ -570,10 +570,10 @@ class _Platform:
         host = host_platform()
         if host is None:
             raise BuildError(f"the builder does not run on {_platform.machine()}")
-        if host == self.tgt.platform:
-            return self._python_command(self.stages["runtime"], self.tgt.triplet)
+        # Never the image's own tree: the compiler's imports would land in it, and it
+        # changes while the compiler runs (sources give way to bytecode).
         if self.tgt.standalone:
-            return self._host_standalone()
+            return self._host_standalone(host)
         host_tgt = target(host, self.tgt.python)
         archive = Archive(
             self.mirror,
@@ -594,16 +594,17 @@ class _Platform:
             os.replace(tmp, root)
         return self._python_command(root, host_tgt.triplet)
 
-    def _host_standalone(self) -> tuple[list[str], dict[str, str]]:
-        """A Python of the target's version for this machine (a --python-from image of another platform)."""
+    def _host_standalone(self, host: str) -> tuple[list[str], dict[str, str]]:
+        """A Python of the target's version for this machine, for a --python-from image."""
         version = self.tgt.python
-        if self.host_python is not None:
-            return [self.host_python.interpreter, "-I"], {"PYTHONHOME": self.host_python.root}
+        own = self.python if host == self.tgt.platform else self.host_python
+        if own is not None:
+            return [own.interpreter, "-I", "-B"], {"PYTHONHOME": own.root}
         if f"{sys.version_info.major}.{sys.version_info.minor}" == version:
-            return [sys.executable, "-I"], {}
+            return [sys.executable, "-I", "-B"], {}
         found = shutil.which(f"python{version}")
         if found:
-            return [found, "-I"], {}
+            return [found, "-I", "-B"], {}
         raise BuildError(
             f"bytecode for Python {version} needs a Python {version} for this machine"
             f" ({host_platform()}): add its CPython with another --python-from, or put"
@@ -621,6 +622,7 @@ class _Platform:
             ":".join(libraries),
             os.path.join(root, "usr/bin", f"python{self.tgt.python}"),
             "-I",
+            "-B",
         ]
         return command, {"PYTHONHOME": os.path.join(root, "usr")}
 
