@@ -156,6 +156,8 @@ def venv(python: str) -> Path:
     if not (path / "done").exists():
         subprocess.run([python, "-m", "venv", "--clear", str(path)], check=True)
         pip = [str(path / "bin/python"), "-m", "pip", "install", "-q"]
+        # The newest pip, as the image has: EXTRA_PIP_PACKAGES runs it.
+        subprocess.run([*pip, "--upgrade", "pip"], check=True)
         subprocess.run([*pip, "-e", f"{REPO}[test]", *PACKAGES], check=True)
         (path / "done").write_text("")
     return path / "bin/python"
@@ -236,6 +238,33 @@ def collect(directory: Path) -> tuple[set[str], int]:
     return set().union(*(found[pid] for pid in chosen)), len(chosen)
 
 
+IMPORTABLE = r"""
+import importlib, json, sys, warnings
+warnings.simplefilter("ignore")
+ok = []
+for name in json.load(sys.stdin):
+    try:
+        importlib.import_module(name)
+    except BaseException:
+        continue
+    ok.append(name)
+print(json.dumps(ok))
+"""
+
+
+def importable(python: Path, names: set[str]) -> set[str]:
+    """The names that import in the recording environment.
+
+    The audit event comes before the import: it names optional imports that
+    failed too (cupy, scipy, winreg, ...), which no image has either.
+    """
+    result = subprocess.run(
+        [str(python), "-c", IMPORTABLE], input=json.dumps(sorted(names)),
+        capture_output=True, text=True, check=True, timeout=600,
+    )  # fmt: skip
+    return set(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--python", default=sys.executable, help="Python of the environment")
@@ -259,6 +288,7 @@ def main() -> int:
             )
         scenario(python, env)
         modules, used = collect(Path(records))
+    modules = importable(python, modules - {"__main__", "__mp_main__", "sitecustomize"})
     version = subprocess.run(
         [str(python), "-c", "import sys; print(sys.version.split()[0])"],
         capture_output=True, text=True, check=True,
