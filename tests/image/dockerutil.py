@@ -66,8 +66,10 @@ print("computation ok", float(remote.mean()))
 """
 
 
-def docker(*args, check=True, timeout=300):
-    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+def docker(*args, check=True, timeout=300, input=None):
+    result = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, input=input
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"docker {' '.join(args)}: {result.stderr}")
     return result

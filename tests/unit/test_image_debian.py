@@ -1,9 +1,18 @@
 """Debian index parsing, the digest chain and dependency resolution, offline."""
 
 import hashlib
+import http.server
+import json
+import lzma
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import pytest
+from image_signing import make_key
 
+import minimaldask
 from minimaldask.image import debian
 from minimaldask.image.debian import (
     Archive,
@@ -139,14 +148,6 @@ def test_digest_mismatch_is_an_error():
         debian._check(data + b"!", hashlib.sha256(data).hexdigest(), len(data), "Packages.xz")
 
 
-def test_clearsigned_text_undoes_dash_escaping():
-    message = (
-        "-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\nOrigin: Debian\n- -dashed\n"
-        "-----BEGIN PGP SIGNATURE-----\nabc\n-----END PGP SIGNATURE-----\n"
-    )
-    assert debian._clearsigned_text(message) == "Origin: Debian\n-dashed"
-
-
 def test_apt_archive_url_reads_deb822_and_one_line_sources(tmp_path):
     d = tmp_path / "etc/apt/sources.list.d"
     d.mkdir(parents=True)
@@ -170,7 +171,140 @@ def test_unreachable_archive_is_one_clear_error():
         Archive("http://127.0.0.1:9/debian", "bookworm", "amd64").load()
 
 
+@pytest.fixture
+def loopback_archive(tmp_path):
+    """A one-package archive served on loopback, its InRelease signed by a test key.
+
+    ``publish(release_fields)`` writes dists/test/InRelease; returns (url, keyring path).
+    """
+    key = make_key()
+    keyring = tmp_path / "keyring.gpg"
+    keyring.write_bytes(key.keyring())
+    packages = lzma.compress(PACKAGES.encode())
+    index = tmp_path / "debian/dists/test/main/binary-arm64"
+    index.mkdir(parents=True)
+    (index / "Packages.xz").write_bytes(packages)
+    digest = hashlib.sha256(packages).hexdigest()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(tmp_path), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def publish(fields, hash_name="sha256"):
+        lines = [f"{k}: {v}" for k, v in fields.items()]
+        lines += ["SHA256:", f" {digest} {len(packages)} main/binary-arm64/Packages.xz"]
+        (tmp_path / "debian/dists/test/InRelease").write_text(key.sign("\n".join(lines), hash_name))
+        return f"http://127.0.0.1:{server.server_address[1]}/debian", str(keyring)
+
+    yield publish
+    server.shutdown()
+    thread.join(timeout=10)
+
+
+NOW = 1_800_000_000.0  # 2027-01-15 08:00 UTC
+
+
+def test_archive_signed_and_valid_loads(loopback_archive):
+    url, keyring = loopback_archive(
+        {"Suite": "test", "Valid-Until": "Sat, 16 Jan 2027 08:00:00 UTC"}
+    )
+    archive = Archive(url, "test", "arm64", keyring=keyring, now=NOW).load()
+    assert "libc6" in archive.packages
+    assert archive.signature.startswith(f"signed by {make_key().fingerprint.hex().upper()}")
+
+
+def test_expired_inrelease_is_refused(loopback_archive):
+    url, keyring = loopback_archive(
+        {"Suite": "test", "Valid-Until": "Thu, 14 Jan 2027 08:00:00 UTC"}
+    )
+    with pytest.raises(
+        debian.ReleaseExpiredError, match="Valid-Until is Thu, 14 Jan 2027 08:00:00 UTC"
+    ):
+        Archive(url, "test", "arm64", keyring=keyring, now=NOW).load()
+
+
+def test_sha1_signed_inrelease_is_refused(loopback_archive):
+    url, keyring = loopback_archive({"Suite": "test"}, hash_name="sha1")
+    with pytest.raises(DebianError, match=r"not signed by a key in .*use SHA-1, which is refused"):
+        Archive(url, "test", "arm64", keyring=keyring, now=NOW).load()
+
+
+def test_no_keyring_stops_before_anything_is_fetched(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        debian, "KEYRINGS", (str(tmp_path / "none.gpg"), str(tmp_path / "none.pgp"))
+    )
+    monkeypatch.delenv(debian.KEYRING_ENV, raising=False)
+    # Port 9 (discard) would fail differently if anything were fetched.
+    with pytest.raises(
+        debian.KeyringMissingError, match="install the debian-archive-keyring package"
+    ):
+        Archive("http://127.0.0.1:9/debian", "bookworm", "amd64").load()
+
+
+def test_keyring_named_by_the_environment_must_exist(tmp_path):
+    with pytest.raises(debian.KeyringMissingError, match=f"{debian.KEYRING_ENV}=.*is not a file"):
+        debian.find_keyring({debian.KEYRING_ENV: str(tmp_path / "missing.gpg")})
+
+
+def test_a_dangling_keyring_link_is_no_keyring(tmp_path, monkeypatch):
+    # trixie's debian-archive-keyring.gpg is a link to the .pgp: pruning the .pgp broke it once.
+    link = tmp_path / "debian-archive-keyring.gpg"
+    link.symlink_to("debian-archive-keyring.pgp")
+    monkeypatch.setattr(debian, "KEYRINGS", (str(link),))
+    with pytest.raises(debian.KeyringMissingError):
+        debian.find_keyring({})
+
+
+@pytest.mark.parametrize(
+    ("value", "epoch"),
+    [("Sat, 06 Dec 2025 20:17:39 UTC", 1765052259), ("06 Dec 2025 20:17:39 UTC", 1765052259)],
+)
+def test_release_dates(value, epoch):
+    assert debian.parse_release_date(value) == epoch
+
+
+def test_unreadable_release_date():
+    with pytest.raises(DebianError, match="cannot read the Release date"):
+        debian.parse_release_date("Sat, 06 Dec 2025 20:17:39 +0100")
+
+
 def test_extra_os_packages_outside_an_image_say_why(tmp_path, monkeypatch):
     monkeypatch.setattr(debian, "IMAGE_RECORD", str(tmp_path / "missing.json"))
     with pytest.raises(DebianError, match="this is not a minimaldask image"):
         debian.install_runtime_packages(["jq"], str(tmp_path))
+
+
+POD_SIDE = r"""
+import json, sys, types
+from pathlib import Path
+# The package's __init__ (the client API) is not the image module's to decide: stand in for it,
+# so that what loads is what minimaldask.image.debian itself needs.
+root = Path(sys.argv[1])
+for name, path in (("minimaldask", root), ("minimaldask.image", root / "image")):
+    module = types.ModuleType(name)
+    module.__path__ = [str(path)]
+    sys.modules[name] = module
+before = set(sys.modules)
+import minimaldask.image.debian
+loaded = sorted(m.split(".")[0] for m in set(sys.modules) - before)
+print(json.dumps(sorted(set(loaded) - set(sys.stdlib_module_names) - {"minimaldask"})))
+"""
+
+
+def test_the_pod_side_install_path_loads_only_the_standard_library():
+    # The entrypoint calls install_runtime_packages at pod start for EXTRA_OS_PACKAGES.
+    root = Path(minimaldask.__file__).parent
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", POD_SIDE, str(root)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(result.stdout) == []

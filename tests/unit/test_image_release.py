@@ -18,6 +18,7 @@ spec.loader.exec_module(image_release)
         (["src/minimaldask/image/recipe.py"], "Trim bokeh", True, "recipe changed: src/minimaldask/image/recipe.py"),
         (["src/minimaldask/entrypoint.py", "README.md"], "x", True, "src/minimaldask/entrypoint.py"),
         (["Dockerfile"], "x", True, "Dockerfile"),
+        (["tools/ci/cpython.json"], "Pin CPython 3.12.7", True, "tools/ci/cpython.json"),
         (["README.md", "src/minimaldask/cluster.py"], "Docs", False, "did not change"),
         (["README.md"], "Docs; rebuild for the new dask", True, "asks to rebuild"),
         (["README.md"], "REBUILD", True, "asks to rebuild"),
@@ -37,14 +38,62 @@ def test_many_recipe_files_are_summarised():
     assert image_release.decide(changed, "x")[1].endswith("and 2 more")
 
 
-def test_script_against_this_repository(capsys):
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO)
-    if head.returncode != 0:
-        pytest.skip("not a git checkout")
-    image_release.main(["--base", "0" * 40, "--head", head.stdout.strip()])
-    out = capsys.readouterr().out.splitlines()
-    assert out[0] in ("build=true", "build=false")
-    assert out[1].startswith("reason=")
+def git(repo, *args):
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@invalid", *args],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    """A git repository of two commits: the first adds README.md, the second the recipe."""
+    git(tmp_path, "init", "-q")
+    (tmp_path / "README.md").write_text("x\n")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-q", "-m", "First commit")
+    (tmp_path / "src/minimaldask/image").mkdir(parents=True)
+    (tmp_path / "src/minimaldask/image/recipe.py").write_text("PYTHONS = {}\n")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-q", "-m", "Add the recipe")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run_script(capsys, *args):
+    assert image_release.main(list(args)) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_script_with_a_base_of_zeros_builds(repo, capsys):
+    # GitHub sends 40 zeros as the "before" of a branch's first push.
+    assert run_script(capsys, "--base", "0" * 40, "--head", "HEAD") == [
+        "build=true",
+        "reason=no previous commit to compare with",
+    ]
+
+
+def test_script_sees_the_recipe_change_between_two_commits(repo, capsys):
+    assert run_script(capsys, "--base", "HEAD~1", "--head", "HEAD") == [
+        "build=true",
+        "reason=the image recipe changed: src/minimaldask/image/recipe.py",
+    ]
+
+
+def test_script_builds_nothing_when_only_docs_changed(repo, capsys):
+    (repo / "README.md").write_text("y\n")
+    git(repo, "commit", "-q", "-am", "Docs")
+    assert run_script(capsys, "--base", "HEAD~1", "--head", "HEAD") == [
+        "build=false",
+        "reason=the image recipe did not change",
+    ]
+
+
+def test_script_with_a_base_missing_from_the_clone_builds(repo, capsys):
+    assert run_script(capsys, "--base", "1" * 40, "--head", "HEAD") == [
+        "build=true",
+        "reason=no previous commit to compare with",
+    ]
 
 
 @pytest.mark.slow

@@ -28,6 +28,8 @@ RECIPE = (
     "pyproject.toml",
     "Dockerfile",
     ".github/workflows/image.yml",
+    "tools/ci/build-image.sh",
+    "tools/ci/cpython.json",
 )
 NO_COMMIT = re.compile(r"^0*$")
 

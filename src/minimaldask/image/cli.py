@@ -16,14 +16,14 @@ from minimaldask import config
 from minimaldask.exceptions import MinimalDaskError
 from minimaldask.image import oci, registry
 from minimaldask.image.builder import BuildOptions, BuildResult, build, host_platform
-from minimaldask.image.recipe import FLAVORS, PLATFORMS, PYTHONS, target
+from minimaldask.image.recipe import FLAVORS, PLATFORMS, PYTHONS, STANDALONE_SUITE, target
 
 __all__ = ["main", "register", "run_build"]
 
 
 def _default_python() -> str:
-    here = f"{sys.version_info.major}.{sys.version_info.minor}"
-    return here if here in PYTHONS else max(PYTHONS)
+    """The running Python's version: an image must match its client (target() checks it)."""
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 def _mirror_setting() -> str | None:
@@ -51,10 +51,39 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--python",
-        choices=sorted(PYTHONS),
         default=None,
-        help="Python version: 3.11 (Debian bookworm) or 3.13 (Debian trixie); default: this"
-        " Python's if supported, 3.13 when linux/arm/v7 is asked for",
+        help="Python version: "
+        + ", ".join(f"{v} (Debian {s})" for v, s in PYTHONS.items())
+        + "; default: this Python's (3.13 when linux/arm/v7 is asked for); with --python-from:"
+        " its version",
+    )
+    p.add_argument(
+        "--python-from",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a relocatable CPython for a platform (an install prefix, or an archive with"
+        " python/bin/python3.X as the standalone CPython builds have), for a Python that no"
+        f" Debian suite ships; repeat for more platforms. Libraries from Debian {STANDALONE_SUITE}",
+    )
+    p.add_argument(
+        "--lock",
+        metavar="FILE",
+        help="rebuild with the wheels of FILE (an image's /etc/minimaldask-image.lock, or"
+        " --write-lock), downloaded with pip --require-hashes",
+    )
+    p.add_argument("--write-lock", metavar="FILE", help="write the build's lock file to FILE")
+    p.add_argument(
+        "--ignore-valid-until",
+        action="store_true",
+        help="accept a Debian InRelease past its Valid-Until (a frozen snapshot mirror); the"
+        " build says so. Without it an expired index is refused",
+    )
+    p.add_argument(
+        "--debian-keyring",
+        metavar="FILE",
+        help="the Debian archive keyring (default: $MINIMALDASK_DEBIAN_KEYRING, else"
+        " /usr/share/keyrings/debian-archive-keyring.gpg from the debian-archive-keyring package)",
     )
     p.add_argument("--dask", help="dask and distributed version (default: the installed one)")
     p.add_argument("--flavor", default="default", choices=sorted(FLAVORS))
@@ -102,6 +131,7 @@ def print_table(result: BuildResult) -> None:
     for plat in result.platforms:
         img = plat.image
         print(f"\n{img.platform}  (built in {plat.seconds:.1f} s)")
+        print(f"  Python {result.options.python}: {plat.python_source}")
         print(f"  {'layer':<12} {'compressed':>11} {'unpacked':>11}  digest")
         for name, blob, size in zip(
             img.layer_names, img.layers, img.uncompressed_sizes, strict=False
@@ -112,20 +142,26 @@ def print_table(result: BuildResult) -> None:
         print(f"  manifest {img.manifest.digest}")
         for name, deb in sorted(plat.from_debian.items()):
             print(f"  {name}: Debian {deb} (no wheel for {img.platform} on the index)")
-    print(f"\nindex {result.digest}  ({result.tag})")
+    print(f"\nlock sha256:{result.lock.sha256}")
+    print(f"index {result.digest}  ({result.tag})")
 
 
 def run_build(args: argparse.Namespace) -> int:
     """Run ``image build`` with parsed arguments; return the exit status."""
-    platforms = _platforms(args.platform)
-    python = args.python or ("3.13" if "linux/arm/v7" in platforms else _default_python())
+    standalone = bool(args.python_from)
+    platforms = [] if standalone and not args.platform else _platforms(args.platform)
+    if standalone:
+        python = args.python or ""
+    else:
+        python = args.python or ("3.13" if "linux/arm/v7" in platforms else _default_python())
     try:
         for plat in platforms:
-            target(plat, python)  # an unknown platform or Python fails before anything else
+            # An unknown platform or Python fails before anything else.
+            target(plat, python or "3", standalone=standalone)
         dask_version = args.dask or importlib.metadata.version("dask")
         for ref in args.push:
             registry.check(ref, insecure=args.insecure)
-        if (args.docker_archive or args.rootfs) and len(platforms) != 1:
+        if (args.docker_archive or args.rootfs) and len(platforms or args.python_from) != 1:
             raise MinimalDaskError(
                 "--docker-archive and --rootfs hold one platform: pass exactly one --platform"
             )
@@ -140,8 +176,15 @@ def run_build(args: argparse.Namespace) -> int:
             debian_mirror=args.debian_mirror or _mirror_setting(),
             source_date_epoch=int(os.environ.get("SOURCE_DATE_EPOCH", "0")),
             source=args.source,
+            python_from=args.python_from,
+            lock=args.lock,
+            keyring=args.debian_keyring,
+            ignore_valid_until=args.ignore_valid_until,
         )
         result = build(opts)
+        if args.write_lock:
+            with open(args.write_lock, "w") as f:
+                f.write(result.lock.text())
         tag = args.tag or f"{config.get('image.repository')}:{result.tag}"
         if args.output:
             oci.write_layout(args.output, [p.image for p in result.platforms], result.index, tag)
@@ -155,7 +198,7 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"minimaldask image build: error: {e}", file=sys.stderr)
         return 1
     print_table(result)
-    for path in filter(None, [args.output, args.docker_archive, args.rootfs]):
+    for path in filter(None, [args.output, args.docker_archive, args.rootfs, args.write_lock]):
         print(f"wrote {path}")
     return 0
 

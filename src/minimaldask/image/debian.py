@@ -4,21 +4,25 @@ Used by the image builder and, inside the image, by the entrypoint for
 ``EXTRA_OS_PACKAGES``; so it needs nothing but the standard library.
 
 Trust: the signature of the ``InRelease`` file is checked with the Debian
-archive keyring where one is installed (every minimaldask image has it), in
-Python (:mod:`minimaldask.image.openpgp`); the digest chain is always checked:
-``InRelease`` -> ``Packages`` (SHA256 and size) -> each ``.deb`` (SHA256 and
-size). The archive URL comes from an explicit setting or from the machine's
-apt sources; it is never built in.
+archive keyring, in Python (:mod:`minimaldask.image.openpgp`); without a
+keyring nothing is fetched. An ``InRelease`` past its ``Valid-Until`` is
+refused (a replayed old index). Then the digest chain: ``InRelease`` ->
+``Packages`` (SHA256 and size) -> each ``.deb`` (SHA256 and size). The
+archive URL comes from an explicit setting or from the machine's apt
+sources; it is never built in.
 """
 
 from __future__ import annotations
 
+import calendar
 import glob
 import hashlib
 import json
 import lzma
 import os
 import re
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
@@ -30,10 +34,14 @@ from minimaldask.image.openpgp import SignatureError, verify_clearsigned
 
 __all__ = [
     "IMAGE_RECORD",
+    "KEYRING_ENV",
     "Archive",
     "DebianError",
+    "KeyringMissingError",
     "Package",
+    "ReleaseExpiredError",
     "apt_archive_url",
+    "find_keyring",
     "install_runtime_packages",
     "parse_depends",
     "parse_stanzas",
@@ -46,6 +54,8 @@ KEYRINGS = (
     "/usr/share/keyrings/debian-archive-keyring.gpg",
     "/usr/share/keyrings/debian-archive-keyring.pgp",
 )
+#: Names a keyring file to use instead of the Debian archive keyring's usual places.
+KEYRING_ENV = "MINIMALDASK_DEBIAN_KEYRING"
 
 # Packages never unpacked: package-manager machinery and data a Dask process
 # does not read. Dependencies on them count as satisfied.
@@ -79,6 +89,7 @@ NEVER_INSTALL = frozenset(
         "libpython3-stdlib",
         "python3.11",
         "python3.13",
+        "python3.14",
         "python3-numpy-dev",
         "sensible-utils",
         "libnsl2",
@@ -98,6 +109,14 @@ NEVER_INSTALL = frozenset(
 
 class DebianError(MinimalDaskError):
     """The Debian archive could not be read, or a package could not be resolved."""
+
+
+class KeyringMissingError(DebianError):
+    """No Debian archive keyring: the archive's signature cannot be checked."""
+
+
+class ReleaseExpiredError(DebianError):
+    """The archive's ``InRelease`` is past its ``Valid-Until``."""
 
 
 @dataclass(frozen=True)
@@ -223,17 +242,67 @@ def _check(data: bytes, sha256: str, size: int, what: str) -> None:
         )
 
 
-def _clearsigned_text(inrelease: str) -> str:
-    """Return the signed part of a clear-signed message, dash-escaping undone."""
-    head, sep, rest = inrelease.partition("\n\n")
-    if not head.startswith("-----BEGIN PGP SIGNED MESSAGE-----") or not sep:
-        raise DebianError("InRelease is not a clear-signed message")
-    body, _, _ = rest.partition("\n-----BEGIN PGP SIGNATURE-----")
-    return "\n".join(line[2:] if line.startswith("- ") else line for line in body.split("\n"))
+def find_keyring(environ: Mapping[str, str] | None = None) -> str:
+    """The Debian archive keyring to check ``InRelease`` with; raise if there is none.
+
+    ``$MINIMALDASK_DEBIAN_KEYRING`` when set, else the first of
+    :data:`KEYRINGS` that exists (a link must lead to a file).
+    """
+    environ = os.environ if environ is None else environ
+    chosen = environ.get(KEYRING_ENV)
+    if chosen:
+        if not os.path.isfile(chosen):
+            raise KeyringMissingError(
+                f"{KEYRING_ENV}={chosen} is not a file: name a binary OpenPGP keyring"
+                " such as /usr/share/keyrings/debian-archive-keyring.gpg"
+            )
+        return chosen
+    found = next((k for k in KEYRINGS if os.path.isfile(k)), None)
+    if found is None:
+        raise KeyringMissingError(
+            "no Debian archive keyring (looked for "
+            f"{' and '.join(KEYRINGS)}), so the archive's signature cannot be checked:"
+            " install the debian-archive-keyring package (apt-get install"
+            f" debian-archive-keyring), or set {KEYRING_ENV} to a keyring file"
+        )
+    return found
 
 
-def _keyring() -> str | None:
-    return next((k for k in KEYRINGS if os.path.exists(k)), None)
+_MONTHS = {name: i for i, name in enumerate(calendar.month_abbr) if name}
+
+
+def parse_release_date(value: str) -> float:
+    """Seconds since the epoch of a ``Release`` date (``Sat, 06 Dec 2025 20:17:39 UTC``).
+
+    Parsed by hand, not by the locale-dependent ``strptime``: Debian writes
+    English names and UTC.
+    """
+    parts = value.replace(",", " ").split()
+    try:
+        if len(parts) == 6:
+            parts = parts[1:]  # the day name
+        day, month, year, clock, zone = parts
+        hour, minute, second = (int(x) for x in clock.split(":"))
+        if zone not in ("UTC", "GMT", "+0000", "Z"):
+            raise ValueError(zone)
+        return float(calendar.timegm((int(year), _MONTHS[month], int(day), hour, minute, second)))
+    except (ValueError, KeyError) as e:
+        raise DebianError(f"cannot read the Release date {value!r}") from e
+
+
+def check_valid_until(release: Mapping[str, str], what: str, now: float | None = None) -> None:
+    """Refuse a ``Release`` past its ``Valid-Until`` (it may be an old index replayed)."""
+    until = release.get("Valid-Until")
+    if not until:
+        return
+    now = time.time() if now is None else now
+    if parse_release_date(until) < now:
+        raise ReleaseExpiredError(
+            f"{what} expired: its Valid-Until is {until}, before now"
+            f" ({time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(now))}): the archive or"
+            " mirror serves an old index: use an up-to-date mirror (or, for a snapshot mirror"
+            " you trust, --ignore-valid-until)"
+        )
 
 
 @dataclass
@@ -252,12 +321,31 @@ class Archive:
     packages: dict[str, Package] = field(default_factory=dict)
     providers: dict[str, list[str]] = field(default_factory=dict)
     signature: str = "not checked"
+    #: The keyring file; None: :func:`find_keyring`.
+    keyring: str | None = None
+    #: The time ``Valid-Until`` is compared with; None: now.
+    now: float | None = None
+    #: Accept an expired ``InRelease`` (a frozen snapshot mirror), saying so in :attr:`expired`.
+    ignore_valid_until: bool = False
+    #: Why the index was accepted although expired, when it was.
+    expired: str | None = None
 
     def load(self) -> Archive:
-        """Fetch and verify ``InRelease`` and the ``Packages`` index; return self."""
+        """Fetch and verify ``InRelease`` and the ``Packages`` index; return self.
+
+        Raises :class:`KeyringMissingError` before fetching anything when
+        there is no keyring.
+        """
+        keyring = self.keyring or find_keyring()
         inrelease = _fetch(f"{self.url}/dists/{self.suite}/InRelease").decode("utf-8")
-        text = self._verify_signature(inrelease)
+        text = self._verify_signature(inrelease, keyring)
         release = next(iter(parse_stanzas(text)), {})
+        try:
+            check_valid_until(release, f"InRelease of {self.url} {self.suite}", self.now)
+        except ReleaseExpiredError as e:
+            if not self.ignore_valid_until:
+                raise
+            self.expired = f"{e.args[0].split(': the archive')[0]}; accepted (--ignore-valid-until)"
         entries: dict[str, tuple[str, int]] = {}
         for line in release.get("SHA256", "").splitlines():
             parts = line.split()
@@ -277,11 +365,7 @@ class Archive:
         self._index(raw.decode("utf-8"))
         return self
 
-    def _verify_signature(self, inrelease: str) -> str:
-        keyring = _keyring()
-        if keyring is None:
-            self.signature = "not checked (no Debian archive keyring here)"
-            return _clearsigned_text(inrelease)
+    def _verify_signature(self, inrelease: str, keyring: str) -> str:
         with open(keyring, "rb") as f:
             keys = f.read()
         try:
@@ -304,7 +388,7 @@ class Archive:
         _check(data, sha256, size, what)
         if path:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.tmp"
+            tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
             with open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)

@@ -13,7 +13,7 @@ import posixpath
 import struct
 from collections.abc import Iterable
 
-__all__ = ["dynamic_entries", "missing_libraries"]
+__all__ = ["dynamic_entries", "missing_libraries", "unresolved"]
 
 DT_NEEDED, DT_RPATH, DT_RUNPATH = 1, 15, 29
 SHT_DYNAMIC = 6
@@ -71,6 +71,11 @@ def missing_libraries(roots: Iterable[str], triplet: str) -> list[str]:
     of them. The loader's default directories of a merged-/usr Debian system
     are searched, then the file's own run paths.
     """
+    return [f"{rel} needs {lib}" for rel, lib in unresolved(roots, triplet)]
+
+
+def unresolved(roots: Iterable[str], triplet: str) -> list[tuple[str, str]]:
+    """``(file, library)`` pairs of :func:`missing_libraries`, sorted by file."""
     roots = list(roots)
     present: set[str] = set()
     elves: list[tuple[str, str]] = []
@@ -98,5 +103,5 @@ def missing_libraries(roots: Iterable[str], triplet: str) -> list[str]:
         search += [origin] if "$ORIGIN" in "".join(run_paths) else []
         for lib in needed:
             if not any(posixpath.join(d, lib) in present for d in search + default):
-                problems.append(f"{rel} needs {lib}")
+                problems.append((rel, lib))
     return problems

@@ -2,7 +2,8 @@
 
 Enough of OpenPGP (RFC 4880) for the Debian archive: version 4 RSA keys
 from a binary keyring, version 4 RSA signatures of canonical text with
-SHA-2. No ``gpgv`` is needed, so the image checks what it fetches for
+SHA-2. SHA-1 signatures are refused (collisions can be made for them, and
+apt refuses them too). No ``gpgv`` is needed, so the image checks what it fetches for
 ``EXTRA_OS_PACKAGES`` with the Debian archive keyring it carries. Key
 expiry and revocation are not checked: the keyring is the trust anchor.
 """
@@ -19,13 +20,13 @@ from minimaldask.exceptions import MinimalDaskError
 __all__ = ["SignatureError", "load_keyring", "verify_clearsigned"]
 
 HASHES = {
-    2: ("sha1", bytes.fromhex("3021300906052b0e03021a05000414")),
     8: ("sha256", bytes.fromhex("3031300d060960864801650304020105000420")),
     9: ("sha384", bytes.fromhex("3041300d060960864801650304020205000430")),
     10: ("sha512", bytes.fromhex("3051300d060960864801650304020305000440")),
     11: ("sha224", bytes.fromhex("302d300d06096086480165030402040500041c")),
 }
 RSA_ALGORITHMS = (1, 3)  # RSA (encrypt or sign), RSA sign-only
+SHA1 = 2
 
 
 class SignatureError(MinimalDaskError):
@@ -178,9 +179,19 @@ def verify_clearsigned(message: str, keyring: bytes) -> tuple[str, str]:
     text = "\n".join(line[2:] if line.startswith("- ") else line for line in body.split("\n"))
     keys = load_keyring(keyring)
     canonical = _canonical_text(text)
+    sha1 = 0
     for tag, packet in _packets(_armored(armor.partition("-----END PGP SIGNATURE-----")[0])):
-        if tag == 2:
-            key = _verify_one(packet, canonical, keys)
-            if key is not None:
-                return text, key.fingerprint.hex().upper()
+        if tag != 2:
+            continue
+        if len(packet) > 3 and packet[0] == 4 and packet[3] == SHA1:
+            sha1 += 1
+            continue
+        key = _verify_one(packet, canonical, keys)
+        if key is not None:
+            return text, key.fingerprint.hex().upper()
+    if sha1:
+        raise SignatureError(
+            f"{sha1} signature(s) use SHA-1, which is refused (SHA-1 collisions can be made);"
+            " no SHA-2 signature by a key of the keyring matches"
+        )
     raise SignatureError("no signature by a key of the keyring matches")

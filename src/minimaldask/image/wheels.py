@@ -9,6 +9,7 @@ requirement is met, and the builder unpacks the Debian package instead.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -22,7 +23,16 @@ from dataclasses import dataclass
 from minimaldask.exceptions import MinimalDaskError
 from minimaldask.image.recipe import DEBIAN_FALLBACK, Target
 
-__all__ = ["Wheel", "WheelError", "canonical", "resolve", "unpack_wheel"]
+__all__ = [
+    "Wheel",
+    "WheelError",
+    "canonical",
+    "download",
+    "download_locked",
+    "file_sha256",
+    "resolve",
+    "unpack_wheel",
+]
 
 
 class WheelError(MinimalDaskError):
@@ -37,6 +47,8 @@ class Wheel:
     version: str
     url: str
     debian: str | None = None
+    #: sha256 the index published for the file, when it did.
+    sha256: str | None = None
 
 
 def canonical(name: str) -> str:
@@ -122,7 +134,9 @@ def resolve(
         meta = item["metadata"]
         name = canonical(meta["name"])
         debian = DEBIAN_FALLBACK[name] if name in from_debian else None
-        wheels.append(Wheel(name, meta["version"], item["download_info"]["url"], debian))
+        info = item["download_info"]
+        sha256 = (info.get("archive_info") or {}).get("hashes", {}).get("sha256")
+        wheels.append(Wheel(name, meta["version"], info["url"], debian, sha256))
     return sorted(wheels, key=lambda w: w.name)
 
 
@@ -149,21 +163,100 @@ def download(wheels: Iterable[Wheel], target: Target, dest: str) -> dict[str, st
     if not wanted:
         return {}
     os.makedirs(dest, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", dest]
-    cmd += [*_pip_target_args(target), *(f"{w.name}=={w.version}" for w in wanted)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise WheelError(
-            "pip could not download the wheels: " + result.stderr.strip().splitlines()[-1]
-        )
+    # A file already here with the digest the index publishes needs no request.
+    fetch = [w for w in wanted if not _cached(dest, w)]
+    if fetch:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", dest]
+        cmd += [*_pip_target_args(target), *(f"{w.name}=={w.version}" for w in fetch)]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise WheelError(
+                "pip could not download the wheels: " + result.stderr.strip().splitlines()[-1]
+            )
     paths = {}
     for w in wanted:
         filename = os.path.basename(w.url.split("#")[0])
         path = os.path.join(dest, filename)
         if not os.path.exists(path):
             raise WheelError(f"pip did not download {filename}")
+        if w.sha256 and file_sha256(path) != w.sha256:
+            raise WheelError(
+                f"{filename}: sha256 {file_sha256(path)} differs from the index's {w.sha256}"
+            )
         paths[w.name] = path
     return paths
+
+
+def _cached(dest: str, wheel: Wheel) -> bool:
+    path = os.path.join(dest, os.path.basename(wheel.url.split("#")[0]))
+    return bool(wheel.sha256) and os.path.exists(path) and file_sha256(path) == wheel.sha256
+
+
+def file_sha256(path: str) -> str:
+    """sha256 (hex) of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download_locked(
+    wanted: Iterable[tuple[str, str, list[str]]], target: Target, dest: str
+) -> dict[str, str]:
+    """Download ``(name, version, sha256 digests)`` with pip's ``--require-hashes``.
+
+    pip picks each distribution's wheel for the target among those whose
+    digest is listed and refuses any other. Returns name -> path.
+    """
+    wanted = list(wanted)
+    if not wanted:
+        return {}
+    os.makedirs(dest, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="minimaldask-lock-") as tmp:
+        requirements = os.path.join(tmp, "requirements.txt")
+        with open(requirements, "w") as f:
+            for name, version, digests in wanted:
+                hashes = " ".join(f"--hash=sha256:{d}" for d in digests)
+                f.write(f"{name}=={version} {hashes}\n")
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", dest]
+        cmd += ["--require-hashes", *_pip_target_args(target), "-r", requirements]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = [ln.strip() for ln in result.stderr.splitlines() if ln.strip()]
+        first = next((i for i, ln in enumerate(lines) if ln.startswith("ERROR")), len(lines) - 1)
+        raise WheelError(
+            f"pip could not download the locked wheels for {target.platform}: "
+            + " ".join(lines[first:])
+        )
+    by_digest: dict[str, str] = {}
+    for filename in sorted(os.listdir(dest)):
+        if filename.endswith(".whl"):
+            by_digest.setdefault(file_sha256(os.path.join(dest, filename)), filename)
+    paths = {}
+    for name, version, digests in wanted:
+        found = [by_digest[d] for d in digests if d in by_digest]
+        prefix = re.sub(r"[-.]+", "_", name).lower() + "-" + version + "-"
+        mine = [f for f in found if f.lower().startswith(prefix)]
+        if not mine:
+            raise WheelError(f"pip downloaded no wheel of {name}=={version} with a locked digest")
+        best = _best(mine, target)
+        if best is None:
+            raise WheelError(f"no locked wheel of {name}=={version} is for {target.platform}")
+        paths[name] = os.path.join(dest, best)
+    return paths
+
+
+def _best(filenames: list[str], target: Target) -> str | None:
+    """The wheel pip would take for ``target`` (its most specific platform tag), if any fits."""
+    tags = [*target.wheel_platforms, "any"]
+
+    def rank(filename: str) -> int:
+        platforms = filename[: -len(".whl")].split("-")[-1].split(".")
+        return min((tags.index(p) for p in platforms if p in tags), default=len(tags))
+
+    fitting = [f for f in filenames if rank(f) < len(tags)]
+    return min(fitting, key=lambda f: (rank(f), f)) if fitting else None
 
 
 def unpack_wheel(path: str, site: str, data_root: str) -> str:
