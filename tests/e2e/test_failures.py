@@ -35,6 +35,36 @@ def start_fails(kube, error, match, within, **options):
     return str(info.value)
 
 
+def test_an_image_of_another_python_minor_version(namespace, kube, image, localkube_registry):
+    # Code objects differ between minor versions: cloudpickle would break. A patch level
+    # alone (3.11.2 in the image, 3.11.7 here) is no mismatch: see the next test.
+    other = _push_with_labels(
+        localkube_registry.push_address,
+        image,
+        "other-python",
+        {"org.minimaldask.python.version": "3.99"},
+    )
+    message = start_fails(
+        kube, ImageMismatchError, "does not match this client", budgets.REQUESTS, image=other
+    )
+    mine = client_versions()["python"]
+    assert f"python 3.99 in the image but {mine} here" in message
+    assert f"image={image.rpartition(':')[0]}:{default_image_tag()}" in message
+
+
+def test_a_patch_level_difference_says_nothing(namespace, kube, cluster_name):
+    import warnings
+
+    with MinimalCluster(name=cluster_name, workers=1) as cluster:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with Client(cluster) as client:
+                assert client.submit(sum, [1, 1]).result(timeout=60) == 2
+        versions = client_versions()["python"]
+        mismatches = [str(w.message) for w in caught if "Mismatched versions" in str(w.message)]
+        assert mismatches == [], f"client Python {versions}: {mismatches}"
+
+
 def test_an_image_that_does_not_exist(namespace, kube, image):
     missing = image.rpartition(":")[0] + ":no-such-tag"
     message = start_fails(

@@ -112,6 +112,13 @@ def _read_image(registry: Any, ref: str) -> tuple[dict[str, str], list[str], str
     )
 
 
+def _repository(ref: str) -> str:
+    """``ref`` without its tag or digest."""
+    ref = ref.split("@", 1)[0]
+    last = ref.rsplit("/", 1)[-1]
+    return ref.rsplit(":", 1)[0] if ":" in last else ref
+
+
 def _timestamp(value: str | None) -> float | None:
     if not value:
         return None
@@ -209,7 +216,7 @@ class KubernetesBackend(Backend):
     async def _check_image(self, api: Any) -> None:
         """The image must exist, record this client's versions, and have the nodes' platforms."""
         try:
-            from minimaldask.image import registry  # type: ignore[import-not-found, attr-defined, unused-ignore]
+            from minimaldask.image import recipe, registry
         except ImportError:
             self.log("Image check skipped: this build of minimaldask has no image registry client")
             return
@@ -217,10 +224,16 @@ class KubernetesBackend(Backend):
         try:
             versions, platforms, pinned = await asyncio.to_thread(_read_image, registry, ref)
         except registry.ImageNotFoundError as e:
-            raise ClusterStartError(
+            message = (
                 f"image {ref} does not exist ({e}); push it first (minimaldask image "
                 f"build --push {ref}) or fix image=..."
-            ) from e
+            )
+            python = client_versions()["python"]
+            if python not in recipe.supported_pythons():
+                message += ". " + recipe.python_advice(
+                    python, _repository(ref), default_image_tag()
+                )
+            raise ClusterStartError(message) from e
         except registry.RegistryError as e:
             self.log(
                 f"Image check skipped: cannot read {ref} from its registry ({e}); the pods run "
@@ -233,13 +246,15 @@ class KubernetesBackend(Backend):
             what = ", ".join(
                 f"{k} {theirs} in the image but {ours} here" for k, (theirs, ours) in differ.items()
             )
-            last = ref.rsplit("/", 1)[-1]
-            repository = ref.rsplit(":", 1)[0] if ":" in last else ref
-            raise ImageMismatchError(
-                f"image {ref} does not match this client: {what}. Use the image built for "
-                f"this client, image={repository}:{default_image_tag()} (the default), or run "
-                "the client with the image's versions"
-            )
+            if "python" in differ:
+                advice = recipe.python_advice(mine["python"], _repository(ref), default_image_tag())
+            else:
+                advice = (
+                    f"Use the image built for this client, image={_repository(ref)}:"
+                    f"{default_image_tag()} (the default), or run the client with the image's "
+                    "versions"
+                )
+            raise ImageMismatchError(f"image {ref} does not match this client: {what}. {advice}")
         # One build for the scheduler and every worker, whatever the tag names later.
         self.spec = replace(self.spec, image=pinned)
         nodes = await kube.node_architectures(api)
