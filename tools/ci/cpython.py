@@ -2,9 +2,8 @@
 """Fetch the pinned standalone CPython archive of a Python and platform, checked by its sha256.
 
 The pins (URL template, release, versions and digests) are in tools/ci/cpython.json,
-or the file that $CPYTHON_PINS names. A digest that is not 64 hex digits (the
-placeholder before someone copies the release's SHA256SUMS) is refused before
-anything is downloaded; an archive whose digest differs is deleted and refused.
+or the file that $CPYTHON_PINS names. A digest that is not 64 hex digits is
+refused before anything is downloaded; an archive whose digest differs is deleted and refused.
 
     python tools/ci/cpython.py --python 3.12 --platform linux/amd64 --dest DIR   # prints the path
 """
