@@ -6,16 +6,36 @@ pre-flight checks, logs and port-forwards. Errors of the API are translated
 into :mod:`minimaldask.exceptions` here, at one boundary (:func:`api_errors`).
 Which objects a cluster has is not known here: callers pass
 :class:`~minimaldask.kubernetes.objects.Kind` objects and names.
+
+Every request has a connect and a read timeout, and ends by the deadline of
+the operation it is part of (:func:`deadline`); a request that may be sent
+twice is retried, with backoff, on 429 (after its Retry-After), 5xx, timeouts
+and dropped connections, until that deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import email.utils
+import functools
 import json
+import logging
+import random
+import ssl
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Any
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+)
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
 
 import httpx
 import kr8s
@@ -40,7 +60,16 @@ from minimaldask.kubernetes.objects import (
     Kind,
     Obj,
 )
-from minimaldask.kubernetes.status import PodProblem, first_error, pod_problem, replica_failure
+from minimaldask.kubernetes.status import (
+    PodProblem,
+    first_error,
+    pod_problem,
+    replica_failure,
+)
+
+logger = logging.getLogger("minimaldask.kubernetes")
+T = TypeVar("T")
+P = ParamSpec("P")
 
 #: Field manager of every server-side apply.
 FIELD_MANAGER = "minimaldask"
@@ -50,6 +79,23 @@ POLL = 0.5
 LOG_TAIL = 20
 #: Bytes of a crashed container's log read to find its first error.
 LOG_LIMIT = 256 * 1024
+
+#: Seconds to open a connection to the API server (TCP and TLS).
+CONNECT_TIMEOUT = 10.0
+#: Seconds the API server may take to answer one request. Our requests are small
+#: (one object, the pods of one cluster): a server that takes longer is stuck.
+READ_TIMEOUT = 30.0
+#: Seconds an operation without a deadline of its own may take (a list, logs, an apply):
+#: all its requests, retries included.
+DEFAULT_DEADLINE = 60.0
+#: Seconds before the first retry; each next one waits twice as long, up to BACKOFF_MAX.
+BACKOFF = 0.25
+BACKOFF_MAX = 5.0
+#: Seconds a request made once its deadline has passed still gets: enough to read what
+#: the error about that deadline should say (a pod's log), from a server that answers.
+LATE_ATTEMPT = 3.0
+#: HTTP statuses after which a request that may be sent twice is sent again.
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -65,9 +111,15 @@ def _status_object(e: kr8s.ServerError) -> dict[str, Any]:
     return e.status if isinstance(e.status, dict) else {}
 
 
+def server_of(api: Any) -> str:
+    """The API server's URL as this client reaches it (for messages)."""
+    return str(getattr(getattr(api, "auth", None), "server", "") or "") or "(unknown)"
+
+
 @contextlib.asynccontextmanager
-async def api_errors(action: str) -> AsyncIterator[None]:
+async def api_errors(action: str, server: str = "") -> AsyncIterator[None]:
     """Translate what kr8s and httpx raise into minimaldask errors naming ``action``."""
+    at = f" at {server}" if server else ""
     try:
         yield
     except kr8s.ServerError as e:
@@ -84,23 +136,237 @@ async def api_errors(action: str) -> AsyncIterator[None]:
             raise NamespaceNotFoundError(f"{action}: {message}") from e
         raise KubernetesError(f"{action}: {reason or code}: {message}") from e
     except kr8s.APITimeoutError as e:
-        raise KubernetesError(f"{action}: the Kubernetes API server did not answer in time") from e
+        raise KubernetesError(
+            f"{action}: the Kubernetes API server{at} did not answer in time"
+        ) from e
     except (httpx.TransportError, OSError) as e:
-        raise KubernetesError(f"{action}: cannot reach the Kubernetes API server: {e}") from e
+        raise KubernetesError(
+            f"{action}: cannot reach the Kubernetes API server{at}: {_describe(e)}"
+        ) from e
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+# -- deadlines and retries -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When the requests of one operation must be done (``time.monotonic()``), and its name."""
+
+    at: float
+    #: The limit as the user set it, for messages: ``startup_timeout=120s``.
+    what: str
+
+    def remaining(self) -> float:
+        """Seconds left."""
+        return self.at - time.monotonic()
+
+
+_DEADLINE: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar(
+    "minimaldask_api_deadline", default=None
+)
+
+
+@contextlib.contextmanager
+def deadline(at: float, what: str) -> Iterator[Deadline]:
+    """Every API request made inside ends by ``at`` (``time.monotonic()``), retries included.
+
+    ``what`` names the limit in errors (``startup_timeout=120s``). Inside an
+    earlier deadline, the earlier one holds. It follows the task (a context
+    variable): tasks started inside inherit it.
+    """
+    outer = _DEADLINE.get()
+    mine = Deadline(at, what)
+    token = _DEADLINE.set(outer if outer is not None and outer.at <= at else mine)
+    try:
+        yield _DEADLINE.get() or mine
+    finally:
+        _DEADLINE.reset(token)
+
+
+def bounded(
+    function: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """``function`` with one deadline for all its requests: :data:`DEFAULT_DEADLINE` from its call."""
+
+    @functools.wraps(function)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        with deadline(time.monotonic() + DEFAULT_DEADLINE, f"{DEFAULT_DEADLINE:g}s"):
+            return await function(*args, **kwargs)
+
+    return wrapper
+
+
+def _retry_after(response: httpx.Response | None) -> float | None:
+    """The seconds a 429 or 503 asks the client to wait (Retry-After: seconds or a date)."""
+    value = response.headers.get("Retry-After") if response is not None else None
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def retry_delay(e: BaseException, idempotent: bool, attempt: int) -> float | None:
+    """Seconds to wait before sending a failed request again; None: do not send it again.
+
+    A request that may not be sent twice (a create) is sent again only when the
+    first cannot have reached the server: no connection was made, or a 429 (the
+    API server's flow control refuses before it acts).
+    """
+    backoff = min(BACKOFF * 2.0 ** (attempt - 1), BACKOFF_MAX) * random.uniform(0.5, 1.0)
+    cause = e.__cause__ if isinstance(e, kr8s.APITimeoutError) else e
+    if _untrusted(e):  # a certificate that does not verify will not verify on a second try
+        return None
+    if isinstance(e, kr8s.ServerError):
+        code = e.response.status_code if e.response is not None else 0
+        if code not in RETRY_STATUSES or (code != 429 and not idempotent):
+            return None
+        after = _retry_after(e.response) if code in (429, 503) else None
+        return backoff if after is None else after
+    if isinstance(cause, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+        return backoff
+    if not idempotent:
+        return None
+    if isinstance(cause, (httpx.TransportError, OSError)):  # timeouts, dropped connections
+        return backoff
+    return None
+
+
+def _untrusted(e: BaseException | None) -> bool:
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def _gave_up(action: str, server: str, limit: Deadline, attempts: int, last: BaseException) -> str:
+    if isinstance(last, kr8s.ServerError):
+        code = last.response.status_code if last.response is not None else 0
+        why = (
+            "kept refusing this client: too many requests (429)"
+            if code == 429
+            else f"kept failing: {code} {_status(last)[2]}"
+        )
+    elif isinstance(last, (kr8s.APITimeoutError, httpx.TimeoutException, asyncio.TimeoutError)):
+        why = "did not answer"
+    else:
+        why = f"could not be reached ({_describe(last)})"
+    return (
+        f"{action}: the Kubernetes API server at {server} {why} within {limit.what} "
+        f"({attempts} tries). Check that it is up and reachable from here (kubectl cluster-info)"
+    )
+
+
+async def retrying(
+    api: Any,
+    action: str,
+    attempt: Callable[[httpx.Timeout], Awaitable[T]],
+    idempotent: bool = True,
+) -> T:
+    """``attempt(timeout)`` until it succeeds, retried as :func:`retry_delay` says, by the deadline.
+
+    Each attempt gets the request timeouts, cut to what is left of the deadline
+    (:func:`deadline`, else :data:`DEFAULT_DEADLINE` from now).
+    """
+    limit = _DEADLINE.get() or Deadline(
+        time.monotonic() + DEFAULT_DEADLINE, f"{DEFAULT_DEADLINE:g}s"
+    )
+    attempts = 0
+    while True:
+        left = max(limit.remaining(), 0.1 if attempts else LATE_ATTEMPT)
+        attempts += 1
+        timeout = httpx.Timeout(min(READ_TIMEOUT, left), connect=min(CONNECT_TIMEOUT, left))
+        try:
+            # The hard stop: what the timeouts do not cover (reading a kubeconfig, TLS set-up).
+            return await asyncio.wait_for(attempt(timeout), left + 1)
+        except Exception as e:
+            if isinstance(e, asyncio.TimeoutError):  # the hard stop: the deadline is out
+                delay: float | None = 0.0 if idempotent else None
+            else:
+                delay = retry_delay(e, idempotent, attempts)
+            if delay is None:
+                raise
+            if delay >= limit.remaining():
+                await asyncio.sleep(max(limit.remaining(), 0))
+                raise KubernetesError(_gave_up(action, server_of(api), limit, attempts, e)) from e
+            logger.debug("%s: %s; again in %.1fs", action, _describe(e), delay)
+        await asyncio.sleep(delay)
 
 
 async def connect() -> kr8s.asyncio.Api:
     """A client of the API server, from the kubeconfig (``$KUBECONFIG``) or the pod's account."""
-    async with api_errors("connecting to Kubernetes"):
+    try:
+        # Our own client, not kr8s' per-loop cache: a cached one may outlive its loop.
+        api: kr8s.asyncio.Api = kr8s.asyncio.Api(bypass_factory=True)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        raise _no_configuration(e) from e
+    # kr8s makes its HTTP client without timeouts: one hung request would hang everything.
+    api.timeout = httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
+
+    async def attempt(timeout: httpx.Timeout) -> kr8s.asyncio.Api:
+        await api  # reads the kubeconfig, then asks the server its version
+        return api
+
+    try:
+        async with api_errors("connecting to Kubernetes", server_of(api)):
+            return await retrying(api, "connecting to Kubernetes", attempt)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        raise _no_configuration(e) from e
+
+
+def _no_configuration(e: Exception) -> KubernetesError:
+    return KubernetesError(
+        f"connecting to Kubernetes: no usable configuration ({e}); set KUBECONFIG "
+        "or run inside a pod with a service account"
+    )
+
+
+async def _request(
+    api: kr8s.asyncio.Api,
+    method: str,
+    *,
+    action: str,
+    idempotent: bool | None = None,
+    missing_ok: bool = False,
+    answers: frozenset[int] = frozenset(),
+    **request: Any,
+) -> httpx.Response | None:
+    """One API request, retried if it may be sent twice; None if missing (with ``missing_ok``).
+
+    GET, DELETE and PATCH (a server-side apply, a merge patch of values) may be
+    sent twice; a POST only with ``idempotent=True`` (a review, which changes
+    nothing). An error status in ``answers`` is returned as the response, not raised.
+    """
+    if idempotent is None:
+        idempotent = method in ("GET", "DELETE", "PATCH")
+
+    async def attempt(timeout: httpx.Timeout) -> httpx.Response | None:
         try:
-            # Our own client, not kr8s' per-loop cache: a cached one may outlive its loop.
-            api: kr8s.asyncio.Api = await kr8s.asyncio.Api(bypass_factory=True)
-            return api
-        except (ValueError, KeyError, FileNotFoundError) as e:
-            raise KubernetesError(
-                f"connecting to Kubernetes: no usable configuration ({e}); set KUBECONFIG "
-                "or run inside a pod with a service account"
-            ) from e
+            async with api.call_api(method, timeout=timeout, **request) as r:
+                return r
+        except kr8s.ServerError as e:
+            code = _status(e)[0]
+            if missing_ok and code == 404:
+                return None
+            if code in answers and e.response is not None:
+                return e.response
+            raise
+
+    async with api_errors(action, server_of(api)):
+        return await retrying(api, action, attempt, idempotent)
 
 
 async def _call(
@@ -116,6 +382,7 @@ async def _call(
     body: Any = None,
     headers: Mapping[str, str] | None = None,
     missing_ok: bool = False,
+    idempotent: bool | None = None,
 ) -> Obj | None:
     url = "/".join(p for p in (kind.plural, name, subresource) if p)
     kwargs: dict[str, Any] = {}
@@ -125,17 +392,21 @@ async def _call(
         kwargs["content"] = json.dumps(body)
     if headers:
         kwargs["headers"] = dict(headers)
-    async with api_errors(action):
-        try:
-            async with api.call_api(
-                method, version=kind.api_version, namespace=namespace, url=url, **kwargs
-            ) as r:
-                out: Obj = r.json()
-                return out
-        except kr8s.ServerError as e:
-            if missing_ok and _status(e)[0] == 404:
-                return None
-            raise
+    r = await _request(
+        api,
+        method,
+        action=action,
+        idempotent=idempotent,
+        missing_ok=missing_ok,
+        version=kind.api_version,
+        namespace=namespace,
+        url=url,
+        **kwargs,
+    )
+    if r is None:
+        return None
+    out: Obj = r.json()
+    return out
 
 
 # -- apply and delete ----------------------------------------------------------------------------
@@ -145,11 +416,16 @@ async def discover(api: kr8s.asyncio.Api, api_version: str, kind_name: str) -> K
     """The :class:`Kind` the API server serves for ``apiVersion`` and ``kind`` (API discovery)."""
     group, _, version = api_version.rpartition("/")
     path = f"apis/{group}/{version}" if group else f"api/{version}"
-    async with (
-        api_errors(f"finding where the API serves {kind_name} ({api_version})"),
-        api.call_api("GET", base=f"/{path}", version="", url="") as r,
-    ):
-        resources = r.json().get("resources", [])
+    r = await _request(
+        api,
+        "GET",
+        action=f"finding where the API serves {kind_name} ({api_version})",
+        base=f"/{path}",
+        version="",
+        url="",
+    )
+    assert r is not None
+    resources = r.json().get("resources", [])
     for resource in resources:
         if resource.get("kind") == kind_name and "/" not in resource.get("name", "/"):
             return Kind(group, version, kind_name, resource["name"])
@@ -182,27 +458,31 @@ async def apply(api: kr8s.asyncio.Api, kind: Kind, obj: Mapping[str, Any]) -> Ob
 
 
 async def create(api: kr8s.asyncio.Api, kind: Kind, obj: Mapping[str, Any]) -> Obj | None:
-    """Create ``obj``; None when an object of that name exists already (it is left as it is)."""
+    """Create ``obj``; None when an object of that name exists already (it is left as it is).
+
+    Not retried once it may have reached the server: a second create would find
+    the first one's object and take it for another's.
+    """
     meta = obj.get("metadata") or {}
     name, namespace = meta.get("name"), meta.get("namespace")
-    async with api_errors(f"creating {kind.name} {namespace}/{name}"):
-        try:
-            async with api.call_api(
-                "POST",
-                version=kind.api_version,
-                namespace=namespace,
-                url=kind.plural,
-                params={"fieldManager": FIELD_MANAGER},
-                content=json.dumps(obj),
-            ) as r:
-                out: Obj = r.json()
-                return out
-        except kr8s.ServerError as e:
-            if _status(e)[0] == 409:
-                return None
-            raise
+    try:
+        return await _call(
+            api,
+            "POST",
+            kind,
+            namespace,
+            action=f"creating {kind.name} {namespace}/{name}",
+            params={"fieldManager": FIELD_MANAGER},
+            body=obj,
+        )
+    except KubernetesError as e:
+        cause = e.__cause__
+        if isinstance(cause, kr8s.ServerError) and _status(cause)[0] == 409:
+            return None
+        raise
 
 
+@bounded
 async def update_or_deploy(obj: Mapping[str, Any], api: kr8s.asyncio.Api | None = None) -> Obj:
     """:func:`apply` for an object of any kind the API server serves (the article's function)."""
     api = api or await connect()
@@ -383,17 +663,17 @@ async def pod_log(
         params["limitBytes"] = limit_bytes
     if previous:
         params["previous"] = "true"
-    async with (
-        api_errors(f"reading the log of pod {namespace}/{pod}"),
-        api.call_api(
-            "GET",
-            version=POD.api_version,
-            namespace=namespace,
-            url=f"{POD.plural}/{pod}/log",
-            params=params,
-        ) as r,
-    ):
-        return str(r.text)
+    r = await _request(
+        api,
+        "GET",
+        action=f"reading the log of pod {namespace}/{pod}",
+        version=POD.api_version,
+        namespace=namespace,
+        url=f"{POD.plural}/{pod}/log",
+        params=params,
+    )
+    assert r is not None
+    return str(r.text)
 
 
 async def _scale_up_triggered(api: kr8s.asyncio.Api, namespace: str, pod: str) -> bool:
@@ -500,23 +780,29 @@ async def check_pods(
 
 async def server_version(api: kr8s.asyncio.Api) -> str:
     """The API server's version (``v1.33.13``): proof that it answers."""
-    async with api_errors("asking the API server its version"):
-        version: dict[str, Any] = await api.version()
-    return str(version.get("gitVersion", ""))
+    r = await _request(
+        api, "GET", action="asking the API server its version", version="", base="/version"
+    )
+    assert r is not None
+    return str(r.json().get("gitVersion", ""))
 
 
 async def whoami(api: kr8s.asyncio.Api) -> str:
     """The user name the API server sees, or "your user" when it will not say."""
+    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
     try:
-        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
-        async with api.call_api(
+        r = await _request(
+            api,
             "POST",
+            action="asking who this user is",
+            idempotent=True,
             version="authentication.k8s.io/v1",
             url="selfsubjectreviews",
             content=json.dumps(body),
-        ) as r:
-            return str(r.json()["status"]["userInfo"]["username"])
-    except (kr8s.ServerError, httpx.HTTPError, KeyError):
+        )
+        assert r is not None
+        return str(r.json()["status"]["userInfo"]["username"])
+    except (KubernetesError, KeyError):
         return "your user"
 
 
@@ -535,16 +821,17 @@ async def can(api: kr8s.asyncio.Api, namespace: str, access: Access) -> bool:
         "kind": "SelfSubjectAccessReview",
         "spec": {"resourceAttributes": attributes},
     }
-    async with (
-        api_errors("checking permissions"),
-        api.call_api(
-            "POST",
-            version="authorization.k8s.io/v1",
-            url="selfsubjectaccessreviews",
-            content=json.dumps(body),
-        ) as r,
-    ):
-        return bool(r.json().get("status", {}).get("allowed"))
+    r = await _request(
+        api,
+        "POST",
+        action="checking permissions",
+        idempotent=True,
+        version="authorization.k8s.io/v1",
+        url="selfsubjectaccessreviews",
+        content=json.dumps(body),
+    )
+    assert r is not None
+    return bool(r.json().get("status", {}).get("allowed"))
 
 
 async def missing_access(
@@ -583,34 +870,34 @@ async def check_namespace(api: kr8s.asyncio.Api, namespace: str) -> None:
 
     A user who may not read namespaces learns it from :func:`check_access` instead.
     """
-    try:
-        async with api.call_api(
-            "GET", version=NAMESPACE.api_version, url=f"{NAMESPACE.plural}/{namespace}"
-        ):
-            return
-    except kr8s.ServerError as e:
-        code = _status(e)[0]
-        if code == 404:
-            raise NamespaceNotFoundError(
-                f"namespace {namespace!r} does not exist; create it (kubectl create namespace "
-                f"{namespace}) or pick an existing one with namespace=..."
-            ) from e
-        if code == 403:
-            return
-        async with api_errors(f"reading namespace {namespace!r}"):
-            raise
+    r = await _request(
+        api,
+        "GET",
+        action=f"reading namespace {namespace!r}",
+        answers=frozenset({403, 404}),
+        version=NAMESPACE.api_version,
+        url=f"{NAMESPACE.plural}/{namespace}",
+    )
+    if r is not None and r.status_code == 404:
+        raise NamespaceNotFoundError(
+            f"namespace {namespace!r} does not exist; create it (kubectl create namespace "
+            f"{namespace}) or pick an existing one with namespace=..."
+        )
 
 
 async def node_architectures(api: kr8s.asyncio.Api) -> set[str] | None:
     """Architectures of the nodes (``linux/amd64``...), or None if this user may not list nodes."""
-    try:
-        async with api.call_api("GET", version=NODE.api_version, url=NODE.plural) as r:
-            nodes = r.json().get("items", [])
-    except kr8s.ServerError as e:
-        if _status(e)[0] in (401, 403):
-            return None
-        async with api_errors("listing nodes"):
-            raise
+    r = await _request(
+        api,
+        "GET",
+        action="listing nodes",
+        answers=frozenset({401, 403}),
+        version=NODE.api_version,
+        url=NODE.plural,
+    )
+    if r is None or r.status_code in (401, 403):
+        return None
+    nodes = r.json().get("items", [])
     return {
         f"{n['status']['nodeInfo']['operatingSystem']}/{n['status']['nodeInfo']['architecture']}"
         for n in nodes

@@ -66,11 +66,15 @@ from minimaldask.pod import scaling
 from minimaldask.spec import ClusterSpec, client_versions, default_image_tag
 from minimaldask.tls import Credentials
 
-#: Seconds a wait may overrun its deadline while an API call is answered.
+#: Seconds a wait may overrun its deadline while an API call is answered; a delete's
+#: requests get as much beyond its timeout (which is for the objects to go).
 API_GRACE = 15
 T = TypeVar("T")
 #: Seconds a scale-down may take until the retired pods are terminating.
 SCALE_TIMEOUT = 60
+#: The deadline of a whole scale (every request, the retirements): SCALE_TIMEOUT for the
+#: workers to go, API_GRACE for the requests around it.
+SCALE_DEADLINE = SCALE_TIMEOUT + API_GRACE
 
 #: What a user needs beyond making the cluster's objects: watch its pods, read their logs,
 #: list the clusters of the namespace, mark retired workers' pods.
@@ -263,10 +267,18 @@ class KubernetesBackend(Backend):
         exists: of two processes starting one name at once, exactly one creates
         the cluster, and the other attaches without applying anything. An
         attaching handle changes nothing but (later) the number of workers,
-        unless ``update``.
+        unless ``update``. Every request of the start ends by its deadline
+        (``startup_timeout``), a hung API server included.
         """
+        self._deadline = time.monotonic() + self.spec.startup_timeout
+        with kube.deadline(self._deadline, self._startup_limit()):
+            return await self._start(attach_only, update)
+
+    def _startup_limit(self) -> str:
+        return f"startup_timeout={self.spec.startup_timeout:g}s"
+
+    async def _start(self, attach_only: bool, update: bool) -> str:
         spec = self.spec
-        self._deadline = time.monotonic() + spec.startup_timeout
         if not attach_only:
             self.check_options()
         api = await self._connect()
@@ -452,10 +464,13 @@ class KubernetesBackend(Backend):
     async def wait_for_workers(self, n: int, count: WorkerCounter, timeout: float) -> None:
         """Wait until the scheduler counts ``n`` workers; fail fast when a worker pod cannot run."""
         deadline = min(time.monotonic() + timeout, self._deadline or float("inf"))
+        limit = self._startup_limit() if self.state != Start.READY else f"timeout={timeout:g}s"
         try:
-            await asyncio.wait_for(
-                self._wait_for_workers(n, count, deadline), deadline - time.monotonic() + API_GRACE
-            )
+            with kube.deadline(deadline, limit):
+                await asyncio.wait_for(
+                    self._wait_for_workers(n, count, deadline),
+                    deadline - time.monotonic() + API_GRACE,
+                )
         except asyncio.TimeoutError:
             raise ClusterStartError(
                 f"waiting for {n} workers of {self.spec.name!r}: the Kubernetes API server or "
@@ -518,8 +533,20 @@ class KubernetesBackend(Backend):
         """Run ``n`` workers: up by asking for pods; down by retiring first, so nothing is lost.
 
         The one scale-down of every path (see :mod:`minimaldask.pod.scaling`), here
-        with this user's rights and the scheduler's handlers.
+        with this user's rights and the scheduler's handlers. One deadline for all
+        of it: :data:`SCALE_DEADLINE`.
         """
+        limit = f"the deadline of a scale ({SCALE_DEADLINE:g}s)"
+        try:
+            with kube.deadline(time.monotonic() + SCALE_DEADLINE, limit):
+                await asyncio.wait_for(self._scale(n, scheduler), SCALE_DEADLINE + API_GRACE)
+        except asyncio.TimeoutError:
+            raise KubernetesError(
+                f"scaling {self.spec.name!r} to {n} workers did not finish within {limit}: "
+                "the Kubernetes API server or the scheduler stopped answering"
+            ) from None
+
+    async def _scale(self, n: int, scheduler: Any) -> None:
         api = await self._connect()
         spec = self.spec
         self.spec = spec.with_workers(n)
@@ -617,6 +644,7 @@ class KubernetesBackend(Backend):
         await self.delete(self.spec.name, self.spec.namespace, self.spec.startup_timeout)
         self.requested.clear()
 
+    @kube.bounded
     async def logs(self) -> dict[str, str]:
         """The log of every pod of the cluster."""
         api, ns = await self._connect(), self.spec.namespace
@@ -634,7 +662,17 @@ class KubernetesBackend(Backend):
 
     @classmethod
     async def delete(cls, name: str, namespace: str, timeout: float) -> bool:
-        """Delete cluster ``name`` and wait until none of its objects is left."""
+        """Delete cluster ``name`` and wait until none of its objects is left.
+
+        ``timeout`` is for the objects to go; the requests get :data:`API_GRACE`
+        more, and a hung API server fails the delete by then.
+        """
+        limit = f"the delete's deadline (timeout={timeout:g}s, plus {API_GRACE:g}s)"
+        with kube.deadline(time.monotonic() + timeout + API_GRACE, limit):
+            return await cls._delete(name, namespace, timeout)
+
+    @classmethod
+    async def _delete(cls, name: str, namespace: str, timeout: float) -> bool:
         api = await kube.connect()
         spec = ClusterSpec.from_options(name=name, namespace=namespace, backend="kubernetes")
         # Every mode's objects: the one this cluster was started with is not known here.
@@ -653,6 +691,7 @@ class KubernetesBackend(Backend):
         )
 
     @classmethod
+    @kube.bounded
     async def leftovers(cls, name: str, namespace: str) -> list[str]:
         """``Kind/name`` of every object of cluster ``name`` still there (kinds a user may list)."""
         api = await kube.connect()
@@ -660,6 +699,7 @@ class KubernetesBackend(Backend):
         return await kube.leftovers(api, namespace, name, cluster_kinds(cluster_parts(spec)))
 
     @classmethod
+    @kube.bounded
     async def list_clusters(cls, namespace: str) -> list[ClusterInfo]:
         """The clusters in ``namespace``, found by their scheduler Deployments' labels."""
         api = await kube.connect()
