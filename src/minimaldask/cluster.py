@@ -159,9 +159,15 @@ class MinimalCluster(Cluster):
             try:
                 await self._backend.close()
             except Exception as cleanup:  # the start's own error is the one to raise
-                self._log(
-                    f"Removing {self.spec.name!r} after the failed start failed too: {cleanup}"
-                )
+                spec = self.spec
+                # Said even when quiet (the CLI is): objects may be left, and cost.
+                with contextlib.suppress(Warning):  # warnings as errors must not hide the start's
+                    self._tell(
+                        f"Removing {spec.name!r} after the failed start failed too: {cleanup}. "
+                        "Its objects may be left: delete them with delete_dask_cluster("
+                        f"namespace={spec.namespace!r}, name={spec.name!r}, "
+                        f"backend={spec.backend!r})"
+                    )
         self.status = Status.closed
         if self.scheduler_comm:
             await self.scheduler_comm.close_rpc()
@@ -175,6 +181,11 @@ class MinimalCluster(Cluster):
     async def _count_workers(self) -> int:
         info = await self._scheduler.identity()
         return sum(1 for w in info["workers"].values() if w.get("status") == Status.running.name)
+
+    def _tell(self, message: str) -> None:
+        """Say ``message`` even when quiet: in this handle's log, and as a warning."""
+        self._log(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     async def _heartbeat(self) -> None:
         """Tell the plugin this handle is alive; learn if the cluster ends, or cannot."""

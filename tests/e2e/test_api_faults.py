@@ -195,3 +195,34 @@ def test_a_start_survives_connections_dropped_for_five_seconds(
         with Client(cluster) as client:
             assert client.submit(sum, [1, 2]).result(timeout=60) == 3
     assert kube.objects_of(cluster_name) == []
+
+
+def test_a_cleanup_that_fails_after_a_failed_start_is_shown_when_quiet(
+    proxy, namespace, kube, cluster_name
+):
+    def blackhole_when_the_scheduler_is_applied():
+        if wait_until(
+            lambda: (
+                kube.objects_of(cluster_name) != [] and bool(kube.pods(cluster_name, "scheduler"))
+            ),
+            120,
+            interval=0.2,
+        ):
+            proxy.blackhole()
+
+    threading.Thread(target=blackhole_when_the_scheduler_is_applied, daemon=True).start()
+    t = time.monotonic()
+    with pytest.warns(RuntimeWarning, match="after the failed start failed too") as warned:
+        with pytest.raises(KubernetesError, match="did not answer within startup_timeout=20s"):
+            # quiet, as the command line runs it: nothing is printed but what must be.
+            MinimalCluster(name=cluster_name, workers=1, startup_timeout=20, quiet=True)
+    print(f"failed after {time.monotonic() - t:.0f}s")
+    (warning,) = [w for w in warned if "after the failed start" in str(w.message)]
+    print(warning.message)
+    assert f"delete_dask_cluster(namespace={namespace!r}, name={cluster_name!r}" in str(
+        warning.message
+    )
+    assert kube.objects_of(cluster_name), "nothing was left: the cleanup did not fail"
+    proxy.passthrough()
+    assert delete_dask_cluster(namespace=namespace, name=cluster_name)
+    assert kube.objects_of(cluster_name) == []
