@@ -11,18 +11,23 @@ import contextlib
 import math
 import os
 import socket
+import time
 import warnings
 from collections.abc import Generator
 from typing import Any
 
 from distributed.core import Status, rpc
 from distributed.deploy.cluster import Cluster
+from distributed.objects import SchedulerInfo
 from distributed.security import Security
 from distributed.utils import Logs
 
 from minimaldask import contract
 from minimaldask.backend import backend_class
 from minimaldask.spec import ClusterSpec
+
+#: Heartbeats in a row the scheduler may miss before the handle says it does not answer.
+HEARTBEAT_MISSES = 3
 
 
 class MinimalCluster(Cluster):
@@ -188,14 +193,29 @@ class MinimalCluster(Cluster):
         warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     async def _heartbeat(self) -> None:
-        """Tell the plugin this handle is alive; learn if the cluster ends, or cannot."""
+        """Tell the plugin this handle is alive; learn if the cluster ends, or cannot.
+
+        A scheduler that misses :data:`HEARTBEAT_MISSES` heartbeats in a row is
+        said to be unreachable, once; when it answers again, whether it is a new
+        one (its pod was replaced: what the old one held is gone).
+        """
         handle = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
+        missed, silent_since = 0, 0.0
         while self.status == Status.running:
             try:
                 info = await asyncio.wait_for(
                     getattr(self._scheduler, contract.HEARTBEAT)(handle=handle), 10
                 )
-            except (OSError, asyncio.TimeoutError):
+            except (OSError, asyncio.TimeoutError) as e:
+                missed += 1
+                silent_since = silent_since or time.monotonic()
+                if missed == HEARTBEAT_MISSES:
+                    self._tell(
+                        f"The scheduler of {self.spec.name!r} has not answered for "
+                        f"{time.monotonic() - silent_since:.0f}s ({type(e).__name__}: {e}); its "
+                        "pod may be restarting (replaced, evicted, out of memory). This handle "
+                        "reaches the new one once it runs"
+                    )
                 await asyncio.sleep(1)
                 continue
             except Exception as e:  # a scheduler without the plugin
@@ -204,6 +224,9 @@ class MinimalCluster(Cluster):
             if not isinstance(info, dict):  # an older scheduler answers unknown handlers with None
                 self._log("The scheduler runs no minimaldask plugin; no self-shutdown")
                 return
+            if missed >= HEARTBEAT_MISSES:
+                await self._answers_again(time.monotonic() - silent_since)
+            missed, silent_since = 0, 0.0
             self._janitor_info = info
             error = info.get("janitor_error")
             if error != self.janitor_error:
@@ -219,6 +242,34 @@ class MinimalCluster(Cluster):
                 self.status = Status.closing
                 return
             await asyncio.sleep(1)
+
+    async def _answers_again(self, silent: float) -> None:
+        """The scheduler answers after a silence: say whether it is a new one, and watch it."""
+        name = self.spec.name
+        with contextlib.suppress(OSError, asyncio.TimeoutError):
+            identity = await asyncio.wait_for(self._scheduler.identity(), 10)
+            if identity.get("id") != self.scheduler_info.get("id"):
+                self._tell(
+                    f"The scheduler of {name!r} answers again after {silent:.0f}s: a new one "
+                    "(its pod was replaced), so the tasks and data of the old one are gone; "
+                    "clients reconnect to it by themselves, resubmit what was lost"
+                )
+            else:
+                self._log(f"The scheduler of {name!r} answers again after {silent:.0f}s")
+            if self._watch_worker_status_task is None or self._watch_worker_status_task.done():
+                await self._watch_workers_again()
+
+    async def _watch_workers_again(self) -> None:
+        """Subscribe again to the workers' comings and goings (as distributed's start does)."""
+        comm = await self._scheduler.live_comm()
+        comm.name = "Cluster worker status"
+        await comm.write({"op": "subscribe_worker_status"})
+        self.scheduler_info = SchedulerInfo(await comm.read())
+        old = self._watch_worker_status_comm
+        self._watch_worker_status_comm = comm
+        self._watch_worker_status_task = asyncio.ensure_future(self._watch_worker_status(comm))
+        if old is not None:
+            await old.close()
 
     async def _usage(self) -> dict[str, float]:
         result: dict[str, float] = await asyncio.wait_for(

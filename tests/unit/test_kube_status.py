@@ -181,3 +181,22 @@ def test_the_first_error_of_a_one_line_failure():
         "Error: No such option: --x"
     )
     assert kube.first_error("all went well\n") is None
+
+
+def serving(name, created, ready=True, phase="Running", deleting=False):
+    p = pod({"phase": phase, "conditions": [{"type": "Ready", "status": str(ready)}]}, name=name)
+    p["metadata"]["creationTimestamp"] = created
+    if deleting:
+        p["metadata"]["deletionTimestamp"] = "2026-11-29T10:05:00Z"
+    return p
+
+
+def test_the_serving_pod_is_the_newest_running_one_ready_first_never_one_being_deleted():
+    old = serving("s-old", "2026-11-29T10:00:00Z", deleting=True)
+    new = serving("s-new", "2026-11-29T10:04:00Z", ready=False)
+    assert kube.serving_pod([old]) is None
+    assert kube.serving_pod([old, new]) == "s-new"
+    ready = serving("s-ready", "2026-11-29T10:03:00Z")
+    assert kube.serving_pod([old, new, ready]) == "s-ready"
+    pending = serving("s-pending", "2026-11-29T10:06:00Z", phase="Pending")
+    assert kube.serving_pod([pending]) is None

@@ -10,7 +10,8 @@ Which objects a cluster has is not known here: callers pass
 Every request has a connect and a read timeout, and ends by the deadline of
 the operation it is part of (:func:`deadline`); a request that may be sent
 twice is retried, with backoff, on 429 (after its Retry-After), 5xx, timeouts
-and dropped connections, until that deadline.
+and dropped connections, until that deadline. A port-forward is not a
+request: see :class:`Forward`.
 """
 
 from __future__ import annotations
@@ -40,8 +41,6 @@ from typing import Any, ParamSpec, TypeVar
 import httpx
 import kr8s
 import kr8s.asyncio
-from kr8s.asyncio.objects import Pod
-from kr8s.asyncio.portforward import PortForward
 
 from minimaldask import contract
 from minimaldask.exceptions import (
@@ -65,6 +64,7 @@ from minimaldask.kubernetes.status import (
     first_error,
     pod_problem,
     replica_failure,
+    serving_pod,
 )
 
 logger = logging.getLogger("minimaldask.kubernetes")
@@ -907,13 +907,134 @@ async def node_architectures(api: kr8s.asyncio.Api) -> set[str] | None:
 
 # -- connections ---------------------------------------------------------------------------------
 
+#: Seconds a new connection through a port-forward may take to learn which pod serves.
+PICK_DEADLINE = 10.0
+#: Seconds between the pings that keep a forwarded connection's websocket alive; one
+#: unanswered for as long ends it (a dead API server or node is noticed).
+WS_PING = 15.0
 
-async def port_forward(
-    api: kr8s.asyncio.Api, namespace: str, pod: str, port: int
-) -> tuple[PortForward, int]:
-    """Forward a free local port to ``port`` of ``pod`` over the API server; (handle, local port)."""
-    obj = Pod({"metadata": {"name": pod, "namespace": namespace}}, api=api)
-    forward = obj.portforward(port, local_port="auto")
-    async with api_errors(f"port-forwarding to pod {namespace}/{pod}:{port}"):
-        local = await forward.start()
-    return forward, int(local)
+
+class Forward:
+    """A local port whose every connection goes over the API server to the pod that serves now.
+
+    Each new connection asks which pod of ``selector`` serves
+    (:func:`~minimaldask.kubernetes.status.serving_pod`): after a pod is
+    replaced (killed, evicted, out of memory), the next connection reaches the
+    new one. While none runs, a connection is closed at once, and the client's
+    own retries try again. kr8s' PortForward does not do this: aimed at a Pod
+    it keeps trying the old pod's name; aimed at a Service it keeps the first
+    pod it picked until that one is gone, a terminating one included.
+
+    Not a plain request: choosing the pod has its own deadline (PICK_DEADLINE),
+    the websocket's upgrade has the client's connect and read timeouts, then it
+    lives as long as its connection, and pings (WS_PING) end it when the other
+    side is gone.
+    """
+
+    def __init__(self, api: kr8s.asyncio.Api, namespace: str, selector: str, port: int) -> None:
+        self.api, self.namespace, self.selector, self.port = api, namespace, selector, port
+        #: The local port, once started.
+        self.local_port = 0
+        #: The pod the last connection reached.
+        self.pod: str | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> int:
+        """Listen on a free port of 127.0.0.1; returns it."""
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.local_port = int(self._server.sockets[0].getsockname()[1])
+        return self.local_port
+
+    async def stop(self) -> None:
+        """Stop listening and end every forwarded connection."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+        self._server = None
+
+    async def _pick(self) -> str | None:
+        pods = await list_objects(self.api, POD, self.namespace, self.selector)
+        pod = serving_pod(pods)
+        if pod and pod != self.pod:
+            logger.info("port-forward of port %d reaches pod %s/%s", self.port, self.namespace, pod)
+        self.pod = pod
+        return pod
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        # A connection's task inherits the context in which the server started: the
+        # deadline of a start long over. Its own, then.
+        _DEADLINE.set(Deadline(time.monotonic() + PICK_DEADLINE, f"{PICK_DEADLINE:g}s"))
+        pod = None
+        try:
+            pod = await self._pick()
+            if pod is None:
+                logger.debug("port-forward of port %d: no pod runs", self.port)
+                return
+            async with self.api.open_websocket(
+                version=POD.api_version,
+                namespace=self.namespace,
+                url=f"{POD.plural}/{pod}/portforward",
+                params={"ports": str(self.port)},
+                keepalive_ping_interval_seconds=WS_PING,
+                keepalive_ping_timeout_seconds=WS_PING,
+            ) as ws:
+                await _relay(ws, reader, writer)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # one connection: say why it ended, and serve the next
+            logger.debug("port-forward to %s:%d ended: %s", pod, self.port, _describe(e))
+        finally:
+            self._connections.discard(task)
+            writer.close()
+
+
+async def _relay(ws: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy bytes both ways until one side ends (Kubernetes' port-forward websocket protocol).
+
+    Every frame starts with its channel: 0 carries the data, 1 the errors; the
+    first frame of each channel names the port.
+    """
+
+    async def to_pod() -> None:
+        while data := await reader.read(64 * 1024):
+            await ws.send_bytes(b"\x00" + data)
+
+    async def from_pod() -> None:
+        seen: set[int] = set()
+        while True:
+            message = await ws.receive_bytes()
+            channel, data = message[0], message[1:]
+            if channel not in seen:
+                seen.add(channel)
+            elif channel == 1:
+                raise ConnectionError(data.decode(errors="replace"))
+            elif data:
+                writer.write(data)
+                await writer.drain()
+
+    tasks = [asyncio.ensure_future(to_pod()), asyncio.ensure_future(from_pod())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
+
+
+async def port_forward(api: kr8s.asyncio.Api, namespace: str, selector: str, port: int) -> Forward:
+    """Forward a free local port to ``port`` of the pod of ``selector`` that serves now."""
+    forward = Forward(api, namespace, selector, port)
+    await forward.start()
+    return forward

@@ -1,13 +1,14 @@
 """Reading the state of pods and Deployments: pure functions over objects as the API returns them.
 
 Why a pod will not run (a pull error, a crash loop, no node for it), when it
-became ready, a short phase for progress lines, and the first error in a log.
+became ready, which pod serves, a short phase for progress lines, and the
+first error in a log.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -84,6 +85,24 @@ def pod_problem(
                 + f", restarted {cs.get('restartCount', 0)} time(s)",
             )
     return None
+
+
+def serving_pod(pods: Sequence[Mapping[str, Any]]) -> str | None:
+    """The pod a connection to the scheduler should reach now: None if none runs.
+
+    Of the pods not being deleted and Running, a Ready one first, then the
+    newest: after a scheduler pod is replaced, the new one.
+    """
+    running = [
+        p
+        for p in pods
+        if not p.get("metadata", {}).get("deletionTimestamp")
+        and (p.get("status") or {}).get("phase") == "Running"
+    ]
+    if not running:
+        return None
+    best = max(running, key=lambda p: (pod_ready(p), p["metadata"].get("creationTimestamp") or ""))
+    return str(best["metadata"]["name"])
 
 
 def replica_failure(deployment: Mapping[str, Any] | None) -> str | None:
