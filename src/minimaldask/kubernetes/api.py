@@ -51,7 +51,6 @@ from minimaldask.exceptions import (
 )
 from minimaldask.kubernetes.objects import (
     DEPLOYMENT,
-    EVENT,
     NAMESPACE,
     NODE,
     POD,
@@ -676,22 +675,6 @@ async def pod_log(
     return str(r.text)
 
 
-async def _scale_up_triggered(api: kr8s.asyncio.Api, namespace: str, pod: str) -> bool:
-    """Whether a cluster autoscaler is adding a node for ``pod`` (so waiting is worth it)."""
-    try:
-        events = await _call(
-            api,
-            "GET",
-            EVENT,
-            namespace,
-            action="reading events",
-            params={"fieldSelector": f"involvedObject.name={pod}"},
-        )
-    except KubernetesError:
-        return False
-    return any(e.get("reason") == "TriggeredScaleUp" for e in (events or {}).get("items", []))
-
-
 async def _crash_log(api: kr8s.asyncio.Api, namespace: str, pod: str) -> str:
     """What a crashed container printed: its first error, then its last lines.
 
@@ -721,8 +704,15 @@ async def _crash_log(api: kr8s.asyncio.Api, namespace: str, pod: str) -> str:
     return f"Its log is unavailable: {reason}"
 
 
-async def explain(api: kr8s.asyncio.Api, namespace: str, problem: PodProblem) -> str:
-    """The message a user sees for ``problem``: for a crash, with the end of its log."""
+async def explain(
+    api: kr8s.asyncio.Api, namespace: str, problem: PodProblem, deadline: str = ""
+) -> str:
+    """The message a user sees for ``problem``: for a crash, with the end of its log.
+
+    A problem that time might have cured (:attr:`PodProblem.transient`) is told
+    with the ``deadline`` it lasted until (``startup_timeout=120s``).
+    """
+    within = f" within {deadline}" if deadline else ""
     if problem.kind == "crash":
         log = await _crash_log(api, namespace, problem.pod)
         return (
@@ -731,8 +721,16 @@ async def explain(api: kr8s.asyncio.Api, namespace: str, problem: PodProblem) ->
         )
     if problem.kind == "unschedulable":
         return (
-            f"pod {problem.pod} cannot be scheduled (Unschedulable): {problem.message.rstrip('. ')}. "
-            "Ask for fewer resources (resources=..., scheduler_resources=...) or add nodes"
+            f"pod {problem.pod} cannot be scheduled (Unschedulable){within}: "
+            f"{problem.message.rstrip('. ')}. Ask for fewer resources (resources=..., "
+            "scheduler_resources=...), tolerate the nodes' taints (tolerations=...) or add "
+            "nodes; a node pool that is adding a node may need a longer startup_timeout=..."
+        )
+    if problem.kind == "pull" and problem.transient:
+        return (
+            f"pod {problem.pod}: cannot pull the image{within}: {problem.message}. The "
+            "registry refuses for now (a rate limit, an overloaded registry): try again "
+            "later, or pull from a mirror (image=...)"
         )
     if problem.kind == "pull":
         return (
@@ -751,19 +749,17 @@ async def check_pods(
 ) -> list[Obj]:
     """The pods of a Deployment; raise :class:`ClusterStartError` if one cannot run.
 
-    A quota or admission refusal shows on the Deployment, not on a pod. For
-    ``crashes_count_after``, see :func:`pod_problem`.
+    A problem that time may cure (no node yet, a rate-limited pull) is no reason
+    to fail: the caller waits for it until its deadline. A quota or admission
+    refusal shows on the Deployment, not on a pod. For ``crashes_count_after``,
+    see :func:`pod_problem`.
     """
     pods = await list_objects(api, POD, namespace, selector)
     for pod in pods:
         if pod["metadata"].get("deletionTimestamp"):
             continue
         problem = pod_problem(pod, crashes_count_after)
-        if problem is None:
-            continue
-        if problem.kind == "unschedulable" and await _scale_up_triggered(
-            api, namespace, problem.pod
-        ):
+        if problem is None or problem.transient:
             continue
         raise ClusterStartError(await explain(api, namespace, problem))
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]

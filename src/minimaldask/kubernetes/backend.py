@@ -61,7 +61,14 @@ from minimaldask.kubernetes.objects import (
     cluster_kinds,
     delete_order,
 )
-from minimaldask.kubernetes.status import pod_phase, pod_ready, ready_since, replica_failure
+from minimaldask.kubernetes.status import (
+    pod_phase,
+    pod_ready,
+    ready_since,
+    replica_failure,
+    transient_problems,
+    waiting_for,
+)
 from minimaldask.pod import scaling
 from minimaldask.spec import ClusterSpec, client_versions, default_image_tag
 from minimaldask.tls import Credentials
@@ -421,7 +428,8 @@ class KubernetesBackend(Backend):
             if not await self._rolled_out():
                 running = []  # an updated scheduler replaces the old one: not the old one
             states = ", ".join(pod_phase(p) for p in pods) or "no pod yet"
-            self._say(f"Waiting for the scheduler ({states})")
+            waiting = waiting_for(pods, "scheduler pods")
+            self._say(f"Waiting for the scheduler ({states})" + (f"; {waiting}" if waiting else ""))
             if running:
                 newest = max(running, key=lambda p: p["metadata"].get("creationTimestamp", ""))
                 endpoint = await self.exposure.connect(self._connection(), newest)
@@ -431,6 +439,7 @@ class KubernetesBackend(Backend):
             if self._remaining() < 0:
                 if running and isinstance(self.exposure, expose.LoadBalancer):
                     raise ClusterStartError(self.exposure.no_address(spec))
+                await self._fail_on_transient(pods)
                 raise ClusterStartError(
                     f"the scheduler of {spec.name!r} did not answer within "
                     f"startup_timeout={spec.startup_timeout:g}s (pods: {states})."
@@ -461,8 +470,22 @@ class KubernetesBackend(Backend):
             return f" Its log could not be read: {e}"
         return f" Last lines of its log:\n{log.rstrip()}"
 
+    async def _fail_on_transient(self, pods: list[dict[str, Any]]) -> None:
+        """At the deadline: fail with what the pods were waiting for (no node, a refused pull)."""
+        problems = transient_problems(pods)
+        if problems:
+            raise ClusterStartError(
+                await kube.explain(
+                    self._api, self.spec.namespace, problems[0], self._startup_limit()
+                )
+            )
+
     async def wait_for_workers(self, n: int, count: WorkerCounter, timeout: float) -> None:
-        """Wait until the scheduler counts ``n`` workers; fail fast when a worker pod cannot run."""
+        """Wait until the scheduler counts ``n`` workers; fail fast when a worker pod cannot run.
+
+        A pod that waits for a node (a node pool scaling up) or for a registry that
+        refused a pull for now is waited for until the deadline, and shown.
+        """
         deadline = min(time.monotonic() + timeout, self._deadline or float("inf"))
         limit = self._startup_limit() if self.state != Start.READY else f"timeout={timeout:g}s"
         try:
@@ -515,8 +538,13 @@ class KubernetesBackend(Backend):
             for p in live:
                 states[pod_phase(p)] = states.get(pod_phase(p), 0) + 1
             summary = ", ".join(f"{v} {k}" for k, v in sorted(states.items())) or "no pod yet"
-            self._say(f"{connected} of {n} workers connected (pods: {summary})")
+            waiting = waiting_for(live, "workers")
+            self._say(
+                f"{connected} of {n} workers connected (pods: {summary})"
+                + (f"; {waiting}" if waiting else "")
+            )
             if time.monotonic() > deadline:
+                await self._fail_on_transient(live)
                 raise ClusterStartError(
                     f"{connected} of {n} workers connected to {spec.name!r} within "
                     f"startup_timeout={spec.startup_timeout:g}s (worker pods: {summary}); "
