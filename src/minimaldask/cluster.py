@@ -26,8 +26,8 @@ from minimaldask import contract
 from minimaldask.backend import backend_class
 from minimaldask.spec import ClusterSpec
 
-#: Heartbeats in a row the scheduler may miss before the handle says it does not answer.
-HEARTBEAT_MISSES = 3
+#: Seconds the scheduler may go without answering a heartbeat before the handle says so.
+HEARTBEAT_SILENCE = 5.0
 
 
 class MinimalCluster(Cluster):
@@ -195,21 +195,22 @@ class MinimalCluster(Cluster):
     async def _heartbeat(self) -> None:
         """Tell the plugin this handle is alive; learn if the cluster ends, or cannot.
 
-        A scheduler that misses :data:`HEARTBEAT_MISSES` heartbeats in a row is
+        A scheduler that answers no heartbeat for :data:`HEARTBEAT_SILENCE` is
         said to be unreachable, once; when it answers again, whether it is a new
         one (its pod was replaced: what the old one held is gone).
         """
         handle = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
-        missed, silent_since = 0, 0.0
+        told, silent_since = False, 0.0
         while self.status == Status.running:
+            began = time.monotonic()
             try:
                 info = await asyncio.wait_for(
                     getattr(self._scheduler, contract.HEARTBEAT)(handle=handle), 10
                 )
             except (OSError, asyncio.TimeoutError) as e:
-                missed += 1
-                silent_since = silent_since or time.monotonic()
-                if missed == HEARTBEAT_MISSES:
+                silent_since = silent_since or began
+                if not told and time.monotonic() - silent_since >= HEARTBEAT_SILENCE:
+                    told = True
                     self._tell(
                         f"The scheduler of {self.spec.name!r} has not answered for "
                         f"{time.monotonic() - silent_since:.0f}s ({type(e).__name__}: {e}); its "
@@ -224,9 +225,9 @@ class MinimalCluster(Cluster):
             if not isinstance(info, dict):  # an older scheduler answers unknown handlers with None
                 self._log("The scheduler runs no minimaldask plugin; no self-shutdown")
                 return
-            if missed >= HEARTBEAT_MISSES:
+            if told:
                 await self._answers_again(time.monotonic() - silent_since)
-            missed, silent_since = 0, 0.0
+            told, silent_since = False, 0.0
             self._janitor_info = info
             error = info.get("janitor_error")
             if error != self.janitor_error:

@@ -280,12 +280,12 @@ def serving(name, created, ready=True, phase="Running", deleting=False):
     return p
 
 
-def test_the_serving_pod_is_the_newest_running_one_ready_first_never_one_being_deleted():
+def test_the_serving_pod_is_the_newest_ready_one_never_one_being_deleted():
     old = serving("s-old", "2026-11-29T10:00:00Z", deleting=True)
-    new = serving("s-new", "2026-11-29T10:04:00Z", ready=False)
     assert kube.serving_pod([old]) is None
-    assert kube.serving_pod([old, new]) == "s-new"
+    starting = serving("s-new", "2026-11-29T10:04:00Z", ready=False)
+    assert kube.serving_pod([old, starting]) is None  # it would drop the connection
     ready = serving("s-ready", "2026-11-29T10:03:00Z")
-    assert kube.serving_pod([old, new, ready]) == "s-ready"
-    pending = serving("s-pending", "2026-11-29T10:06:00Z", phase="Pending")
-    assert kube.serving_pod([pending]) is None
+    newer = serving("s-newer", "2026-11-29T10:05:00Z")
+    assert kube.serving_pod([old, starting, ready]) == "s-ready"
+    assert kube.serving_pod([ready, newer, starting]) == "s-newer"

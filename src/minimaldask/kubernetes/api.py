@@ -903,8 +903,9 @@ async def node_architectures(api: kr8s.asyncio.Api) -> set[str] | None:
 
 # -- connections ---------------------------------------------------------------------------------
 
-#: Seconds a new connection through a port-forward may take to learn which pod serves.
-PICK_DEADLINE = 10.0
+#: Seconds a new connection through a port-forward waits for a pod to serve it (a
+#: scheduler pod being replaced), as for a server that restarts; then it is closed.
+WAIT_FOR_POD = 30.0
 #: Seconds between the pings that keep a forwarded connection's websocket alive; one
 #: unanswered for as long ends it (a dead API server or node is noticed).
 WS_PING = 15.0
@@ -916,12 +917,13 @@ class Forward:
     Each new connection asks which pod of ``selector`` serves
     (:func:`~minimaldask.kubernetes.status.serving_pod`): after a pod is
     replaced (killed, evicted, out of memory), the next connection reaches the
-    new one. While none runs, a connection is closed at once, and the client's
-    own retries try again. kr8s' PortForward does not do this: aimed at a Pod
-    it keeps trying the old pod's name; aimed at a Service it keeps the first
-    pod it picked until that one is gone, a terminating one included.
+    new one. While none is Ready, a new connection waits for one (up to
+    WAIT_FOR_POD), as for a server that restarts: closed at once, a TLS
+    handshake would fail for good. kr8s' PortForward does not do this: aimed at
+    a Pod it keeps trying the old pod's name; aimed at a Service it keeps the
+    first pod it picked until that one is gone, a terminating one included.
 
-    Not a plain request: choosing the pod has its own deadline (PICK_DEADLINE),
+    Not a plain request: finding the pod has its own deadline (WAIT_FOR_POD),
     the websocket's upgrade has the client's connect and read timeouts, then it
     lives as long as its connection, and pings (WS_PING) end it when the other
     side is gone.
@@ -954,8 +956,14 @@ class Forward:
         self._server = None
 
     async def _pick(self) -> str | None:
-        pods = await list_objects(self.api, POD, self.namespace, self.selector)
-        pod = serving_pod(pods)
+        """The pod to reach, once one is Ready; None if none is by the deadline."""
+        while True:
+            pods = await list_objects(self.api, POD, self.namespace, self.selector)
+            pod = serving_pod(pods)
+            limit = _DEADLINE.get()
+            if pod or limit is None or limit.remaining() < 1:
+                break
+            await asyncio.sleep(1)
         if pod and pod != self.pod:
             logger.info("port-forward of port %d reaches pod %s/%s", self.port, self.namespace, pod)
         self.pod = pod
@@ -967,12 +975,12 @@ class Forward:
         self._connections.add(task)
         # A connection's task inherits the context in which the server started: the
         # deadline of a start long over. Its own, then.
-        _DEADLINE.set(Deadline(time.monotonic() + PICK_DEADLINE, f"{PICK_DEADLINE:g}s"))
+        _DEADLINE.set(Deadline(time.monotonic() + WAIT_FOR_POD, f"{WAIT_FOR_POD:g}s"))
         pod = None
         try:
             pod = await self._pick()
             if pod is None:
-                logger.debug("port-forward of port %d: no pod runs", self.port)
+                logger.debug("port-forward of port %d: no pod is Ready", self.port)
                 return
             async with self.api.open_websocket(
                 version=POD.api_version,
@@ -984,8 +992,10 @@ class Forward:
             ) as ws:
                 await _relay(ws, reader, writer)
         except asyncio.CancelledError:
-            raise
-        except BaseException as e:  # one connection: say why it ended, and serve the next
+            # stop() ends this connection. Not re-raised: asyncio's stream server reports
+            # a cancelled connection task as an error.
+            return
+        except Exception as e:  # one connection: say why it ended, and serve the next
             logger.debug("port-forward to %s:%d ended: %s", pod, self.port, _describe(e))
         finally:
             self._connections.discard(task)

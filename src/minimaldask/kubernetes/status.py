@@ -153,21 +153,17 @@ def transient_problems(pods: Sequence[Mapping[str, Any]]) -> list[PodProblem]:
 
 
 def serving_pod(pods: Sequence[Mapping[str, Any]]) -> str | None:
-    """The pod a connection to the scheduler should reach now: None if none runs.
+    """The pod a new connection to the scheduler should reach now: None if none is Ready.
 
-    Of the pods not being deleted and Running, a Ready one first, then the
-    newest: after a scheduler pod is replaced, the new one.
+    Of the pods not being deleted and Ready, the newest: after a scheduler pod
+    is replaced, the new one, once it listens. A pod that is not Ready (not yet
+    listening, its container restarting) would take the connection and drop it.
     """
-    running = [
-        p
-        for p in pods
-        if not p.get("metadata", {}).get("deletionTimestamp")
-        and (p.get("status") or {}).get("phase") == "Running"
-    ]
-    if not running:
+    ready = [p for p in pods if pod_ready(p)]
+    if not ready:
         return None
-    best = max(running, key=lambda p: (pod_ready(p), p["metadata"].get("creationTimestamp") or ""))
-    return str(best["metadata"]["name"])
+    newest = max(ready, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    return str(newest["metadata"]["name"])
 
 
 def replica_failure(deployment: Mapping[str, Any] | None) -> str | None:
