@@ -1,6 +1,8 @@
 """Helpers shared by the tests."""
 
+import hashlib
 import time
+from pathlib import Path
 
 import psutil
 
@@ -29,3 +31,14 @@ def wait_until(predicate, timeout, interval=0.5):
             return True
         time.sleep(interval)
     return predicate()
+
+
+def source_hash() -> str:
+    """A digest of minimaldask's sources: what an image built from them depends on."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted((root / "src" / "minimaldask").rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            h.update(str(path.relative_to(root)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]

@@ -26,6 +26,8 @@ PYTHON=${PYTHON:-python3}
 stage "services: the local Kubernetes (builds on first use, then cached)"
 # The e2e tests need it; it needs root. Left running for the next run unless
 # the down check below (or .ci/run) takes it down.
+# The audit log is on (benchmarks count API requests with it; tests/localkube/test_audit.py).
+export LOCALKUBE_AUDIT=1
 python3 tools/localkube/localkube.py up
 
 stage "ruff"
@@ -37,7 +39,10 @@ stage "mypy"
 
 stage "pytest"
 status=0
-LOCALKUBE_NO_UP=1 .venv/bin/pytest -m "not localkube_down" "$@" || status=$?
+LOCALKUBE_NO_UP=1 .venv/bin/pytest -m "not localkube_down and not localkube_leaks" "$@" || status=$?
+
+stage "localkube: nothing for the cluster's CIDRs left the machine during the run"
+LOCALKUBE_NO_UP=1 LOCALKUBE_RUN_LEAK_CHECK=1 .venv/bin/pytest -q -s tests/localkube -m localkube_leaks || status=$?
 
 stage "localkube down leaves the machine as it was"
 if [ "${SKIP_DOWN_CHECK:-0}" != 1 ]; then

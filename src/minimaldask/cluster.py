@@ -201,7 +201,9 @@ class MinimalCluster(Cluster):
         """
         handle = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
         told, silent_since = False, 0.0
-        while self.status == Status.running:
+        # Until close() cancels it: after the cluster ends, the janitor may still say that
+        # it cannot delete it.
+        while True:
             began = time.monotonic()
             try:
                 info = await asyncio.wait_for(
@@ -209,7 +211,8 @@ class MinimalCluster(Cluster):
                 )
             except (OSError, asyncio.TimeoutError) as e:
                 silent_since = silent_since or began
-                if not told and time.monotonic() - silent_since >= HEARTBEAT_SILENCE:
+                ended = self.shutdown_reason is not None  # its silence is no news then
+                if not told and not ended and time.monotonic() - silent_since >= HEARTBEAT_SILENCE:
                     told = True
                     self._tell(
                         f"The scheduler of {self.spec.name!r} has not answered for "
@@ -241,7 +244,6 @@ class MinimalCluster(Cluster):
                 self._log(self.shutdown_reason)
                 # Clients of this cluster close instead of trying to reconnect.
                 self.status = Status.closing
-                return
             await asyncio.sleep(1)
 
     async def _answers_again(self, silent: float) -> None:

@@ -146,6 +146,9 @@ HANDLE_TTL = 10.0
 STATE_STATUS = "status"
 #: Key that stores the adaptive policy (JSON), so that it survives a scheduler restart.
 STATE_ADAPT = "adapt"
+#: Key that says whether the cluster speaks TLS ("true" or "false"): a handle that
+#: attaches while its creator still makes it waits for the certificates.
+STATE_TLS = "tls"
 #: Key that records what shapes the cluster (a digest per option), to tell a handle that
 #: attaches with other options which ones differ.
 STATE_OPTIONS = "options"

@@ -18,6 +18,9 @@ POD_START = 4 * 5.0
 KUBELET_BACKOFF = 10.0
 #: A handful of API requests and a registry read: pre-flight checks, a refused apply.
 REQUESTS = 15.0
+#: The kubelet measures emptyDir usage every volumeStatsAggPeriod (60 s by default), and
+#: its eviction manager looks every 10 s.
+KUBELET_EVICTION = 2 * 60.0 + 10.0
 
 
 def delete(spec: ClusterSpec | None = None) -> float:

@@ -8,13 +8,16 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import dask
+import filelock
 import pytest
 
 from minimaldask.spec import default_image_tag
+from testutil import source_hash
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "localkube"))
 import pytest_localkube
@@ -35,15 +38,35 @@ def image(localkube_cluster, localkube_registry):
     """
     if os.environ.get("MINIMALDASK_E2E_IMAGE"):
         return os.environ["MINIMALDASK_E2E_IMAGE"]
-    tag = default_image_tag()
+    # The tag names the sources: other checkouts on this machine push their own, and an
+    # image of these sources that the registry has already is not built again.
+    tag = f"{default_image_tag()}-{source_hash()}"
     push = f"{localkube_registry.push_address}/minimaldask:{tag}"
-    subprocess.run(
-        # For this machine's platform: the local Kubernetes runs here.
-        [sys.executable, "-m", "minimaldask.image", "build", "--push", push, "--insecure"],
-        check=True,
-        timeout=900,
-    )  # fmt: skip
+    with filelock.FileLock(f"/tmp/minimaldask-e2e-image-{tag}.lock", timeout=1200):
+        if not registry_has(localkube_registry.push_address, "minimaldask", tag):
+            subprocess.run(
+                # For this machine's platform: the local Kubernetes runs here.
+                [sys.executable, "-m", "minimaldask.image", "build", "--push", push, "--insecure"],
+                check=True,
+                timeout=900,
+            )  # fmt: skip
     return f"{localkube_registry.pull_name}/minimaldask:{tag}"
+
+
+def registry_has(registry: str, repository: str, tag: str) -> bool:
+    """Whether the local registry has ``repository:tag``."""
+    request = urllib.request.Request(
+        f"http://{registry}/v2/{repository}/manifests/{tag}",
+        method="HEAD",
+        headers={"Accept": "application/vnd.oci.image.index.v1+json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10):
+            return True
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return False
+        raise
 
 
 @pytest.fixture
@@ -67,8 +90,8 @@ def namespace(kube_namespace, image, monkeypatch):
         "minimaldask.namespace": kube_namespace.name,
         "minimaldask.image.repository": repository,
         "minimaldask.image.tag": image.rpartition(":")[2],
-        # Each run pushes a new build under the same tag: a node must not run an old one.
-        "minimaldask.image.pull-policy": "Always",
+        # The tag names the sources (see `image`): what a node has is the right build.
+        "minimaldask.image.pull-policy": "IfNotPresent",
         "minimaldask.worker.cpu": SMALL["cpu"],
         "minimaldask.worker.memory": SMALL["memory"],
         "minimaldask.scheduler.cpu": "100m",

@@ -9,6 +9,7 @@ import json
 import subprocess
 import textwrap
 
+import budgets
 import pytest
 from distributed import Client
 
@@ -208,9 +209,13 @@ def test_a_worker_that_fills_its_tmp_is_evicted_alone_and_its_work_redone(
             return "filled"
 
         assert client.submit(fill, workers=[victim_address], pure=False).result(60) == "filled"
-        # The kubelet's eviction manager looks every 10 s.
-        assert wait_until(lambda: victim not in kube.pods(cluster_name, "worker"), 120, 2)
-        assert survivor in kube.pods(cluster_name, "worker"), "more than the one worker went"
+
+        def evicted(name):
+            pod = kube.pods(cluster_name, "worker", live=False).get(name) or {}
+            return (pod.get("status") or {}).get("reason") == "Evicted"
+
+        assert wait_until(lambda: evicted(victim), budgets.KUBELET_EVICTION + budgets.REQUESTS, 2)
+        assert not evicted(survivor), "more than the one worker went"
         assert client.gather(futures) == [i * 7 for i in range(100)]
         events = kube.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
         assert any(

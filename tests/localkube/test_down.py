@@ -36,6 +36,14 @@ def sh(*cmd) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
 
 
+def optional(*cmd) -> str:
+    """The output of a command that up installs (nft, ipset): empty before it is there."""
+    try:
+        return sh(*cmd)
+    except FileNotFoundError:
+        return ""
+
+
 def link_name_and_master(line: str) -> str:
     """'5: veth1@if4: <...> ... master localkube-br0 state UP ...' -> 'veth1@if4 master localkube-br0'."""
     name = line.split(": ")[1]
@@ -65,6 +73,10 @@ def snapshot() -> dict[str, Counter]:
     cgroup_procs = []
     for top in Path("/sys/fs/cgroup").glob("*/kubepods"):
         cgroup_procs += [str(p) for p in top.rglob("cgroup.procs")]
+    binfmt = []
+    for entry in sorted(Path("/proc/sys/fs/binfmt_misc").glob("*")):
+        if entry.name not in ("register", "status"):
+            binfmt.append(f"{entry.name}: " + " ".join(entry.read_text().split()))
     iptables = []
     for tool in ("iptables-save", "ip6tables-save"):
         for line in sh(tool).splitlines():
@@ -104,6 +116,10 @@ def snapshot() -> dict[str, Counter]:
         "network namespaces": Counter(
             os.listdir("/run/netns") if Path("/run/netns").exists() else []
         ),
+        "nft tables": Counter(optional("nft", "list", "tables").splitlines()),
+        "ipsets": Counter(optional("ipset", "list", "-n").splitlines()),
+        "qdiscs": Counter(sh("tc", "qdisc", "show").splitlines()),
+        "binfmt": Counter(binfmt),
     }
 
 
@@ -146,7 +162,8 @@ def difference(
 
 
 def workload(image: str) -> dict:
-    """A pod with a hostPort (portmap rules) behind a NodePort Service (kube-proxy rules)."""
+    """A pod with a hostPort (portmap rules) behind a NodePort Service (kube-proxy rules),
+    under a NetworkPolicy (kube-router's rules and ipsets)."""
     labels = {"app": "down-test"}
     return {
         "apiVersion": "v1",
@@ -174,6 +191,15 @@ def workload(image: str) -> dict:
                     },
                 },
             },
+            {  # kube-router's chains and ipsets
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": {"name": "down-test", "namespace": "default"},
+                "spec": {
+                    "podSelector": {"matchLabels": labels},
+                    "ingress": [{"from": [{"podSelector": {"matchLabels": labels}}]}],
+                },
+            },
             {
                 "apiVersion": "v1",
                 "kind": "Service",
@@ -193,13 +219,26 @@ def test_down_leaves_the_machine_as_it_was_before_up():
     if was_up or localkube.STATE.exists():
         localkube.down()
     before = snapshot()
-    localkube.up()
+    localkube.up(audit=False)
     try:
         assert localkube.is_up()
+        # `up --audit` on a running cluster without the audit log restarts just the API server
+        pids = {name: localkube.pid_of(name) for name in localkube.COMPONENTS}
+        assert not localkube.apiserver_audits()
+        localkube.up(audit=True)
+        assert localkube.apiserver_audits() and localkube.AUDIT_LOG.exists()
+        changed_pids = {n for n in localkube.COMPONENTS if localkube.pid_of(n) != pids[n]}
+        assert changed_pids == {"kube-apiserver"}, changed_pids
         image = localkube.push_probe_image("down-test")
         localkube.kubectl("apply", "-f", "-", input=json.dumps(workload(image)))
         localkube.kubectl(
             "rollout", "status", "deployment/down-test", "--timeout=120s", timeout=150
+        )
+        localkube.shaped_registry_up(rate="100mbit", delay="5ms")
+        localkube.wait_for(
+            "kube-router's ipsets for the policy",
+            30,
+            lambda: any(n.startswith("KUBE-") for n in optional("ipset", "list", "-n").split()),
         )
         during = snapshot()
         # the check can fail: up did change every kind of thing compared
@@ -216,6 +255,9 @@ def test_down_leaves_the_machine_as_it_was_before_up():
             "listening sockets",
             "paths",
             "network namespaces",
+            "nft tables",
+            "ipsets",
+            "qdiscs",
         ):
             assert key in changed, f"up did not change {key}; the snapshot misses it"
     finally:
@@ -227,7 +269,7 @@ def test_down_leaves_the_machine_as_it_was_before_up():
     # Other programs (a Docker daemon, say) may stop things meanwhile, so what is gone
     # is only asserted for what no one else touches.
     gone = {key: d["gone"] for key, d in diff.items() if d["gone"]}
-    assert not {k: v for k, v in gone.items() if k in ("sysctls", "paths")}, json.dumps(
+    assert not {k: v for k, v in gone.items() if k in ("sysctls", "paths", "binfmt")}, json.dumps(
         gone, indent=1
     )
     if gone:

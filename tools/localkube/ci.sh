@@ -22,7 +22,8 @@ case "$command" in
   down) localkube down ;;
   test)
     cd "$repo"
-    LOCALKUBE_NO_UP=1 "$python" -m pytest tests/localkube -m "not localkube_down" "$@" ;;
+    LOCALKUBE_NO_UP=1 "$python" -m pytest tests/localkube -m "not localkube_down and not localkube_leaks" "$@"
+    LOCALKUBE_NO_UP=1 LOCALKUBE_RUN_LEAK_CHECK=1 "$python" -m pytest -q -s tests/localkube -m localkube_leaks ;;
   down-check)
     cd "$repo"
     LOCALKUBE_RUN_DOWN_TEST=1 "$python" -m pytest tests/localkube -m localkube_down "$@" ;;

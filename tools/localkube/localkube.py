@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """localkube: a real one-node Kubernetes cluster, built from the registries.
 
-Usage: localkube.py up | down | status | env | build | push-image
+Usage: localkube.py up [--audit] | down | status | env | build | push-image | binfmt
+                   | shaped-registry up|down|status | remove-image | audit | leaks
 
 Standard library only: it runs before the project is installed.
 See README.md next to this file.
@@ -11,7 +12,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import contextlib
+import dataclasses
+import datetime
 import functools
 import gzip
 import hashlib
@@ -19,6 +23,8 @@ import io
 import ipaddress
 import json
 import os
+import re
+import select
 import shlex
 import shutil
 import signal
@@ -37,6 +43,7 @@ K8S_VERSION = "v1.33.13"
 ETCD_VERSION = "v3.5.21"  # what k8s.io/kubernetes v1.33.13 requires
 COREDNS_VERSION = "v1.14.7"
 PAUSE_VERSION = "3.10"
+KUBE_ROUTER_VERSION = "v2.1.0"  # NetworkPolicy; the only version the module proxy serves
 
 HERE = Path(__file__).resolve().parent
 RECIPE = HERE / "recipe"
@@ -57,8 +64,19 @@ CLUSTER_DOMAIN = "cluster.local"
 APISERVER_PORT = 6443
 REGISTRY_LISTEN = "127.0.0.1:5000"
 REGISTRY = "localhost:5000"  # the name pods use in image references
+# The registry behind a shaped link (`shaped-registry up`): its own network namespace,
+# reached through a veth pair, serving the local registry's storage read-only.
+SHAPED_NETNS = "localkube-shaped"
+SHAPED_HOST_IFACE = "lkshaped0"  # host side of the veth pair
+SHAPED_NS_IFACE = "lkshaped1"  # registry side
+SHAPED_HOST_IP = "10.243.1.1"
+SHAPED_REGISTRY_IP = "10.243.1.2"
+SHAPED_REGISTRY = "localkube-shaped:5000"  # what pods put in `image:`; containerd maps it
+NFT_TABLE = "localkube"  # nftables table (family ip) that keeps the cluster's CIDRs on the node
+ROUTE_PROTO = "243"  # marks the routes up adds (`ip route ... proto 243`)
 USER_NAME = "minimaldask-e2e"  # the namespace-only user (client certificate CN)
 USER_NAMESPACE = "minimaldask-e2e"
+NETPOL_USER = "localkube:netpol"  # kube-router's client certificate CN; see netpol_objects()
 
 APT_PACKAGES = {  # package -> a file it installs
     "containerd": "/usr/bin/containerd",
@@ -69,6 +87,9 @@ APT_PACKAGES = {  # package -> a file it installs
     "conntrack": "/usr/sbin/conntrack",
     "openssl": "/usr/bin/openssl",
     "iproute2": "/usr/sbin/ip",
+    "nftables": "/usr/sbin/nft",
+    "ipset": "/usr/sbin/ipset",  # kube-router's NetworkPolicy controller
+    "qemu-user-static": "/usr/bin/qemu-aarch64-static",  # arm64 and armv7 pods
 }
 CNI_BIN_DIR = "/usr/lib/cni"
 
@@ -110,6 +131,7 @@ COMPONENTS = [
     "kube-scheduler",
     "kubelet",
     "kube-proxy",
+    "netpol",
 ]
 K8S_BINARIES = [
     "kube-apiserver",
@@ -247,6 +269,12 @@ def ensure_packages() -> None:
 # ----------------------------------------------------------------- build
 
 
+# (GOARCH, GOARM, name) of the builds of recipe/images/arch: bin/arch-NAME, pushed as
+# single-platform images by push_arch_image().
+ARCH_BUILDS = [("arm64", "", "arm64"), ("arm", "7", "armv7")]
+ARCH_PLATFORMS = {"arm64": ("arm64", "v8"), "armv7": ("arm", "v7")}
+
+
 def go_version() -> str:
     return run(["go", "env", "GOVERSION"]).stdout.strip()
 
@@ -257,7 +285,7 @@ def recipe_hash() -> str:
         if path.is_file():
             h.update(str(path.relative_to(RECIPE)).encode() + b"\0" + path.read_bytes() + b"\0")
     h.update(
-        f"{K8S_VERSION} {ETCD_VERSION} {COREDNS_VERSION} {go_version()} "
+        f"{K8S_VERSION} {ETCD_VERSION} {COREDNS_VERSION} {KUBE_ROUTER_VERSION} {go_version()} "
         f"{' '.join(go_ldflags())}".encode()
     )
     return h.hexdigest()[:12]
@@ -338,6 +366,19 @@ def ensure_built() -> Path:
             ["go", "build", "-trimpath", "-ldflags=-s -w", "-o", f"{tmp}/bin/coredns", "."],
         ),
         (
+            "kube-router netpol",
+            RECIPE / "netpol",
+            [
+                "go",
+                "build",
+                "-trimpath",
+                "-ldflags=-s -w",
+                "-o",
+                f"{tmp}/bin/kube-router-netpol",
+                ".",
+            ],
+        ),
+        (
             "pause and probe",
             RECIPE / "images",
             [
@@ -352,10 +393,28 @@ def ensure_built() -> Path:
             ],
         ),
     ]
+    # The foreign-architecture test program (recipe/images/arch), one static binary per platform.
+    for goarch, goarm, suffix in ARCH_BUILDS:
+        builds.append(
+            (
+                f"arch {suffix}",
+                RECIPE / "images",
+                [
+                    "go",
+                    "build",
+                    "-trimpath",
+                    f"-ldflags=-s -w -X=main.goarmValue={goarm}",
+                    "-o",
+                    f"{tmp}/bin/arch-{suffix}",
+                    "./arch",
+                ],
+                {"GOARCH": goarch, "GOARM": goarm} if goarm else {"GOARCH": goarch},
+            )
+        )
     say(f"building {K8S_VERSION} into {out} (first time on this machine)")
-    for name, cwd, cmd in builds:
+    for name, cwd, cmd, *extra in builds:
         with stage(f"build {name}", timings):
-            run(cmd, cwd=cwd, env=env, timeout=3600)
+            run(cmd, cwd=cwd, env=dict(env, **(extra[0] if extra else {})), timeout=3600)
     write(tmp / "timings.json", json.dumps(timings, indent=1))
     write(
         tmp / "complete",
@@ -503,6 +562,7 @@ def make_pki() -> None:
     make_cert("controller-manager", "ca", "system:kube-controller-manager", eku="clientAuth")
     make_cert("scheduler", "ca", "system:kube-scheduler", eku="clientAuth")
     make_cert("kube-proxy", "ca", "system:kube-proxy", eku="clientAuth")
+    make_cert("netpol", "ca", NETPOL_USER, eku="clientAuth")
     make_cert("user", "ca", USER_NAME, eku="clientAuth")
     run(
         [
@@ -586,7 +646,25 @@ def local_env() -> dict[str, str]:
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def start(name: str, argv: list) -> int:
+def _enter_netns(netns: str):
+    """A preexec_fn that moves the child into network namespace `netns` before it execs
+    (so that the recorded pid is the program's own, not an `ip netns exec` wrapper's)."""
+    import ctypes  # only the shaped registry's processes need it
+
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork, not in the child
+
+    def enter() -> None:
+        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+                raise OSError(ctypes.get_errno(), f"setns into {netns}")
+        finally:
+            os.close(fd)
+
+    return enter
+
+
+def start(name: str, argv: list, env: dict | None = None, netns: str | None = None) -> int:
     argv = [str(a) for a in argv]
     LOGS.mkdir(parents=True, exist_ok=True)
     PIDS.mkdir(parents=True, exist_ok=True)
@@ -604,7 +682,8 @@ def start(name: str, argv: list) -> int:
             start_new_session=True,
             close_fds=True,
             cwd="/",
-            env=local_env(),
+            env=dict(local_env(), **(env or {})),
+            preexec_fn=_enter_netns(netns) if netns else None,
         )
     exe = os.readlink(f"/proc/{proc.pid}/exe")
     write(PIDS / f"{name}.pid", f"{proc.pid} {exe}")
@@ -764,8 +843,13 @@ def image_blobs(
     entrypoint: list[str],
     cmd: list[str] | None = None,
     env: list[str] | None = None,
+    platform: tuple[str, str | None] = ("amd64", None),
 ) -> tuple[bytes, dict[str, bytes]]:
-    """Build a one-layer linux/amd64 OCI image; return (manifest, {digest: blob})."""
+    """Build a one-layer OCI image for linux/ARCH[/VARIANT]; return (manifest, {digest: blob}).
+
+    One manifest, no index: a single-platform image, which containerd runs whatever
+    the node's architecture (through qemu-user for arm64 and armv7 on this node).
+    """
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         dirs = sorted({str(Path(p).parent) for p in files} - {"."} | {"tmp"})
@@ -782,9 +866,11 @@ def image_blobs(
             tar.addfile(info, io.BytesIO(data))
     diff_id = "sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()
     layer = gzip.compress(raw.getvalue(), compresslevel=1, mtime=0)  # fast: layers are ~40 MB
+    arch, variant = platform
     config = json.dumps(
         {
-            "architecture": "amd64",
+            "architecture": arch,
+            **({"variant": variant} if variant else {}),
             "os": "linux",
             "config": {
                 "Entrypoint": entrypoint,
@@ -816,9 +902,10 @@ def push_image(
     entrypoint: list[str],
     cmd: list[str] | None = None,
     registry: str = REGISTRY_LISTEN,
+    platform: tuple[str, str | None] = ("amd64", None),
 ) -> str:
     """Push a one-layer image to the registry; return the reference pods use."""
-    manifest, blobs = image_blobs(files, entrypoint, cmd)
+    manifest, blobs = image_blobs(files, entrypoint, cmd, platform=platform)
     base = f"http://{registry}/v2/{repo}"
 
     def request(method, url, data=None, headers=None):
@@ -889,6 +976,21 @@ def pause_image() -> str:
 
 def coredns_image() -> str:
     return f"{REGISTRY}/localkube/coredns:{COREDNS_VERSION}"
+
+
+def push_arch_image(name: str) -> str:
+    """Push recipe/images/arch built for `name` ("arm64" or "armv7") as a single-platform
+    image linux/arm64 or linux/arm/v7; return its reference. Its pod prints
+    "GOARCH=... machine=..." and exits 0."""
+    if name not in ARCH_PLATFORMS:
+        raise LocalkubeError(f"no arch build named {name!r}; known: {', '.join(ARCH_PLATFORMS)}")
+    return push_image(
+        "localkube/arch",
+        name,
+        {"arch": (bin_path(f"arch-{name}").read_bytes(), 0o755)},
+        ["/arch"],
+        platform=ARCH_PLATFORMS[name],
+    )
 
 
 def push_probe_image(tag: str = "latest") -> str:
@@ -1228,6 +1330,45 @@ def coredns_objects() -> dict:
     }
 
 
+def netpol_objects() -> dict:
+    """What kube-router's NetworkPolicy controller may read: pods, namespaces and
+    NetworkPolicies (list and watch), and this node (get). Nothing else, no writes."""
+    rules = [
+        {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["list", "watch"]},
+        {
+            "apiGroups": ["networking.k8s.io"],
+            "resources": ["networkpolicies"],
+            "verbs": ["list", "watch"],
+        },
+        {"apiGroups": [""], "resources": ["nodes"], "resourceNames": [NODE_NAME], "verbs": ["get"]},
+    ]
+    return {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": NETPOL_USER},
+                "rules": rules,
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": NETPOL_USER},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": NETPOL_USER,
+                },
+                "subjects": [
+                    {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": NETPOL_USER}
+                ],
+            },
+        ],
+    }
+
+
 def namespace_user_objects(namespace: str, user: str = USER_NAME) -> dict:
     """A namespace in which `user` has what the built-in `admin` role grants, and nothing outside it."""
     return {
@@ -1271,11 +1412,16 @@ def write_sysctl(key: str, value: str) -> None:
 
 
 def check_address_plan() -> None:
-    plan = [ipaddress.ip_network(n) for n in (POD_CIDR, SERVICE_CIDR, f"{NODE_IP}/32")]
+    plan = [
+        ipaddress.ip_network(n, strict=False)
+        for n in (POD_CIDR, SERVICE_CIDR, f"{NODE_IP}/32", f"{SHAPED_HOST_IP}/30")
+    ]
     routes = run(["ip", "-4", "-o", "route", "show", "table", "all"]).stdout.splitlines()
     addrs = run(["ip", "-4", "-o", "addr", "show"]).stdout.splitlines()
     for line in routes + addrs:
-        if BRIDGE in line or NODE_IFACE in line:
+        if any(ours in line for ours in (BRIDGE, NODE_IFACE, SHAPED_HOST_IFACE)):
+            continue
+        if f"proto {ROUTE_PROTO}" in line:  # ours, left by an up that no down followed
             continue
         for word in line.split():
             try:
@@ -1322,12 +1468,110 @@ def check_ports_free() -> None:
                 )
 
 
+def default_interfaces() -> list[str]:
+    """The devices of this machine's IPv4 default routes, from its routing tables."""
+    out = run(["ip", "-4", "-o", "route", "show", "table", "all"], check=False).stdout
+    devices: list[str] = []
+    for line in out.splitlines():
+        if line.split()[:1] == ["default"]:
+            for dev in re.findall(r"\bdev (\S+)", line):
+                if dev not in devices and dev not in (NODE_IFACE, BRIDGE, SHAPED_HOST_IFACE):
+                    devices.append(dev)
+    return devices
+
+
+# The leak counters: packets for the cluster's CIDRs that left through a default interface.
+LEAK_COUNTERS = {"leak-service-cidr": SERVICE_CIDR, "leak-pod-cidr": POD_CIDR}
+
+
+def nft_ruleset(default_ifaces: list[str], reject: bool = True) -> str:
+    """The nftables table that keeps the Service and pod CIDRs on this node.
+
+    Its chains hook after iptables' filter chains (priority 10 > 0). An ACCEPT there
+    (the CNI firewall plugin's, kube-router's, Docker's) does not end a packet's way
+    through later base chains, so these rules see every packet that iptables let
+    through, whatever order kube-proxy, the CNI plugins, kube-router and Docker gave
+    their jumps in FORWARD; kube-proxy's own REJECT, where reached, comes first (a drop
+    is final). A packet still addressed to the Service CIDR after kube-proxy's DNAT has
+    no endpoint on this node: it is refused, as kube-proxy refuses one for a Service
+    without endpoints. Nothing for either CIDR may go out of a default interface; the
+    postrouting counters, read by `localkube.py leaks`, would count any that did.
+    reject=False: the counters alone (the test of the counters).
+    """
+    cidrs = f"{{ {SERVICE_CIDR}, {POD_CIDR} }}"
+    out_rule = ""
+    if default_ifaces:
+        ifaces = "{ " + ", ".join(f'"{i}"' for i in default_ifaces) + " }"
+        out_rule = (
+            f"\t\toifname {ifaces} ip daddr {cidrs} counter reject with icmp type net-unreachable\n"
+        )
+    lines = [f"table ip {NFT_TABLE} {{"]
+    lines += [f"\tcounter {name} {{ }}" for name in LEAK_COUNTERS]
+    for chain in ("forward", "output") if reject else ():
+        lines += [
+            f"\tchain {chain} {{",
+            f"\t\ttype filter hook {chain} priority 10; policy accept;",
+            f"\t\tip daddr {SERVICE_CIDR} counter reject with icmp type port-unreachable",
+            out_rule.rstrip("\n"),
+            "\t}",
+        ]
+    lines += [
+        "\tchain postrouting {",
+        "\t\ttype filter hook postrouting priority 300; policy accept;",
+    ]
+    for iface in default_ifaces:
+        for name, cidr in LEAK_COUNTERS.items():
+            lines.append(f'\t\toifname "{iface}" ip daddr {cidr} counter name "{name}"')
+    lines += ["\t}", "}"]
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+def keep_cidrs_on_node() -> None:
+    """Routes and nftables rules so that no packet for the Service or pod CIDR leaves the node."""
+    ifaces = default_interfaces()
+    write(STATE / "default-interfaces.json", json.dumps(ifaces))
+    if not ifaces:
+        say("no default route on this machine: the leak counters have no interface to watch")
+    # The Service CIDR goes to the portless node bridge: host connections still get
+    # kube-proxy's DNAT (an unreachable route would fail connect() before it), and what
+    # is not DNATed goes nowhere. Pod IPs beyond this node's /24 exist nowhere.
+    run(["ip", "route", "replace", SERVICE_CIDR, "dev", NODE_IFACE, "proto", ROUTE_PROTO])
+    run(["ip", "route", "replace", "unreachable", POD_CIDR, "proto", ROUTE_PROTO])
+    run(["nft", "delete", "table", "ip", NFT_TABLE], check=False)
+    run(["nft", "-f", "-"], input=nft_ruleset(ifaces))
+
+
+def release_cidrs() -> None:
+    if shutil.which("nft"):  # not installed: no table either
+        run(["nft", "delete", "table", "ip", NFT_TABLE], check=False)
+    for route in ([SERVICE_CIDR], ["unreachable", POD_CIDR]):
+        run(["ip", "route", "del", *route, "proto", ROUTE_PROTO], check=False)
+
+
+def leak_counters() -> dict[str, dict]:
+    """{counter: {"cidr", "interfaces", "packets", "bytes"}}: what left through a default interface since up."""
+    out = run(["nft", "-j", "list", "counters", "table", "ip", NFT_TABLE]).stdout
+    ifaces = json.loads((STATE / "default-interfaces.json").read_text())
+    result = {}
+    for item in json.loads(out)["nftables"]:
+        counter = item.get("counter")
+        if counter and counter["name"] in LEAK_COUNTERS:
+            result[counter["name"]] = {
+                "cidr": LEAK_COUNTERS[counter["name"]],
+                "interfaces": ifaces,
+                "packets": counter["packets"],
+                "bytes": counter["bytes"],
+            }
+    return result
+
+
 def setup_host() -> None:
     saved = {k: read_sysctl(k) for k in SYSCTLS}
     write(STATE / "saved-sysctls.json", json.dumps(saved, indent=1))
     write(
         STATE / "saved-dirs.json", json.dumps({d: Path(d).exists() for d in FOREIGN_DIRS}, indent=1)
     )
+    write(STATE / "saved-ipsets.json", json.dumps(ipsets()))
     if read_sysctl("net/bridge/bridge-nf-call-iptables") is None:
         run(["modprobe", "br_netfilter"], check=False)
         if read_sysctl("net/bridge/bridge-nf-call-iptables") is None:
@@ -1347,18 +1591,569 @@ def setup_host() -> None:
     run(["ip", "link", "add", NODE_IFACE, "type", "bridge"])
     run(["ip", "addr", "add", f"{NODE_IP}/32", "dev", NODE_IFACE])
     run(["ip", "link", "set", NODE_IFACE, "up"])
+    keep_cidrs_on_node()
+
+
+# ----------------------------------------------------------------- API server and its audit log
+
+AUDIT_DIR = STATE / "audit"
+AUDIT_LOG = AUDIT_DIR / "audit.log"
+# Metadata for every request (who, verb, resource, namespace, name, user agent, code;
+# no bodies). RequestReceived is left out: one event per request, or two for a long
+# request (ResponseStarted, then ResponseComplete), which audit_events() folds into one.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [{"level": "Metadata"}],
+}
+
+
+def audit_wanted(audit: bool | None) -> bool:
+    """The audit setting for up: the argument, else LOCALKUBE_AUDIT=1."""
+    if audit is not None:
+        return audit
+    return os.environ.get("LOCALKUBE_AUDIT", "") not in ("", "0")
+
+
+def apiserver_argv(audit: bool) -> list:
+    argv = [
+        bin_path("kube-apiserver"),
+        f"--advertise-address={NODE_IP}",
+        f"--bind-address={NODE_IP}",
+        f"--secure-port={APISERVER_PORT}",
+        "--etcd-servers=https://127.0.0.1:2379",
+        f"--etcd-cafile={PKI / 'etcd-ca.crt'}",
+        f"--etcd-certfile={PKI / 'apiserver-etcd-client.crt'}",
+        f"--etcd-keyfile={PKI / 'apiserver-etcd-client.key'}",
+        f"--tls-cert-file={PKI / 'apiserver.crt'}",
+        f"--tls-private-key-file={PKI / 'apiserver.key'}",
+        f"--client-ca-file={PKI / 'ca.crt'}",
+        f"--kubelet-client-certificate={PKI / 'apiserver-kubelet-client.crt'}",
+        f"--kubelet-client-key={PKI / 'apiserver-kubelet-client.key'}",
+        f"--kubelet-certificate-authority={PKI / 'ca.crt'}",
+        "--kubelet-preferred-address-types=InternalIP",
+        "--authorization-mode=Node,RBAC",
+        "--enable-admission-plugins=NodeRestriction",
+        "--allow-privileged=true",
+        f"--service-account-key-file={PKI / 'sa.pub'}",
+        f"--service-account-signing-key-file={PKI / 'sa.key'}",
+        f"--service-account-issuer=https://kubernetes.default.svc.{CLUSTER_DOMAIN}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--profiling=false",
+        "--v=1",
+    ]
+    if audit:
+        policy = write(STATE / "conf" / "audit-policy.json", json.dumps(AUDIT_POLICY, indent=1))
+        AUDIT_DIR.mkdir(mode=0o700, exist_ok=True)
+        argv += [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={AUDIT_LOG}",
+            "--audit-log-format=json",
+            # blocking: an event is written before its response goes out, so a client
+            # that got its answer finds the event in the file
+            "--audit-log-mode=blocking",
+            "--audit-log-maxsize=200",  # MB, then rotated: audit-<time>.log, read too
+            "--audit-log-maxbackup=5",
+        ]
+    return argv
+
+
+def start_apiserver(audit: bool, timeout: float = 120) -> None:
+    start("kube-apiserver", apiserver_argv(audit))
+    wait_for(
+        "kube-apiserver /readyz",
+        timeout,
+        lambda: (
+            (
+                check_running("kube-apiserver"),
+                https_get(f"https://{NODE_IP}:{APISERVER_PORT}/readyz"),
+            )[1][0]
+            == 200
+        ),
+        hint=lambda: log_tail("kube-apiserver"),
+    )
+
+
+def apiserver_audits() -> bool:
+    """Whether the running API server writes the audit log."""
+    pid = pid_of("kube-apiserver")
+    if pid is None:
+        return False
+    with contextlib.suppress(OSError):
+        return b"--audit-log-path=" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    return False
+
+
+def _timestamp(value) -> float:
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, datetime.datetime):
+        return value.timestamp()
+    text = str(value).strip()
+    with contextlib.suppress(ValueError):
+        return float(text)
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError as e:
+        raise LocalkubeError(
+            f"time {value!r}: give a Unix time or RFC 3339 (e.g. 2026-01-02T03:04:05Z)"
+        ) from e
+
+
+def audit_events(
+    since=None,
+    *,
+    user: str | None = None,
+    user_agent: str | None = None,
+    verb: str | None = None,
+    resource: str | None = None,
+    namespace: str | None = None,
+    name: str | None = None,
+) -> list[dict]:
+    """The API server's audit events (one per request), oldest first, filtered.
+
+    since: a Unix time, a datetime or an RFC 3339 string; requests received before it
+    are left out. user: the exact user name (e.g. "minimaldask-e2e",
+    "system:serviceaccount:NS:NAME"). user_agent: its start (e.g. "kubectl/").
+    verb: "get", "list", "watch", "create", "update", "patch", "delete", ...
+    resource: "pods", or "pods/log" for a subresource. namespace, name: exact.
+    Each event is the API server's JSON (audit.k8s.io/v1 Event, level Metadata).
+    Needs the audit log: `localkube.py up --audit` or LOCALKUBE_AUDIT=1.
+    """
+    if not AUDIT_LOG.exists():
+        raise LocalkubeError(
+            f"no audit log at {AUDIT_LOG}: start the cluster with `localkube.py up --audit` "
+            "(or LOCALKUBE_AUDIT=1); on a running cluster that restarts only the API server"
+        )
+    floor = _timestamp(since) if since is not None else None
+    events: dict[str, dict] = {}
+    # Rotated files first (their names sort by time), the current one last.
+    for path in [*sorted(AUDIT_DIR.glob("audit-*.log")), AUDIT_LOG]:
+        with open(path, errors="replace") as f:
+            for line in f:
+                # cheap first look: a line that does not even contain the name cannot match
+                # (the API server's JSON escapes only <, > and & in strings)
+                if user is not None and not any(c in user for c in "<>&") and user not in line:
+                    continue
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue  # a line being written
+                ref = event.get("objectRef") or {}
+                res = ref.get("resource", "")
+                if ref.get("subresource"):
+                    res += "/" + ref["subresource"]
+                if (
+                    (user is not None and event.get("user", {}).get("username") != user)
+                    or (
+                        user_agent is not None
+                        and not event.get("userAgent", "").startswith(user_agent)
+                    )
+                    or (verb is not None and event.get("verb") != verb)
+                    or (resource is not None and res != resource)
+                    or (namespace is not None and ref.get("namespace") != namespace)
+                    or (name is not None and ref.get("name") != name)
+                ):
+                    continue
+                if floor is not None and _timestamp(event["requestReceivedTimestamp"]) < floor:
+                    continue
+                events[event["auditID"]] = event  # a later stage replaces an earlier one
+    return sorted(events.values(), key=lambda e: e["requestReceivedTimestamp"])
+
+
+# ----------------------------------------------------------------- foreign architectures
+
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
+# The binfmt_misc entries up makes sure of, named as Debian's qemu-user-static names them
+# (so that binfmt-support and tools/ci/docker-up.sh see them as the same entries).
+QEMU_BINFMT = {"arm64": "qemu-aarch64", "armv7": "qemu-arm"}
+
+
+def _binfmt_flags(text: str) -> str:
+    match = re.search(r"^flags: *(\S*)$", text, re.M)
+    return match.group(1) if match else ""
+
+
+def binfmt_register_line(text: str, name: str) -> str:
+    """The register line that recreates an entry from its /proc/sys/fs/binfmt_misc/NAME text."""
+    fields = dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
+    hexes = lambda h: "".join(f"\\x{h[i : i + 2]}" for i in range(0, len(h), 2))  # noqa: E731
+    return (
+        f":{name}:M:{fields.get('offset', '0')}:{hexes(fields['magic'])}:"
+        f"{hexes(fields.get('mask', ''))}:{fields['interpreter']}:{_binfmt_flags(text)}"
+    )
+
+
+def foreign_arch_missing(name: str) -> str | None:
+    """Why pods of platform `name` ("arm64", "armv7") cannot run on this node, or None."""
+    entry = BINFMT / QEMU_BINFMT[name]
+    if not (BINFMT / "register").exists():
+        return f"binfmt_misc is not mounted at {BINFMT}"
+    if not entry.exists():
+        return f"no binfmt_misc entry {entry.name} (localkube up registers it)"
+    text = entry.read_text()
+    if not text.startswith("enabled"):
+        return f"binfmt_misc entry {entry.name} is disabled"
+    if "F" not in _binfmt_flags(text):
+        return f"binfmt_misc entry {entry.name} lacks the fix-binary (F) flag"
+    return None
+
+
+def setup_binfmt() -> None:
+    """Register qemu-user for arm64 and armv7 with the fix-binary flag, so that a pod's
+    foreign binaries run: the kernel opens qemu when the entry is registered, and
+    containers, which do not have it, use that. Entries already there with F are left
+    as they are; others are replaced and put back by down; what up added, down removes."""
+    state: dict = {"mounted": False, "added": [], "replaced": {}}
+    try:
+        if not (BINFMT / "register").exists():
+            run(["mount", "-t", "binfmt_misc", "binfmt_misc", BINFMT])
+            state["mounted"] = True
+        for name in QEMU_BINFMT.values():
+            conf = Path(f"/usr/lib/binfmt.d/{name}.conf")
+            line = conf.read_text().strip()
+            if "F" not in line.rsplit(":", 1)[1]:
+                say(f"{conf} has no fix-binary flag; registering {name} with F added")
+                line += "F"
+            entry = BINFMT / name
+            if entry.exists():
+                text = entry.read_text()
+                if text.startswith("enabled") and "F" in _binfmt_flags(text):
+                    continue
+                state["replaced"][name] = text
+                say(
+                    f"binfmt {name} was registered without fix-binary or disabled; replacing it until down"
+                )
+                entry.write_text("-1")
+            else:
+                state["added"].append(name)
+            (BINFMT / "register").write_text(line)
+    except (OSError, LocalkubeError) as e:
+        say(f"binfmt_misc: {e}; arm64 and armv7 pods will not run on this node")
+    write(STATE / "binfmt.json", json.dumps(state, indent=1))
+
+
+def restore_binfmt() -> None:
+    try:
+        state = json.loads((STATE / "binfmt.json").read_text())
+    except (OSError, ValueError):
+        return
+    for name in state["added"]:
+        with contextlib.suppress(OSError):
+            (BINFMT / name).write_text("-1")
+    for name, text in state["replaced"].items():
+        with contextlib.suppress(OSError):
+            if (BINFMT / name).exists():
+                (BINFMT / name).write_text("-1")
+            (BINFMT / "register").write_text(binfmt_register_line(text, name))
+            if not text.startswith("enabled"):
+                (BINFMT / name).write_text("0")
+    if state["mounted"]:
+        others = [p.name for p in BINFMT.glob("*") if p.name not in ("register", "status")]
+        if others:
+            say(
+                f"binfmt_misc stays mounted: others registered {', '.join(sorted(others))} meanwhile"
+            )
+        else:
+            run(["umount", BINFMT], check=False)
+
+
+# ----------------------------------------------------------------- shaped registry
+
+SHAPED_STATE = STATE / "shaped-registry.json"
+SHAPED_QUEUE = 0  # the NFQUEUE number inside the shaped namespace (its own netfilter)
+
+
+def parse_rate(rate: str) -> int:
+    """tc's rate syntax ("100mbit", "20mbit", "1gbit", "512kbit", "8000bit") in bits per second."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit)", rate.strip().lower())
+    if not match:
+        raise LocalkubeError(
+            f"rate {rate!r}: give a number and a unit among bit, kbit, mbit, gbit, e.g. 100mbit"
+        )
+    bits = float(match.group(1)) * {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}[match.group(2)]
+    if not 8000 <= bits <= 10e9:
+        raise LocalkubeError(f"rate {rate!r}: between 8kbit and 10gbit, please")
+    return int(bits)
+
+
+def parse_delay(delay: str | float) -> float:
+    """A delay ("20ms", "0.5s", or a number of milliseconds) in seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s)?", str(delay).strip().lower())
+    if not match:
+        raise LocalkubeError(
+            f"delay {delay!r}: give milliseconds, e.g. 20ms, or seconds, e.g. 0.5s"
+        )
+    seconds = float(match.group(1)) / (1 if match.group(2) == "s" else 1000)
+    if seconds > 10:
+        raise LocalkubeError(f"delay {delay!r}: at most 10s")
+    return seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapedRegistry:
+    """The registry behind the shaped link, as shaped_registry_up() made it."""
+
+    pull_name: str  # what pods put in `image:` instead of localhost:5000
+    address: str  # where it listens, in its network namespace
+    rate_bits: int  # each direction
+    delay_s: float  # added to every round trip
+
+    def reference(self, image: str) -> str:
+        """The same image through the shaped link: localhost:5000/x:1 -> localkube-shaped:5000/x:1."""
+        return self.pull_name + "/" + image.split("/", 1)[1] if "/" in image else image
+
+
+def shaped_registry_status() -> ShapedRegistry | None:
+    """The running shaped registry, or None."""
+    try:
+        info = json.loads(SHAPED_STATE.read_text())
+    except (OSError, ValueError):
+        return None
+    if pid_of("shaped-registry") is None:
+        return None
+    return ShapedRegistry(**info)
+
+
+def shaped_registry_up(rate: str = "100mbit", delay: str | float = "20ms") -> ShapedRegistry:
+    """Start (or re-shape) a registry that containerd reaches over a shaped link.
+
+    A second docker-registry serves the local registry's storage read-only (push to
+    127.0.0.1:5000 as usual) from network namespace localkube-shaped, reached from
+    the node through a veth pair. tc's token bucket limits both directions to `rate`;
+    a delay line (NFQUEUE, in that namespace, on what arrives there) adds `delay` to
+    every round trip. containerd knows it as localkube-shaped:5000 (plain HTTP), so a
+    pod's `image: localkube-shaped:5000/REPO:TAG` is pulled across the link.
+    """
+    require_root()
+    if pid_of("containerd") is None:
+        raise LocalkubeError("localkube is not up: run `localkube.py up` first")
+    rate_bits = parse_rate(rate)
+    delay_s = parse_delay(delay)
+    shaped_registry_down(quiet=True)
+    t0 = time.monotonic()
+    run(["ip", "netns", "add", SHAPED_NETNS])
+    ns = ["ip", "-n", SHAPED_NETNS]
+    run(
+        [
+            "ip",
+            "link",
+            "add",
+            SHAPED_HOST_IFACE,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            SHAPED_NS_IFACE,
+            "netns",
+            SHAPED_NETNS,
+        ]
+    )
+    run(["ip", "addr", "add", f"{SHAPED_HOST_IP}/30", "dev", SHAPED_HOST_IFACE])
+    run([*ns, "addr", "add", f"{SHAPED_REGISTRY_IP}/30", "dev", SHAPED_NS_IFACE])
+    for cmd in (["ip"], ns):
+        iface = SHAPED_HOST_IFACE if cmd == ["ip"] else SHAPED_NS_IFACE
+        run([*cmd, "link", "set", iface, "up"])
+    run([*ns, "link", "set", "lo", "up"])
+    # Token bucket at the sending end of each direction: what the registry sends
+    # (layers) and what the node sends (requests, ACKs). The bucket holds 64 KiB, the
+    # queue up to 200 ms of traffic.
+    for cmd, iface in (
+        (["tc"], SHAPED_HOST_IFACE),
+        (["ip", "netns", "exec", SHAPED_NETNS, "tc"], SHAPED_NS_IFACE),
+    ):
+        run([*cmd, "qdisc", "replace", "dev", iface, "root", "tbf", "rate", f"{rate_bits}bit",
+             "burst", "64kb", "latency", "200ms"])  # fmt: skip
+    if delay_s > 0:
+        # The delay line holds each packet that reaches the registry's namespace for the
+        # whole delay. Held there, not on the sender's way out: a socket's packets still
+        # queued below it count against TCP small queues, which would throttle the sender.
+        run(["ip", "netns", "exec", SHAPED_NETNS, "iptables", "-w", "5", "-t", "mangle", "-A",
+             "PREROUTING", "-i", SHAPED_NS_IFACE, "-j", "NFQUEUE", "--queue-num", str(SHAPED_QUEUE)])  # fmt: skip
+        start(
+            "shaped-delay",
+            [sys.executable, HERE / "localkube.py", "delayline", str(SHAPED_QUEUE), str(delay_s)],
+            netns=SHAPED_NETNS,
+        )
+        wait_for(
+            "the delay line to bind its queue",
+            10,
+            lambda: (check_running("shaped-delay"), "bound" in log_tail("shaped-delay", 5))[1],
+            hint=lambda: log_tail("shaped-delay"),
+            interval=0.1,
+        )
+    conf = STATE / "conf" / "shaped-registry.yml"
+    write(
+        conf,
+        f"""\
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: {STATE / "registry"}
+  maintenance:
+    readonly:
+      enabled: true
+http:
+  addr: {SHAPED_REGISTRY_IP}:5000
+""",
+    )
+    start("shaped-registry", ["/usr/bin/docker-registry", "serve", conf], netns=SHAPED_NETNS)
+
+    def registry_ok():
+        check_running("shaped-registry")
+        with DIRECT.open(f"http://{SHAPED_REGISTRY_IP}:5000/v2/", timeout=5) as r:
+            return r.status == 200
+
+    wait_for("shaped registry /v2/", 30, registry_ok, hint=lambda: log_tail("shaped-registry"))
+    write(
+        STATE / "conf" / "containerd-certs.d" / SHAPED_REGISTRY / "hosts.toml",
+        f"""\
+server = "http://{SHAPED_REGISTRY_IP}:5000"
+
+[host."http://{SHAPED_REGISTRY_IP}:5000"]
+  capabilities = ["pull", "resolve"]
+""",
+    )
+    info = ShapedRegistry(SHAPED_REGISTRY, f"{SHAPED_REGISTRY_IP}:5000", rate_bits, delay_s)
+    write(SHAPED_STATE, json.dumps(dataclasses.asdict(info)))
+    say(
+        f"shaped registry {SHAPED_REGISTRY} up in {time.monotonic() - t0:.1f}s: "
+        f"{rate_bits / 1e6:g} Mbit/s each way, +{delay_s * 1000:g} ms per round trip"
+    )
+    return info
+
+
+def shaped_registry_down(quiet: bool = False) -> None:
+    """Remove the shaped registry: its processes, namespace (with the veth pair and its
+    queues), containerd's hosts.toml for it. Harmless when it is not there."""
+    stop_all(["shaped-registry", "shaped-delay"])
+    shutil.rmtree(STATE / "conf" / "containerd-certs.d" / SHAPED_REGISTRY, ignore_errors=True)
+    SHAPED_STATE.unlink(missing_ok=True)
+    if Path(f"/run/netns/{SHAPED_NETNS}").exists():
+        run(["ip", "netns", "del", SHAPED_NETNS], check=False)
+    # Deleting the namespace deletes the veth pair; a half-made pair may be left on this side.
+    if run(["ip", "link", "show", SHAPED_HOST_IFACE], check=False).returncode == 0:
+        run(["ip", "link", "del", SHAPED_HOST_IFACE], check=False)
+    if not quiet:
+        say("shaped registry down")
+
+
+# nfnetlink_queue (linux/netfilter/nfnetlink_queue.h), for the delay line.
+_NFNL_SUBSYS_QUEUE = 3
+_NFQNL_MSG_PACKET, _NFQNL_MSG_CONFIG, _NFQNL_MSG_VERDICT_BATCH = 0, 2, 3
+
+
+def _nfq_attr(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
+
+
+def _nfq_message(msg: int, queue: int, attrs: list[bytes], flags: int = 1, seq: int = 0) -> bytes:
+    body = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(queue)) + b"".join(attrs)
+    header = struct.pack("=IHHII", 16 + len(body), (_NFNL_SUBSYS_QUEUE << 8) | msg, flags, seq, 0)
+    return header + body
+
+
+def delayline(queue: int, delay_s: float) -> None:
+    """Hold every packet of NFQUEUE `queue` for delay_s seconds, then accept it, in order.
+
+    Runs until killed. Copies only the packets' metadata; lets the kernel queue large
+    (GSO) packets whole; accepts everything due with one batch verdict.
+    """
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)  # NETLINK_NETFILTER
+    sock.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE: no lost messages
+    sock.bind((0, 0))
+    gso = struct.pack("!I", 4)  # NFQA_CFG_F_GSO
+    steps = [
+        ("bind", [_nfq_attr(1, struct.pack("!BxH", 1, socket.AF_INET))]),  # NFQNL_CFG_CMD_BIND
+        ("copy metadata", [_nfq_attr(2, struct.pack("!IB", 0, 1))]),  # NFQNL_COPY_META
+        ("queue length", [_nfq_attr(3, struct.pack("!I", 20000))]),
+        ("GSO", [_nfq_attr(4, gso), _nfq_attr(5, gso)]),  # mask, flags
+    ]
+    for seq, (what, attrs) in enumerate(steps, 1):
+        sock.send(_nfq_message(_NFQNL_MSG_CONFIG, queue, attrs, 1 | 4, seq))  # REQUEST|ACK
+        reply = sock.recv(65536)
+        if struct.unpack_from("=H", reply, 4)[0] == 2:  # NLMSG_ERROR
+            (error,) = struct.unpack_from("=i", reply, 16)
+            if error:
+                raise LocalkubeError(f"nfqueue {queue}, {what}: {os.strerror(-error)}")
+    print(f"delay line bound to queue {queue}: +{delay_s * 1000:g} ms", flush=True)
+    packet_type = (_NFNL_SUBSYS_QUEUE << 8) | _NFQNL_MSG_PACKET
+    pending: collections.deque[tuple[float, int]] = collections.deque()
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    while True:
+        timeout = None if not pending else max(0.0, (pending[0][0] - time.monotonic()) * 1000)
+        if poller.poll(timeout):
+            data = sock.recv(1 << 20)
+            due = time.monotonic() + delay_s
+            pos = 0
+            while pos + 16 <= len(data):
+                length, kind = struct.unpack_from("=IH", data, pos)
+                if kind == packet_type:
+                    attr = pos + 20
+                    while attr + 4 <= pos + length:
+                        alen, atype = struct.unpack_from("=HH", data, attr)
+                        if atype & 0x7FFF == 1:  # NFQA_PACKET_HDR: the packet id first
+                            pending.append((due, struct.unpack_from("!I", data, attr + 4)[0]))
+                            break
+                        attr += (alen + 3) & ~3
+                pos += max((length + 3) & ~3, 16)
+        now = time.monotonic()
+        last = None
+        while pending and pending[0][0] <= now:
+            last = pending.popleft()[1]
+        if last is not None:  # accepts every packet up to this id
+            verdict = _nfq_attr(2, struct.pack("!II", 1, last))  # NFQA_VERDICT_HDR: NF_ACCEPT
+            sock.send(_nfq_message(_NFQNL_MSG_VERDICT_BATCH, queue, [verdict]))
+
+
+def remove_image(reference: str) -> list[str]:
+    """Remove an image from the node's containerd, so that the next pod using it pulls it
+    again; return the names removed (the reference, its digest and image-ID names).
+    Remove the pods that use it first. Nothing to remove is not an error."""
+    ctr = ["/usr/bin/ctr", "--address", CONTAINERD_SOCK, "--namespace", "k8s.io"]
+    listing = run([*ctr, "images", "ls"]).stdout.splitlines()[1:]
+    targets = {line.split()[2] for line in listing if line.split()[0] == reference}
+    names = [line.split()[0] for line in listing if line.split()[2] in targets]
+    if names:
+        # --sync: containerd's garbage collector has removed the content when this returns
+        run([*ctr, "images", "rm", "--sync", *names], timeout=120)
+    return names
 
 
 # ----------------------------------------------------------------- up
 
 
-def up(timeout_scale: float = 1.0) -> None:
+def up(timeout_scale: float = 1.0, audit: bool | None = None) -> None:
+    """Start the cluster (build first if needed); when it is up, only make sure of it.
+
+    audit: write the API server's audit log (None: LOCALKUBE_AUDIT=1). Asked of a
+    running cluster that does not write it, up restarts just the API server with it;
+    up never turns a running audit log off (down and up do).
+    """
     require_root()
+    audit = audit_wanted(audit)
     if all(pid_of(n) for n in COMPONENTS):
         # Running: give a busy cluster time to answer before calling it broken.
         try:
             wait_for("the running cluster to be healthy", 60 * timeout_scale, is_up)
+            if audit and not apiserver_audits():
+                say(
+                    "audit log asked for, and the running API server writes none: restarting just it"
+                )
+                t0 = time.monotonic()
+                # it drains for longer than a restart is worth; etcd keeps the state
+                stop_all(["kube-apiserver"], timeout=3)
+                start_apiserver(True, 120 * timeout_scale)
+                wait_for("the cluster to be healthy again", 60 * timeout_scale, is_up)
+                say(f"kube-apiserver restarted with the audit log in {time.monotonic() - t0:.1f}s")
             say(f"already up; kubeconfig: {ADMIN_KUBECONFIG}")
+            if apiserver_audits():
+                say(f"audit log: {AUDIT_LOG}")
             return
         except LocalkubeError as e:
             say(f"{e}; restarting it")
@@ -1378,10 +2173,11 @@ def up(timeout_scale: float = 1.0) -> None:
         d.chmod(0o700)
     with stage("host network and PKI", timings):
         setup_host()
+        setup_binfmt()
         make_pki()
         kubeconfig("admin.kubeconfig", "admin")
         kubeconfig("user.kubeconfig", "user", USER_NAMESPACE)
-        for name in ("controller-manager", "scheduler", "kubelet", "kube-proxy"):
+        for name in ("controller-manager", "scheduler", "kubelet", "kube-proxy", "netpol"):
             kubeconfig(f"{name}.kubeconfig", name)
         write_configs()
     T = lambda s: s * timeout_scale  # noqa: E731
@@ -1484,45 +2280,10 @@ def up(timeout_scale: float = 1.0) -> None:
         run([*ctr, "images", "import", archive], timeout=60)
         archive.unlink()
 
-    apiserver_url = f"https://{NODE_IP}:{APISERVER_PORT}"
     with stage("kube-apiserver", timings):
-        start(
-            "kube-apiserver",
-            [
-                bin_path("kube-apiserver"),
-                f"--advertise-address={NODE_IP}",
-                f"--bind-address={NODE_IP}",
-                f"--secure-port={APISERVER_PORT}",
-                "--etcd-servers=https://127.0.0.1:2379",
-                f"--etcd-cafile={PKI / 'etcd-ca.crt'}",
-                f"--etcd-certfile={PKI / 'apiserver-etcd-client.crt'}",
-                f"--etcd-keyfile={PKI / 'apiserver-etcd-client.key'}",
-                f"--tls-cert-file={PKI / 'apiserver.crt'}",
-                f"--tls-private-key-file={PKI / 'apiserver.key'}",
-                f"--client-ca-file={PKI / 'ca.crt'}",
-                f"--kubelet-client-certificate={PKI / 'apiserver-kubelet-client.crt'}",
-                f"--kubelet-client-key={PKI / 'apiserver-kubelet-client.key'}",
-                f"--kubelet-certificate-authority={PKI / 'ca.crt'}",
-                "--kubelet-preferred-address-types=InternalIP",
-                "--authorization-mode=Node,RBAC",
-                "--enable-admission-plugins=NodeRestriction",
-                "--allow-privileged=true",
-                f"--service-account-key-file={PKI / 'sa.pub'}",
-                f"--service-account-signing-key-file={PKI / 'sa.key'}",
-                f"--service-account-issuer=https://kubernetes.default.svc.{CLUSTER_DOMAIN}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--profiling=false",
-                "--v=1",
-            ],
-        )
-        wait_for(
-            "kube-apiserver /readyz",
-            T(120),
-            lambda: (
-                (check_running("kube-apiserver"), https_get(f"{apiserver_url}/readyz"))[1][0] == 200
-            ),
-            hint=lambda: log_tail("kube-apiserver"),
-        )
+        if audit:
+            say(f"with the audit log: {AUDIT_LOG}")
+        start_apiserver(audit, T(120))
 
     with stage("controller-manager and scheduler", timings):
         cm_kc = STATE / "controller-manager.kubeconfig"
@@ -1561,6 +2322,7 @@ def up(timeout_scale: float = 1.0) -> None:
             ],
         )
         apply(namespace_user_objects(USER_NAMESPACE))
+        apply(netpol_objects())
         apply(coredns_objects())
 
     with stage("kubelet and kube-proxy", timings):
@@ -1587,6 +2349,39 @@ def up(timeout_scale: float = 1.0) -> None:
             T(120),
             lambda: (check_running("kubelet"), check_running("kube-proxy"), node_ready())[2],
             hint=lambda: log_tail("kubelet"),
+        )
+
+    with stage("NetworkPolicy (kube-router)", timings):
+        # It reads this node's object at start, so it starts once the node is registered,
+        # and before the first pod (CoreDNS) runs.
+        start(
+            "netpol",
+            [
+                bin_path("kube-router-netpol"),
+                f"--kubeconfig={STATE / 'netpol.kubeconfig'}",
+                f"--hostname-override={NODE_NAME}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--run-firewall=true",
+                "--run-router=false",
+                "--run-service-proxy=false",
+                "--run-loadbalancer=false",
+                "--enable-ipv4=true",
+                "--enable-ipv6=false",
+                "--iptables-sync-period=1m",
+                "--health-port=0",
+                "--metrics-port=0",
+                "--v=1",
+            ],
+            env={"NODE_NAME": NODE_NAME},
+        )
+        wait_for(
+            "kube-router's chains in FORWARD",
+            T(60),
+            lambda: (
+                check_running("netpol"),
+                "-j KUBE-ROUTER-FORWARD" in run(["iptables", "-w", "5", "-S", "FORWARD"]).stdout,
+            )[1],
+            hint=lambda: log_tail("netpol"),
         )
 
     with stage("CoreDNS", timings):
@@ -1621,6 +2416,8 @@ def up(timeout_scale: float = 1.0) -> None:
     say(f"kubeconfig (admin): {ADMIN_KUBECONFIG}")
     say(f"kubeconfig (user {USER_NAME}, namespace {USER_NAMESPACE} only): {USER_KUBECONFIG}")
     say(f"registry: push to {REGISTRY_LISTEN}, pods pull {REGISTRY}/REPO:TAG")
+    if audit:
+        say(f"audit log: {AUDIT_LOG}")
     say('shell setup: eval "$(python3 tools/localkube/localkube.py env)"')
 
 
@@ -1697,6 +2494,23 @@ def clean_iptables() -> None:
                 run([tool, "-w", "5", "-t", table, "-X", chain], check=False)
 
 
+def ipsets() -> list[str]:
+    if shutil.which("ipset") is None:
+        return []
+    return run(["ipset", "list", "-n"], check=False).stdout.split()
+
+
+def destroy_ipsets() -> None:
+    """kube-router's ipsets (KUBE-SRC-*, KUBE-DST-*, and TMP-* of a sync cut short) that
+    were not there before up; clean_iptables() has removed the rules that used them."""
+    before: list[str] = []
+    with contextlib.suppress(OSError, ValueError):
+        before = json.loads((STATE / "saved-ipsets.json").read_text())
+    for name in ipsets():
+        if name.startswith(("KUBE-", "TMP-")) and name not in before:
+            run(["ipset", "destroy", name], check=False)
+
+
 def remove_shim_leftovers() -> None:
     """containerd 1.6 puts shim sockets in /run/containerd/s whatever its state dir; another
     containerd (e.g. Docker's) may use it too, so remove only dead sockets and empty dirs."""
@@ -1722,9 +2536,12 @@ def remove_shim_leftovers() -> None:
 def down() -> None:
     require_root()
     t0 = time.monotonic()
+    shaped_registry_down(quiet=True)
     # The kubelet first, so that it does not restart what we stop next.
     stop_all(["kubelet"])
-    stop_all(["kube-proxy", "kube-scheduler", "kube-controller-manager", "kube-apiserver"])
+    stop_all(
+        ["netpol", "kube-proxy", "kube-scheduler", "kube-controller-manager", "kube-apiserver"]
+    )
     stop_all(["etcd", "registry"])
     kill_cgroup_processes()
     stop_all(["containerd"])
@@ -1760,6 +2577,9 @@ def down() -> None:
         if run(["ip", "link", "show", link], check=False).returncode == 0:
             run(["ip", "link", "delete", link])
     clean_iptables()
+    destroy_ipsets()
+    release_cidrs()
+    restore_binfmt()
     remove_cgroups()
     with contextlib.suppress(OSError, ValueError):
         for key, value in json.loads((STATE / "saved-sysctls.json").read_text()).items():
@@ -1817,6 +2637,16 @@ def status() -> int:
             what += f" ({type(e).__name__}: {e})"
         print(f"{what:25} {'ok' if good else 'FAILED'}")
         ok &= good
+    print(f"{'audit log':25} {AUDIT_LOG if apiserver_audits() else 'off'}")
+    shaped = shaped_registry_status()
+    print(
+        f"{'shaped registry':25} "
+        + (
+            f"{shaped.pull_name}: {shaped.rate_bits / 1e6:g} Mbit/s, +{shaped.delay_s * 1000:g} ms"
+            if shaped
+            else "off"
+        )
+    )
     print(f"kubeconfig: {ADMIN_KUBECONFIG}" if ok else "localkube is not (fully) up")
     return 0 if ok else 1
 
@@ -1824,7 +2654,14 @@ def status() -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="localkube", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="build (first time) and start the cluster")
+    up_p = sub.add_parser("up", help="build (first time) and start the cluster")
+    up_p.add_argument(
+        "--audit",
+        action="store_true",
+        default=None,
+        help="write the API server's audit log (also LOCALKUBE_AUDIT=1); on a running "
+        "cluster without it, restarts just the API server",
+    )
     sub.add_parser("down", help="stop everything and remove what up created")
     sub.add_parser("status", help="show components and health; exit 1 unless fully up")
     sub.add_parser("env", help="shell lines that point kubectl and tests at the cluster")
@@ -1841,10 +2678,77 @@ def main(argv=None) -> int:
         help="file to put in the image (mode is kept)",
     )
     push.add_argument("--entrypoint", required=True, help="entrypoint, a JSON list or one path")
+    shaped = sub.add_parser(
+        "shaped-registry", help="a registry that containerd reaches over a shaped link"
+    )
+    shaped.add_argument("action", choices=["up", "down", "status"])
+    shaped.add_argument("--rate", default="100mbit", help="each direction, tc syntax (100mbit)")
+    shaped.add_argument("--delay", default="20ms", help="added to every round trip (20ms)")
+    rm = sub.add_parser("remove-image", help="remove an image from the node's containerd")
+    rm.add_argument("reference", help="e.g. localkube-shaped:5000/myapp/server:1")
+    audit_p = sub.add_parser("audit", help="print the API server's audit events, filtered")
+    audit_p.add_argument("--since", help="RFC 3339 time or Unix time")
+    for field in ("user", "user-agent", "verb", "resource", "namespace", "name"):
+        audit_p.add_argument(f"--{field}")
+    sub.add_parser(
+        "leaks", help="packets for the cluster's CIDRs that left the node (exit 1 if any)"
+    )
+    sub.add_parser("binfmt", help="whether arm64 and armv7 pods can run (exit 1 if not)")
+    delay_p = sub.add_parser("delayline", help=argparse.SUPPRESS)  # the shaped link's delay
+    delay_p.add_argument("queue", type=int)
+    delay_p.add_argument("seconds", type=float)
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
-            up()
+            up(audit=args.audit)
+        elif args.command == "shaped-registry":
+            if args.action == "up":
+                info = shaped_registry_up(args.rate, args.delay)
+                print(f"pods pull {info.pull_name}/REPO:TAG (push to {REGISTRY_LISTEN} as usual)")
+            elif args.action == "down":
+                shaped_registry_down()
+            else:
+                info = shaped_registry_status()
+                print(json.dumps(dataclasses.asdict(info)) if info else "not running")
+                return 0 if info else 1
+        elif args.command == "remove-image":
+            removed = remove_image(args.reference)
+            print("\n".join(removed) if removed else f"{args.reference}: not on the node")
+        elif args.command == "audit":
+            filters = {
+                k: getattr(args, k)
+                for k in ("user", "user_agent", "verb", "resource", "namespace", "name")
+            }
+            for event in audit_events(args.since, **filters):
+                ref = event.get("objectRef") or {}
+                res = ref.get("resource", "") + (
+                    "/" + ref["subresource"] if ref.get("subresource") else ""
+                )
+                print(
+                    event["requestReceivedTimestamp"],
+                    event["user"]["username"],
+                    event["verb"],
+                    res or event.get("requestURI", ""),
+                    ref.get("namespace", "-"),
+                    ref.get("name", "-"),
+                    event.get("responseStatus", {}).get("code", "-"),
+                    repr(event.get("userAgent", "")),
+                )
+        elif args.command == "leaks":
+            counters = leak_counters()
+            for name, c in counters.items():
+                print(
+                    f"{name}: {c['packets']} packets, {c['bytes']} bytes to {c['cidr']} "
+                    f"out of {', '.join(c['interfaces']) or '(no default interface)'}"
+                )
+            return 1 if any(c["packets"] for c in counters.values()) else 0
+        elif args.command == "binfmt":
+            missing = {name: foreign_arch_missing(name) for name in QEMU_BINFMT}
+            for name, why in missing.items():
+                print(f"{name}: {why or 'ok (' + QEMU_BINFMT[name] + ', fix-binary)'}")
+            return 1 if any(missing.values()) else 0
+        elif args.command == "delayline":
+            delayline(args.queue, args.seconds)
         elif args.command == "down":
             down()
         elif args.command == "status":

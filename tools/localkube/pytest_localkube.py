@@ -66,6 +66,11 @@ def pytest_configure(config):
         "localkube_down: takes the localkube cluster down and up; runs only with "
         "LOCALKUBE_RUN_DOWN_TEST=1, after every other kube test",
     )
+    config.addinivalue_line(
+        "markers",
+        "localkube_leaks: reads the leak counters of the whole run; runs only with "
+        "LOCALKUBE_RUN_LEAK_CHECK=1, after every other test",
+    )
 
 
 @dataclass(frozen=True)

@@ -650,12 +650,16 @@ async def pod_log(
     tail: int | None = None,
     previous: bool = False,
     limit_bytes: int | None = None,
+    container: str = "",
 ) -> str:
     """A pod's log (its last ``tail`` lines; the previous container's with ``previous``).
 
-    ``limit_bytes`` reads at most that much from the start of the log.
+    ``limit_bytes`` reads at most that much from the start of the log;
+    ``container`` names one of the pod's containers (required when it has several).
     """
     params: dict[str, Any] = {}
+    if container:
+        params["container"] = container
     if tail:
         params["tailLines"] = tail
     if limit_bytes:
@@ -675,7 +679,7 @@ async def pod_log(
     return str(r.text)
 
 
-async def _crash_log(api: kr8s.asyncio.Api, namespace: str, pod: str) -> str:
+async def _crash_log(api: kr8s.asyncio.Api, namespace: str, pod: str, container: str) -> str:
     """What a crashed container printed: its first error, then its last lines.
 
     The previous run's log, else the current one's. Right after a crash the
@@ -685,10 +689,19 @@ async def _crash_log(api: kr8s.asyncio.Api, namespace: str, pod: str) -> str:
     for attempt in range(5):
         for previous in (True, False):
             try:
-                log = await pod_log(api, namespace, pod, previous=previous, limit_bytes=LOG_LIMIT)
+                log = await pod_log(
+                    api,
+                    namespace,
+                    pod,
+                    previous=previous,
+                    limit_bytes=LOG_LIMIT,
+                    container=container,
+                )
                 tail = "\n".join(log.rstrip().splitlines()[-LOG_TAIL:])
                 if len(log.encode()) >= LOG_LIMIT:  # a long log: its end is not in the first part
-                    tail = await pod_log(api, namespace, pod, tail=LOG_TAIL, previous=previous)
+                    tail = await pod_log(
+                        api, namespace, pod, tail=LOG_TAIL, previous=previous, container=container
+                    )
             except KubernetesError as e:
                 reason = str(e)
                 continue
@@ -714,7 +727,7 @@ async def explain(
     """
     within = f" within {deadline}" if deadline else ""
     if problem.kind == "crash":
-        log = await _crash_log(api, namespace, problem.pod)
+        log = await _crash_log(api, namespace, problem.pod, problem.container)
         return (
             f"pod {problem.pod}: container {problem.container} {problem.message} "
             f"(CrashLoopBackOff). {log.rstrip()}"

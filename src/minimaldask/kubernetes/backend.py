@@ -316,7 +316,7 @@ class KubernetesBackend(Backend):
                 f"start one with MinimalCluster(name={spec.name!r}, namespace={spec.namespace!r})"
             )
         self.state = Start.ATTACHING
-        await self._read_credentials()
+        await self._within_deadline(self._read_credentials(root))
         if not attach_only:
             differ = _differences(root, spec)
             if differ and update:
@@ -339,22 +339,36 @@ class KubernetesBackend(Backend):
             self._deadline = 0.0
         return address
 
-    async def _read_credentials(self) -> None:
-        """The running cluster's TLS credentials, from its Secret; none: it speaks plain TCP."""
+    async def _read_credentials(self, root: dict[str, Any] | None) -> None:
+        """The running cluster's TLS credentials, from its Secret.
+
+        The root says whether the cluster speaks TLS; its creator may still be making
+        the Secret, so a handle that attaches right after it waits for it (a cluster
+        made from printed manifests has no root: the Secret alone tells).
+        """
         spec = self.spec
-        secret = await kube.get(self._api, SECRET, spec.namespace, contract.tls_name(spec.name))
-        if secret is None:
-            if spec.uses_tls:
-                self.log(f"Cluster {spec.name!r} runs without TLS (it was started with tls=False)")
-            self.spec = replace(spec, tls=False)
-            return
+        said = ((root or {}).get("data") or {}).get(contract.STATE_TLS)
+        name = contract.tls_name(spec.name)
+        while (secret := await kube.get(self._api, SECRET, spec.namespace, name)) is None:
+            if said != "true":
+                if spec.uses_tls:
+                    self.log(f"Cluster {spec.name!r} runs without TLS (started with tls=False)")
+                self.spec = replace(spec, tls=False)
+                return
+            self._say(f"Waiting for the certificates of {spec.name!r} (Secret {name})")
+            if self._remaining() < 0:
+                raise ClusterStartError(
+                    f"cluster {spec.name!r} speaks TLS but its Secret {name} did not appear "
+                    f"within startup_timeout={spec.startup_timeout:g}s"
+                )
+            await asyncio.sleep(kube.POLL)
         files = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
         try:
             self.credentials = Credentials.from_files(files)
         except KeyError as e:
             raise KubernetesError(
-                f"the Secret {contract.tls_name(spec.name)} of cluster {spec.name!r} lacks {e}: "
-                "it was changed by hand; delete the cluster and start it again"
+                f"the Secret {name} of cluster {spec.name!r} lacks {e}: it was changed by hand; "
+                "delete the cluster and start it again"
             ) from None
         self.spec = replace(spec, tls=True)
         self.security = self.credentials.security()
@@ -362,7 +376,10 @@ class KubernetesBackend(Backend):
     def _root(self, spec: ClusterSpec) -> dict[str, Any]:
         """The root object, recording what shapes the cluster (to tell an attaching handle)."""
         root = cluster_root(spec)
-        root["data"] = {contract.STATE_OPTIONS: json.dumps(spec.fingerprint(), sort_keys=True)}
+        root["data"] = {
+            contract.STATE_OPTIONS: json.dumps(spec.fingerprint(), sort_keys=True),
+            contract.STATE_TLS: json.dumps(spec.uses_tls),
+        }
         return root
 
     async def _read_ports(self) -> None:
@@ -465,7 +482,13 @@ class KubernetesBackend(Backend):
             return ""
         name = pods[0]["metadata"]["name"]
         try:
-            log = await kube.pod_log(self._api, self.spec.namespace, name, tail=kube.LOG_TAIL)
+            log = await kube.pod_log(
+                self._api,
+                self.spec.namespace,
+                name,
+                tail=kube.LOG_TAIL,
+                container=contract.SCHEDULER,
+            )
         except KubernetesError as e:
             return f" Its log could not be read: {e}"
         return f" Last lines of its log:\n{log.rstrip()}"
@@ -680,7 +703,10 @@ class KubernetesBackend(Backend):
         out = {}
         for pod in pods:
             name = pod["metadata"]["name"]
-            out[f"pod {name}"] = await kube.pod_log(api, ns, name)
+            containers = [c["name"] for c in pod["spec"]["containers"]]
+            for container in containers:
+                title = f"pod {name}" if len(containers) == 1 else f"pod {name} {container}"
+                out[title] = await kube.pod_log(api, ns, name, container=container)
         return out
 
     @property
