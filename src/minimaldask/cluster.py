@@ -196,8 +196,8 @@ class MinimalCluster(Cluster):
         """Tell the plugin this handle is alive; learn if the cluster ends, or cannot.
 
         A scheduler that answers no heartbeat for :data:`HEARTBEAT_SILENCE` is
-        said to be unreachable, once; when it answers again, whether it is a new
-        one (its pod was replaced: what the old one held is gone).
+        said to be unreachable, once; when it answers again after any silence,
+        whether it is a new one (its pod was replaced: what the old one held is gone).
         """
         handle = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
         told, silent_since = False, 0.0
@@ -228,8 +228,8 @@ class MinimalCluster(Cluster):
             if not isinstance(info, dict):  # an older scheduler answers unknown handlers with None
                 self._log("The scheduler runs no minimaldask plugin; no self-shutdown")
                 return
-            if told:
-                await self._answers_again(time.monotonic() - silent_since)
+            if silent_since:
+                await self._answers_again(time.monotonic() - silent_since, told)
             told, silent_since = False, 0.0
             self._janitor_info = info
             error = info.get("janitor_error")
@@ -246,8 +246,12 @@ class MinimalCluster(Cluster):
                 self.status = Status.closing
             await asyncio.sleep(1)
 
-    async def _answers_again(self, silent: float) -> None:
-        """The scheduler answers after a silence: say whether it is a new one, and watch it."""
+    async def _answers_again(self, silent: float, told: bool) -> None:
+        """The scheduler answers after a silence: say if it is a new one, and watch it.
+
+        A new one (its pod replaced, however fast) is always said: what the old
+        one held is gone. The same one is said only to end a silence that was told.
+        """
         name = self.spec.name
         with contextlib.suppress(OSError, asyncio.TimeoutError):
             identity = await asyncio.wait_for(self._scheduler.identity(), 10)
@@ -257,7 +261,7 @@ class MinimalCluster(Cluster):
                     "(its pod was replaced), so the tasks and data of the old one are gone; "
                     "clients reconnect to it by themselves, resubmit what was lost"
                 )
-            else:
+            elif told:
                 self._log(f"The scheduler of {name!r} answers again after {silent:.0f}s")
             if self._watch_worker_status_task is None or self._watch_worker_status_task.done():
                 await self._watch_workers_again()
