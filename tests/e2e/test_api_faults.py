@@ -103,8 +103,8 @@ class ApiProxy:
             finally:
                 self._open.discard(up_writer)
                 up_writer.transport.abort()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
+        except (OSError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # cancelled: the test is over (re-raised, asyncio would log it as an error)
         finally:
             self._open.discard(writer)
             writer.transport.abort()
@@ -225,4 +225,25 @@ def test_a_cleanup_that_fails_after_a_failed_start_is_shown_when_quiet(
     assert kube.objects_of(cluster_name), "nothing was left: the cleanup did not fail"
     proxy.passthrough()
     assert delete_dask_cluster(namespace=namespace, name=cluster_name)
+    assert kube.objects_of(cluster_name) == []
+
+
+def logs(cluster) -> str:
+    return "\n".join(line for _, line in cluster._cluster_manager_logs)
+
+
+def test_a_handle_says_when_its_scheduler_stops_answering(proxy, namespace, kube, cluster_name):
+    # The port-forward goes through the API server: black-holed, the scheduler is silent.
+    with MinimalCluster(name=cluster_name, workers=1) as cluster:
+        proxy.blackhole()
+        t = time.monotonic()
+        assert wait_until(lambda: "has not answered for" in logs(cluster), 60), logs(cluster)
+        print(f"said after {time.monotonic() - t:.0f}s of silence")
+        proxy.passthrough()
+        t = time.monotonic()
+        assert wait_until(lambda: "answers again after" in logs(cluster), 120), logs(cluster)
+        print(f"answering again {time.monotonic() - t:.0f}s after the API server came back")
+        assert "a new one" not in logs(cluster)  # the same scheduler: nothing was lost
+        with Client(cluster) as client:
+            assert client.submit(sum, [1, 2]).result(timeout=60) == 3
     assert kube.objects_of(cluster_name) == []
