@@ -111,8 +111,8 @@ def _status_object(e: kr8s.ServerError) -> dict[str, Any]:
 
 
 def server_of(api: Any) -> str:
-    """The API server's URL as this client reaches it (for messages)."""
-    return str(getattr(getattr(api, "auth", None), "server", "") or "") or "(unknown)"
+    """The API server's URL as this client reaches it (for messages); "" before it is read."""
+    return str(getattr(getattr(api, "auth", None), "server", "") or "")
 
 
 @contextlib.asynccontextmanager
@@ -263,8 +263,9 @@ def _gave_up(action: str, server: str, limit: Deadline, attempts: int, last: Bas
         why = "did not answer"
     else:
         why = f"could not be reached ({_describe(last)})"
+    at = f" at {server}" if server else ""
     return (
-        f"{action}: the Kubernetes API server at {server} {why} within {limit.what} "
+        f"{action}: the Kubernetes API server{at} {why} within {limit.what} "
         f"({attempts} tries). Check that it is up and reachable from here (kubectl cluster-info)"
     )
 
