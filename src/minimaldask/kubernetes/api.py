@@ -920,6 +920,8 @@ async def node_architectures(api: kr8s.asyncio.Api) -> set[str] | None:
 #: Seconds a new connection through a port-forward waits for a pod to serve it (a
 #: scheduler pod being replaced), as for a server that restarts; then it is closed.
 WAIT_FOR_POD = 30.0
+#: Seconds stopping a port-forward waits for its connections to end.
+STOP_WAIT = 5.0
 #: Seconds between the pings that keep a forwarded connection's websocket alive; one
 #: unanswered for as long ends it (a dead API server or node is noticed).
 WS_PING = 15.0
@@ -959,14 +961,21 @@ class Forward:
         return self.local_port
 
     async def stop(self) -> None:
-        """Stop listening and end every forwarded connection."""
+        """Stop listening and end every forwarded connection (waiting STOP_WAIT at most)."""
         if self._server is not None:
             self._server.close()
         for task in list(self._connections):
             task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
+        if self._connections:
+            # A websocket's close handshake is shielded from cancellation: bounded here.
+            _, stuck = await asyncio.wait(set(self._connections), timeout=STOP_WAIT)
+            if stuck:
+                logger.warning(
+                    "port-forward of port %d: %d connection(s) did not end within %gs",
+                    self.port,
+                    len(stuck),
+                    STOP_WAIT,
+                )
         self._server = None
 
     async def _pick(self) -> str | None:
