@@ -116,9 +116,12 @@ def server_of(api: Any) -> str:
 
 
 @contextlib.asynccontextmanager
-async def api_errors(action: str, server: str = "") -> AsyncIterator[None]:
-    """Translate what kr8s and httpx raise into minimaldask errors naming ``action``."""
-    at = f" at {server}" if server else ""
+async def api_errors(action: str, api: Any = None) -> AsyncIterator[None]:
+    """Translate what kr8s and httpx raise into minimaldask errors naming ``action``.
+
+    With ``api``, the errors name its server too (read when they happen: the
+    kubeconfig may not have been read before).
+    """
     try:
         yield
     except kr8s.ServerError as e:
@@ -135,10 +138,12 @@ async def api_errors(action: str, server: str = "") -> AsyncIterator[None]:
             raise NamespaceNotFoundError(f"{action}: {message}") from e
         raise KubernetesError(f"{action}: {reason or code}: {message}") from e
     except kr8s.APITimeoutError as e:
+        at = f" at {server}" if (server := server_of(api)) else ""
         raise KubernetesError(
             f"{action}: the Kubernetes API server{at} did not answer in time"
         ) from e
     except (httpx.TransportError, OSError) as e:
+        at = f" at {server}" if (server := server_of(api)) else ""
         raise KubernetesError(
             f"{action}: cannot reach the Kubernetes API server{at}: {_describe(e)}"
         ) from e
@@ -321,7 +326,7 @@ async def connect() -> kr8s.asyncio.Api:
         return api
 
     try:
-        async with api_errors("connecting to Kubernetes", server_of(api)):
+        async with api_errors("connecting to Kubernetes", api):
             return await retrying(api, "connecting to Kubernetes", attempt)
     except (ValueError, KeyError, FileNotFoundError) as e:
         raise _no_configuration(e) from e
@@ -365,7 +370,7 @@ async def _request(
                 return e.response
             raise
 
-    async with api_errors(action, server_of(api)):
+    async with api_errors(action, api):
         return await retrying(api, action, attempt, idempotent)
 
 
