@@ -2,7 +2,7 @@
 for a while. The kubelet tries again; the start waits for it until its deadline.
 
 The registry is the local one behind an HTTP proxy of the test's own on localhost (the node
-pulls from localhost over plain HTTP), which refuses the node's first requests.
+pulls from localhost over plain HTTP), which refuses the node's requests until told not to.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from distributed import Client
 
 from minimaldask import MinimalCluster
 from minimaldask.exceptions import ClusterStartError
+from testutil import wait_until
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
 
@@ -26,16 +27,16 @@ LIMITED = (
 
 
 class RateLimitedRegistry:
-    """Refuses the first ``refusals`` requests of the node's container runtime with a 429.
+    """Refuses the requests of the node's container runtime with a 429 until ``lift()``.
 
     containerd sends a request again itself after a 429, up to 5 times: a pull fails (the
-    kubelet's ErrImagePull) once 6 requests in a row are refused.
+    kubelet's ErrImagePull, then ImagePullBackOff) once 6 requests in a row are refused.
     """
 
-    def __init__(self, upstream: str, refusals: float) -> None:
+    def __init__(self, upstream: str) -> None:
         host, _, port = upstream.rpartition(":")
         self.upstream = (host, int(port))
-        self.refusals = refusals
+        self.limited = True
         self.refused = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -58,13 +59,17 @@ class RateLimitedRegistry:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
+    def lift(self) -> None:
+        """Let every request through from now on."""
+        self.limited = False
+
     def _run(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(30)
 
     async def _serve(self, reader, writer) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
-            if b"user-agent: containerd" in head.lower() and self.refused < self.refusals:
+            if b"user-agent: containerd" in head.lower() and self.limited:
                 self.refused += 1
                 writer.write(
                     b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
@@ -97,11 +102,27 @@ def through(proxy: RateLimitedRegistry, image: str) -> str:
     return f"localhost:{proxy.port}/{image.split('/', 1)[1]}"
 
 
+def backing_off(kube, cluster_name) -> bool:
+    """Whether a pod of the cluster waits for the kubelet's next try to pull its image."""
+    return any(
+        (c.get("state") or {}).get("waiting", {}).get("reason") == "ImagePullBackOff"
+        for component in ("scheduler", "worker")
+        for p in kube.pods(cluster_name, component).values()
+        for c in (p.get("status") or {}).get("containerStatuses") or []
+    )
+
+
 def test_a_pull_refused_for_a_while_is_retried_until_it_works(
     namespace, kube, cluster_name, image, localkube_registry, capsys
 ):
-    # The first pull fails; the kubelet's next try, 10 s later, gets through.
-    with RateLimitedRegistry(localkube_registry.push_address, refusals=6) as proxy:
+    with RateLimitedRegistry(localkube_registry.push_address) as proxy:
+        # The limit is lifted once a pull failed and the kubelet backs off (10 s at first):
+        # its next try gets through.
+        def lift_when_backing_off():
+            if wait_until(lambda: backing_off(kube, cluster_name), 120, interval=1):
+                proxy.lift()
+
+        threading.Thread(target=lift_when_backing_off, daemon=True).start()
         t = time.monotonic()
         with MinimalCluster(
             name=cluster_name, workers=1, image=through(proxy, image), image_pull_policy="Always"
@@ -111,7 +132,8 @@ def test_a_pull_refused_for_a_while_is_retried_until_it_works(
                 assert client.submit(sum, [1, 2]).result(timeout=60) == 3
     out = capsys.readouterr().out
     print(out)
-    assert proxy.refused == 6
+    assert not proxy.limited, "no pull was refused long enough to fail"
+    assert proxy.refused >= 6
     assert "retrying the image pull: " in out
     assert "429 Too Many Requests" in out
     assert kube.objects_of(cluster_name) == []
@@ -120,7 +142,7 @@ def test_a_pull_refused_for_a_while_is_retried_until_it_works(
 def test_a_pull_refused_until_the_deadline_fails_the_start_with_the_reason(
     namespace, kube, cluster_name, image, localkube_registry
 ):
-    with RateLimitedRegistry(localkube_registry.push_address, refusals=float("inf")) as proxy:
+    with RateLimitedRegistry(localkube_registry.push_address) as proxy:
         t = time.monotonic()
         with pytest.raises(ClusterStartError) as info:
             MinimalCluster(
