@@ -11,18 +11,23 @@ import contextlib
 import math
 import os
 import socket
+import time
 import warnings
 from collections.abc import Generator
 from typing import Any
 
 from distributed.core import Status, rpc
 from distributed.deploy.cluster import Cluster
+from distributed.objects import SchedulerInfo
 from distributed.security import Security
 from distributed.utils import Logs
 
 from minimaldask import contract
 from minimaldask.backend import backend_class
 from minimaldask.spec import ClusterSpec
+
+#: Seconds the scheduler may go without answering a heartbeat before the handle says so.
+HEARTBEAT_SILENCE = 5.0
 
 
 class MinimalCluster(Cluster):
@@ -159,9 +164,15 @@ class MinimalCluster(Cluster):
             try:
                 await self._backend.close()
             except Exception as cleanup:  # the start's own error is the one to raise
-                self._log(
-                    f"Removing {self.spec.name!r} after the failed start failed too: {cleanup}"
-                )
+                spec = self.spec
+                # Said even when quiet (the CLI is): objects may be left, and cost.
+                with contextlib.suppress(Warning):  # warnings as errors must not hide the start's
+                    self._tell(
+                        f"Removing {spec.name!r} after the failed start failed too: {cleanup}. "
+                        "Its objects may be left: delete them with delete_dask_cluster("
+                        f"namespace={spec.namespace!r}, name={spec.name!r}, "
+                        f"backend={spec.backend!r})"
+                    )
         self.status = Status.closed
         if self.scheduler_comm:
             await self.scheduler_comm.close_rpc()
@@ -176,17 +187,39 @@ class MinimalCluster(Cluster):
         info = await self._scheduler.identity()
         return sum(1 for w in info["workers"].values() if w.get("status") == Status.running.name)
 
+    def _tell(self, message: str) -> None:
+        """Say ``message`` even when quiet: in this handle's log, and as a warning."""
+        self._log(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+
     async def _heartbeat(self) -> None:
-        """Tell the plugin this handle is alive; learn if the cluster ends, or cannot."""
+        """Tell the plugin this handle is alive; learn if the cluster ends, or cannot.
+
+        A scheduler that answers no heartbeat for :data:`HEARTBEAT_SILENCE` is
+        said to be unreachable, once; when it answers again after any silence,
+        whether it is a new one (its pod was replaced: what the old one held is gone).
+        """
         handle = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
+        told, silent_since = False, 0.0
         # Until close() cancels it: after the cluster ends, the janitor may still say that
         # it cannot delete it.
         while True:
+            began = time.monotonic()
             try:
                 info = await asyncio.wait_for(
                     getattr(self._scheduler, contract.HEARTBEAT)(handle=handle), 10
                 )
-            except (OSError, asyncio.TimeoutError):
+            except (OSError, asyncio.TimeoutError) as e:
+                silent_since = silent_since or began
+                ended = self.shutdown_reason is not None  # its silence is no news then
+                if not told and not ended and time.monotonic() - silent_since >= HEARTBEAT_SILENCE:
+                    told = True
+                    self._tell(
+                        f"The scheduler of {self.spec.name!r} has not answered for "
+                        f"{time.monotonic() - silent_since:.0f}s ({type(e).__name__}: {e}); its "
+                        "pod may be restarting (replaced, evicted, out of memory). This handle "
+                        "reaches the new one once it runs"
+                    )
                 await asyncio.sleep(1)
                 continue
             except Exception as e:  # a scheduler without the plugin
@@ -195,6 +228,9 @@ class MinimalCluster(Cluster):
             if not isinstance(info, dict):  # an older scheduler answers unknown handlers with None
                 self._log("The scheduler runs no minimaldask plugin; no self-shutdown")
                 return
+            if silent_since:
+                await self._answers_again(time.monotonic() - silent_since, told)
+            told, silent_since = False, 0.0
             self._janitor_info = info
             error = info.get("janitor_error")
             if error != self.janitor_error:
@@ -209,6 +245,38 @@ class MinimalCluster(Cluster):
                 # Clients of this cluster close instead of trying to reconnect.
                 self.status = Status.closing
             await asyncio.sleep(1)
+
+    async def _answers_again(self, silent: float, told: bool) -> None:
+        """The scheduler answers after a silence: say if it is a new one, and watch it.
+
+        A new one (its pod replaced, however fast) is always said: what the old
+        one held is gone. The same one is said only to end a silence that was told.
+        """
+        name = self.spec.name
+        with contextlib.suppress(OSError, asyncio.TimeoutError):
+            identity = await asyncio.wait_for(self._scheduler.identity(), 10)
+            if identity.get("id") != self.scheduler_info.get("id"):
+                self._tell(
+                    f"The scheduler of {name!r} answers again after {silent:.0f}s: a new one "
+                    "(its pod was replaced), so the tasks and data of the old one are gone; "
+                    "clients reconnect to it by themselves, resubmit what was lost"
+                )
+            elif told:
+                self._log(f"The scheduler of {name!r} answers again after {silent:.0f}s")
+            if self._watch_worker_status_task is None or self._watch_worker_status_task.done():
+                await self._watch_workers_again()
+
+    async def _watch_workers_again(self) -> None:
+        """Subscribe again to the workers' comings and goings (as distributed's start does)."""
+        comm = await self._scheduler.live_comm()
+        comm.name = "Cluster worker status"
+        await comm.write({"op": "subscribe_worker_status"})
+        self.scheduler_info = SchedulerInfo(await comm.read())
+        old = self._watch_worker_status_comm
+        self._watch_worker_status_comm = comm
+        self._watch_worker_status_task = asyncio.ensure_future(self._watch_worker_status(comm))
+        if old is not None:
+            await old.close()
 
     async def _usage(self) -> dict[str, float]:
         result: dict[str, float] = await asyncio.wait_for(

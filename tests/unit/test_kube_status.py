@@ -181,3 +181,111 @@ def test_the_first_error_of_a_one_line_failure():
         "Error: No such option: --x"
     )
     assert kube.first_error("all went well\n") is None
+
+
+def pulling(reason, message):
+    return pod(
+        {
+            "containerStatuses": [
+                {"name": "worker", "state": {"waiting": {"reason": reason, "message": message}}}
+            ]
+        }
+    )
+
+
+def test_a_pull_that_a_later_try_may_cure_is_transient():
+    rate_limited = (
+        'failed to pull and unpack image "docker.example/x:1": failed to copy: httpReadSeeker: '
+        "failed open: unexpected status code https://docker.example/v2/x/manifests/sha256:ab: "
+        "429 Too Many Requests - Server message: toomanyrequests: You have reached your pull rate limit"
+    )
+    for reason in ("ErrImagePull", "ImagePullBackOff"):
+        problem = kube.pod_problem(pulling(reason, rate_limited))
+        assert problem.kind == "pull" and problem.transient, reason
+    overloaded = (
+        "unexpected status from HEAD request to https://r/v2/x/manifests/1: 503 Service Unavailable"
+    )
+    assert kube.pod_problem(pulling("ErrImagePull", overloaded)).transient
+
+
+def test_a_pull_that_cannot_succeed_is_not_transient():
+    for reason, message in [
+        ("ErrImagePull", 'failed to resolve reference "r/x:1": r/x:1: not found'),
+        (
+            "ErrImagePull",
+            "pull access denied, repository does not exist or may require authorization",
+        ),
+        ("ErrImagePull", "dial tcp 127.0.0.1:5999: connect: connection refused"),
+        ("InvalidImageName", "couldn't parse image name"),
+        ("ErrImageNeverPull", "image is not present with pull policy of Never"),
+    ]:
+        problem = kube.pod_problem(pulling(reason, message))
+        assert problem.kind == "pull" and not problem.transient, message
+
+
+def unschedulable(name, message, node=""):
+    p = pod(
+        {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": message,
+                }
+            ],
+        },
+        name=name,
+    )
+    if node:
+        p["spec"]["nodeName"] = node
+        p["status"] = {"phase": "Running"}
+    return p
+
+
+def test_unschedulable_is_transient_and_its_reason_is_short():
+    message = (
+        "0/3 nodes are available: 3 Insufficient cpu. preemption: 0/3 nodes are available: "
+        "3 No preemption victims found for incoming pod."
+    )
+    assert kube.pod_problem(unschedulable("w-1", message)).transient
+    assert kube.unschedulable_reason(message) == "Insufficient cpu"
+    taint = "0/1 nodes are available: 1 node(s) had untolerated taint {pool: gpu}. preemption: x"
+    assert kube.unschedulable_reason(taint) == "node(s) had untolerated taint {pool: gpu}"
+    assert kube.unschedulable_reason("something else.") == "something else"
+
+
+def test_waiting_for_says_how_many_pods_have_a_node_and_why_not_the_others():
+    message = "0/3 nodes are available: 1 Insufficient cpu, 2 Insufficient memory."
+    pods = [
+        unschedulable("w-1", message),
+        unschedulable("w-2", message),
+        unschedulable("w-3", "", node="n-1"),
+    ]
+    assert kube.waiting_for(pods, "workers") == (
+        "waiting for a node: 1/3 workers scheduled: Insufficient cpu, Insufficient memory"
+    )
+    assert kube.waiting_for(pods[2:], "workers") == ""
+    slow = pulling("ErrImagePull", "429 Too Many Requests")
+    assert kube.waiting_for([slow], "workers").startswith("retrying the image pull: ErrImagePull")
+    assert [p.pod for p in kube.transient_problems(pods)] == ["w-1", "w-2"]
+
+
+def serving(name, created, ready=True, phase="Running", deleting=False):
+    p = pod({"phase": phase, "conditions": [{"type": "Ready", "status": str(ready)}]}, name=name)
+    p["metadata"]["creationTimestamp"] = created
+    if deleting:
+        p["metadata"]["deletionTimestamp"] = "2026-11-29T10:05:00Z"
+    return p
+
+
+def test_the_serving_pod_is_the_newest_ready_one_never_one_being_deleted():
+    old = serving("s-old", "2026-11-29T10:00:00Z", deleting=True)
+    assert kube.serving_pod([old]) is None
+    starting = serving("s-new", "2026-11-29T10:04:00Z", ready=False)
+    assert kube.serving_pod([old, starting]) is None  # it would drop the connection
+    ready = serving("s-ready", "2026-11-29T10:03:00Z")
+    newer = serving("s-newer", "2026-11-29T10:05:00Z")
+    assert kube.serving_pod([old, starting, ready]) == "s-ready"
+    assert kube.serving_pod([ready, newer, starting]) == "s-newer"

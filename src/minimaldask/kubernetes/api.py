@@ -6,22 +6,41 @@ pre-flight checks, logs and port-forwards. Errors of the API are translated
 into :mod:`minimaldask.exceptions` here, at one boundary (:func:`api_errors`).
 Which objects a cluster has is not known here: callers pass
 :class:`~minimaldask.kubernetes.objects.Kind` objects and names.
+
+Every request has a connect and a read timeout, and ends by the deadline of
+the operation it is part of (:func:`deadline`); a request that may be sent
+twice is retried, with backoff, on 429 (after its Retry-After), 5xx, timeouts
+and dropped connections, until that deadline. A port-forward is not a
+request: see :class:`Forward`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import email.utils
+import functools
 import json
+import logging
+import random
+import ssl
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Any
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+)
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
 
 import httpx
 import kr8s
 import kr8s.asyncio
-from kr8s.asyncio.objects import Pod
-from kr8s.asyncio.portforward import PortForward
 
 from minimaldask import contract
 from minimaldask.exceptions import (
@@ -32,7 +51,6 @@ from minimaldask.exceptions import (
 )
 from minimaldask.kubernetes.objects import (
     DEPLOYMENT,
-    EVENT,
     NAMESPACE,
     NODE,
     POD,
@@ -40,7 +58,17 @@ from minimaldask.kubernetes.objects import (
     Kind,
     Obj,
 )
-from minimaldask.kubernetes.status import PodProblem, first_error, pod_problem, replica_failure
+from minimaldask.kubernetes.status import (
+    PodProblem,
+    first_error,
+    pod_problem,
+    replica_failure,
+    serving_pod,
+)
+
+logger = logging.getLogger("minimaldask.kubernetes")
+T = TypeVar("T")
+P = ParamSpec("P")
 
 #: Field manager of every server-side apply.
 FIELD_MANAGER = "minimaldask"
@@ -50,6 +78,23 @@ POLL = 0.5
 LOG_TAIL = 20
 #: Bytes of a crashed container's log read to find its first error.
 LOG_LIMIT = 256 * 1024
+
+#: Seconds to open a connection to the API server (TCP and TLS).
+CONNECT_TIMEOUT = 10.0
+#: Seconds the API server may take to answer one request. Our requests are small
+#: (one object, the pods of one cluster): a server that takes longer is stuck.
+READ_TIMEOUT = 30.0
+#: Seconds an operation without a deadline of its own may take (a list, logs, an apply):
+#: all its requests, retries included.
+DEFAULT_DEADLINE = 60.0
+#: Seconds before the first retry; each next one waits twice as long, up to BACKOFF_MAX.
+BACKOFF = 0.25
+BACKOFF_MAX = 5.0
+#: Seconds a request made once its deadline has passed still gets: enough to read what
+#: the error about that deadline should say (a pod's log), from a server that answers.
+LATE_ATTEMPT = 3.0
+#: HTTP statuses after which a request that may be sent twice is sent again.
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -65,9 +110,18 @@ def _status_object(e: kr8s.ServerError) -> dict[str, Any]:
     return e.status if isinstance(e.status, dict) else {}
 
 
+def server_of(api: Any) -> str:
+    """The API server's URL as this client reaches it (for messages); "" before it is read."""
+    return str(getattr(getattr(api, "auth", None), "server", "") or "")
+
+
 @contextlib.asynccontextmanager
-async def api_errors(action: str) -> AsyncIterator[None]:
-    """Translate what kr8s and httpx raise into minimaldask errors naming ``action``."""
+async def api_errors(action: str, api: Any = None) -> AsyncIterator[None]:
+    """Translate what kr8s and httpx raise into minimaldask errors naming ``action``.
+
+    With ``api``, the errors name its server too (read when they happen: the
+    kubeconfig may not have been read before).
+    """
     try:
         yield
     except kr8s.ServerError as e:
@@ -84,23 +138,240 @@ async def api_errors(action: str) -> AsyncIterator[None]:
             raise NamespaceNotFoundError(f"{action}: {message}") from e
         raise KubernetesError(f"{action}: {reason or code}: {message}") from e
     except kr8s.APITimeoutError as e:
-        raise KubernetesError(f"{action}: the Kubernetes API server did not answer in time") from e
+        at = f" at {server}" if (server := server_of(api)) else ""
+        raise KubernetesError(
+            f"{action}: the Kubernetes API server{at} did not answer in time"
+        ) from e
     except (httpx.TransportError, OSError) as e:
-        raise KubernetesError(f"{action}: cannot reach the Kubernetes API server: {e}") from e
+        at = f" at {server}" if (server := server_of(api)) else ""
+        raise KubernetesError(
+            f"{action}: cannot reach the Kubernetes API server{at}: {_describe(e)}"
+        ) from e
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+# -- deadlines and retries -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When the requests of one operation must be done (``time.monotonic()``), and its name."""
+
+    at: float
+    #: The limit as the user set it, for messages: ``startup_timeout=120s``.
+    what: str
+
+    def remaining(self) -> float:
+        """Seconds left."""
+        return self.at - time.monotonic()
+
+
+_DEADLINE: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar(
+    "minimaldask_api_deadline", default=None
+)
+
+
+@contextlib.contextmanager
+def deadline(at: float, what: str) -> Iterator[Deadline]:
+    """Every API request made inside ends by ``at`` (``time.monotonic()``), retries included.
+
+    ``what`` names the limit in errors (``startup_timeout=120s``). Inside an
+    earlier deadline, the earlier one holds. It follows the task (a context
+    variable): tasks started inside inherit it.
+    """
+    outer = _DEADLINE.get()
+    mine = Deadline(at, what)
+    token = _DEADLINE.set(outer if outer is not None and outer.at <= at else mine)
+    try:
+        yield _DEADLINE.get() or mine
+    finally:
+        _DEADLINE.reset(token)
+
+
+def bounded(
+    function: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """``function`` with one deadline for all its requests: :data:`DEFAULT_DEADLINE` from its call."""
+
+    @functools.wraps(function)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        with deadline(time.monotonic() + DEFAULT_DEADLINE, f"{DEFAULT_DEADLINE:g}s"):
+            return await function(*args, **kwargs)
+
+    return wrapper
+
+
+def _retry_after(response: httpx.Response | None) -> float | None:
+    """The seconds a 429 or 503 asks the client to wait (Retry-After: seconds or a date)."""
+    value = response.headers.get("Retry-After") if response is not None else None
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def retry_delay(e: BaseException, idempotent: bool, attempt: int) -> float | None:
+    """Seconds to wait before sending a failed request again; None: do not send it again.
+
+    A request that may not be sent twice (a create) is sent again only when the
+    first cannot have reached the server: no connection was made, or a 429 (the
+    API server's flow control refuses before it acts).
+    """
+    backoff = min(BACKOFF * 2.0 ** (attempt - 1), BACKOFF_MAX) * random.uniform(0.5, 1.0)
+    cause = e.__cause__ if isinstance(e, kr8s.APITimeoutError) else e
+    if _untrusted(e):  # a certificate that does not verify will not verify on a second try
+        return None
+    if isinstance(e, kr8s.ServerError):
+        code = e.response.status_code if e.response is not None else 0
+        if code not in RETRY_STATUSES or (code != 429 and not idempotent):
+            return None
+        after = _retry_after(e.response) if code in (429, 503) else None
+        return backoff if after is None else after
+    if isinstance(cause, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+        return backoff
+    if not idempotent:
+        return None
+    if isinstance(cause, (httpx.TransportError, OSError)):  # timeouts, dropped connections
+        return backoff
+    return None
+
+
+def _untrusted(e: BaseException | None) -> bool:
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def _gave_up(action: str, server: str, limit: Deadline, attempts: int, last: BaseException) -> str:
+    if isinstance(last, kr8s.ServerError):
+        code = last.response.status_code if last.response is not None else 0
+        why = (
+            "kept refusing this client: too many requests (429)"
+            if code == 429
+            else f"kept failing: {code} {_status(last)[2]}"
+        )
+    elif isinstance(last, (kr8s.APITimeoutError, httpx.TimeoutException, asyncio.TimeoutError)):
+        why = "did not answer"
+    else:
+        why = f"could not be reached ({_describe(last)})"
+    at = f" at {server}" if server else ""
+    return (
+        f"{action}: the Kubernetes API server{at} {why} within {limit.what} "
+        f"({attempts} tries). Check that it is up and reachable from here (kubectl cluster-info)"
+    )
+
+
+async def retrying(
+    api: Any,
+    action: str,
+    attempt: Callable[[httpx.Timeout], Awaitable[T]],
+    idempotent: bool = True,
+) -> T:
+    """``attempt(timeout)`` until it succeeds, retried as :func:`retry_delay` says, by the deadline.
+
+    Each attempt gets the request timeouts, cut to what is left of the deadline
+    (:func:`deadline`, else :data:`DEFAULT_DEADLINE` from now).
+    """
+    limit = _DEADLINE.get() or Deadline(
+        time.monotonic() + DEFAULT_DEADLINE, f"{DEFAULT_DEADLINE:g}s"
+    )
+    attempts = 0
+    while True:
+        left = max(limit.remaining(), 0.1 if attempts else LATE_ATTEMPT)
+        attempts += 1
+        timeout = httpx.Timeout(min(READ_TIMEOUT, left), connect=min(CONNECT_TIMEOUT, left))
+        try:
+            # The hard stop: what the timeouts do not cover (reading a kubeconfig, TLS set-up).
+            return await asyncio.wait_for(attempt(timeout), left + 1)
+        except Exception as e:
+            if isinstance(e, asyncio.TimeoutError):  # the hard stop: the deadline is out
+                delay: float | None = 0.0 if idempotent else None
+            else:
+                delay = retry_delay(e, idempotent, attempts)
+            if delay is None:
+                raise
+            if delay >= limit.remaining():
+                await asyncio.sleep(max(limit.remaining(), 0))
+                raise KubernetesError(_gave_up(action, server_of(api), limit, attempts, e)) from e
+            logger.debug("%s: %s; again in %.1fs", action, _describe(e), delay)
+        await asyncio.sleep(delay)
 
 
 async def connect() -> kr8s.asyncio.Api:
     """A client of the API server, from the kubeconfig (``$KUBECONFIG``) or the pod's account."""
-    async with api_errors("connecting to Kubernetes"):
+    try:
+        # Our own client, not kr8s' per-loop cache: a cached one may outlive its loop.
+        api: kr8s.asyncio.Api = kr8s.asyncio.Api(bypass_factory=True)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        raise _no_configuration(e) from e
+    # kr8s makes its HTTP client without timeouts: one hung request would hang everything.
+    api.timeout = httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
+
+    async def attempt(timeout: httpx.Timeout) -> kr8s.asyncio.Api:
+        await api  # reads the kubeconfig, then asks the server its version
+        return api
+
+    try:
+        async with api_errors("connecting to Kubernetes", api):
+            return await retrying(api, "connecting to Kubernetes", attempt)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        raise _no_configuration(e) from e
+
+
+def _no_configuration(e: Exception) -> KubernetesError:
+    return KubernetesError(
+        f"connecting to Kubernetes: no usable configuration ({e}); set KUBECONFIG "
+        "or run inside a pod with a service account"
+    )
+
+
+async def _request(
+    api: kr8s.asyncio.Api,
+    method: str,
+    *,
+    action: str,
+    idempotent: bool | None = None,
+    missing_ok: bool = False,
+    answers: frozenset[int] = frozenset(),
+    **request: Any,
+) -> httpx.Response | None:
+    """One API request, retried if it may be sent twice; None if missing (with ``missing_ok``).
+
+    GET, DELETE and PATCH (a server-side apply, a merge patch of values) may be
+    sent twice; a POST only with ``idempotent=True`` (a review, which changes
+    nothing). An error status in ``answers`` is returned as the response, not raised.
+    """
+    if idempotent is None:
+        idempotent = method in ("GET", "DELETE", "PATCH")
+
+    async def attempt(timeout: httpx.Timeout) -> httpx.Response | None:
         try:
-            # Our own client, not kr8s' per-loop cache: a cached one may outlive its loop.
-            api: kr8s.asyncio.Api = await kr8s.asyncio.Api(bypass_factory=True)
-            return api
-        except (ValueError, KeyError, FileNotFoundError) as e:
-            raise KubernetesError(
-                f"connecting to Kubernetes: no usable configuration ({e}); set KUBECONFIG "
-                "or run inside a pod with a service account"
-            ) from e
+            async with api.call_api(method, timeout=timeout, **request) as r:
+                return r
+        except kr8s.ServerError as e:
+            code = _status(e)[0]
+            if missing_ok and code == 404:
+                return None
+            if code in answers and e.response is not None:
+                return e.response
+            raise
+
+    async with api_errors(action, api):
+        return await retrying(api, action, attempt, idempotent)
 
 
 async def _call(
@@ -116,6 +387,7 @@ async def _call(
     body: Any = None,
     headers: Mapping[str, str] | None = None,
     missing_ok: bool = False,
+    idempotent: bool | None = None,
 ) -> Obj | None:
     url = "/".join(p for p in (kind.plural, name, subresource) if p)
     kwargs: dict[str, Any] = {}
@@ -125,17 +397,21 @@ async def _call(
         kwargs["content"] = json.dumps(body)
     if headers:
         kwargs["headers"] = dict(headers)
-    async with api_errors(action):
-        try:
-            async with api.call_api(
-                method, version=kind.api_version, namespace=namespace, url=url, **kwargs
-            ) as r:
-                out: Obj = r.json()
-                return out
-        except kr8s.ServerError as e:
-            if missing_ok and _status(e)[0] == 404:
-                return None
-            raise
+    r = await _request(
+        api,
+        method,
+        action=action,
+        idempotent=idempotent,
+        missing_ok=missing_ok,
+        version=kind.api_version,
+        namespace=namespace,
+        url=url,
+        **kwargs,
+    )
+    if r is None:
+        return None
+    out: Obj = r.json()
+    return out
 
 
 # -- apply and delete ----------------------------------------------------------------------------
@@ -145,11 +421,16 @@ async def discover(api: kr8s.asyncio.Api, api_version: str, kind_name: str) -> K
     """The :class:`Kind` the API server serves for ``apiVersion`` and ``kind`` (API discovery)."""
     group, _, version = api_version.rpartition("/")
     path = f"apis/{group}/{version}" if group else f"api/{version}"
-    async with (
-        api_errors(f"finding where the API serves {kind_name} ({api_version})"),
-        api.call_api("GET", base=f"/{path}", version="", url="") as r,
-    ):
-        resources = r.json().get("resources", [])
+    r = await _request(
+        api,
+        "GET",
+        action=f"finding where the API serves {kind_name} ({api_version})",
+        base=f"/{path}",
+        version="",
+        url="",
+    )
+    assert r is not None
+    resources = r.json().get("resources", [])
     for resource in resources:
         if resource.get("kind") == kind_name and "/" not in resource.get("name", "/"):
             return Kind(group, version, kind_name, resource["name"])
@@ -182,27 +463,31 @@ async def apply(api: kr8s.asyncio.Api, kind: Kind, obj: Mapping[str, Any]) -> Ob
 
 
 async def create(api: kr8s.asyncio.Api, kind: Kind, obj: Mapping[str, Any]) -> Obj | None:
-    """Create ``obj``; None when an object of that name exists already (it is left as it is)."""
+    """Create ``obj``; None when an object of that name exists already (it is left as it is).
+
+    Not retried once it may have reached the server: a second create would find
+    the first one's object and take it for another's.
+    """
     meta = obj.get("metadata") or {}
     name, namespace = meta.get("name"), meta.get("namespace")
-    async with api_errors(f"creating {kind.name} {namespace}/{name}"):
-        try:
-            async with api.call_api(
-                "POST",
-                version=kind.api_version,
-                namespace=namespace,
-                url=kind.plural,
-                params={"fieldManager": FIELD_MANAGER},
-                content=json.dumps(obj),
-            ) as r:
-                out: Obj = r.json()
-                return out
-        except kr8s.ServerError as e:
-            if _status(e)[0] == 409:
-                return None
-            raise
+    try:
+        return await _call(
+            api,
+            "POST",
+            kind,
+            namespace,
+            action=f"creating {kind.name} {namespace}/{name}",
+            params={"fieldManager": FIELD_MANAGER},
+            body=obj,
+        )
+    except KubernetesError as e:
+        cause = e.__cause__
+        if isinstance(cause, kr8s.ServerError) and _status(cause)[0] == 409:
+            return None
+        raise
 
 
+@bounded
 async def update_or_deploy(obj: Mapping[str, Any], api: kr8s.asyncio.Api | None = None) -> Obj:
     """:func:`apply` for an object of any kind the API server serves (the article's function)."""
     api = api or await connect()
@@ -387,33 +672,17 @@ async def pod_log(
         params["limitBytes"] = limit_bytes
     if previous:
         params["previous"] = "true"
-    async with (
-        api_errors(f"reading the log of pod {namespace}/{pod}"),
-        api.call_api(
-            "GET",
-            version=POD.api_version,
-            namespace=namespace,
-            url=f"{POD.plural}/{pod}/log",
-            params=params,
-        ) as r,
-    ):
-        return str(r.text)
-
-
-async def _scale_up_triggered(api: kr8s.asyncio.Api, namespace: str, pod: str) -> bool:
-    """Whether a cluster autoscaler is adding a node for ``pod`` (so waiting is worth it)."""
-    try:
-        events = await _call(
-            api,
-            "GET",
-            EVENT,
-            namespace,
-            action="reading events",
-            params={"fieldSelector": f"involvedObject.name={pod}"},
-        )
-    except KubernetesError:
-        return False
-    return any(e.get("reason") == "TriggeredScaleUp" for e in (events or {}).get("items", []))
+    r = await _request(
+        api,
+        "GET",
+        action=f"reading the log of pod {namespace}/{pod}",
+        version=POD.api_version,
+        namespace=namespace,
+        url=f"{POD.plural}/{pod}/log",
+        params=params,
+    )
+    assert r is not None
+    return str(r.text)
 
 
 async def _crash_log(api: kr8s.asyncio.Api, namespace: str, pod: str, container: str) -> str:
@@ -454,8 +723,15 @@ async def _crash_log(api: kr8s.asyncio.Api, namespace: str, pod: str, container:
     return f"Its log is unavailable: {reason}"
 
 
-async def explain(api: kr8s.asyncio.Api, namespace: str, problem: PodProblem) -> str:
-    """The message a user sees for ``problem``: for a crash, with the end of its log."""
+async def explain(
+    api: kr8s.asyncio.Api, namespace: str, problem: PodProblem, deadline: str = ""
+) -> str:
+    """The message a user sees for ``problem``: for a crash, with the end of its log.
+
+    A problem that time might have cured (:attr:`PodProblem.transient`) is told
+    with the ``deadline`` it lasted until (``startup_timeout=120s``).
+    """
+    within = f" within {deadline}" if deadline else ""
     if problem.kind == "crash":
         log = await _crash_log(api, namespace, problem.pod, problem.container)
         return (
@@ -464,8 +740,16 @@ async def explain(api: kr8s.asyncio.Api, namespace: str, problem: PodProblem) ->
         )
     if problem.kind == "unschedulable":
         return (
-            f"pod {problem.pod} cannot be scheduled (Unschedulable): {problem.message.rstrip('. ')}. "
-            "Ask for fewer resources (resources=..., scheduler_resources=...) or add nodes"
+            f"pod {problem.pod} cannot be scheduled (Unschedulable){within}: "
+            f"{problem.message.rstrip('. ')}. Ask for fewer resources (resources=..., "
+            "scheduler_resources=...), tolerate the nodes' taints (tolerations=...) or add "
+            "nodes; a node pool that is adding a node may need a longer startup_timeout=..."
+        )
+    if problem.kind == "pull" and problem.transient:
+        return (
+            f"pod {problem.pod}: cannot pull the image{within}: {problem.message}. The "
+            "registry refuses for now (a rate limit, an overloaded registry): try again "
+            "later, or pull from a mirror (image=...)"
         )
     if problem.kind == "pull":
         return (
@@ -484,19 +768,17 @@ async def check_pods(
 ) -> list[Obj]:
     """The pods of a Deployment; raise :class:`ClusterStartError` if one cannot run.
 
-    A quota or admission refusal shows on the Deployment, not on a pod. For
-    ``crashes_count_after``, see :func:`pod_problem`.
+    A problem that time may cure (no node yet, a rate-limited pull) is no reason
+    to fail: the caller waits for it until its deadline. A quota or admission
+    refusal shows on the Deployment, not on a pod. For ``crashes_count_after``,
+    see :func:`pod_problem`.
     """
     pods = await list_objects(api, POD, namespace, selector)
     for pod in pods:
         if pod["metadata"].get("deletionTimestamp"):
             continue
         problem = pod_problem(pod, crashes_count_after)
-        if problem is None:
-            continue
-        if problem.kind == "unschedulable" and await _scale_up_triggered(
-            api, namespace, problem.pod
-        ):
+        if problem is None or problem.transient:
             continue
         raise ClusterStartError(await explain(api, namespace, problem))
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
@@ -513,23 +795,29 @@ async def check_pods(
 
 async def server_version(api: kr8s.asyncio.Api) -> str:
     """The API server's version (``v1.33.13``): proof that it answers."""
-    async with api_errors("asking the API server its version"):
-        version: dict[str, Any] = await api.version()
-    return str(version.get("gitVersion", ""))
+    r = await _request(
+        api, "GET", action="asking the API server its version", version="", base="/version"
+    )
+    assert r is not None
+    return str(r.json().get("gitVersion", ""))
 
 
 async def whoami(api: kr8s.asyncio.Api) -> str:
     """The user name the API server sees, or "your user" when it will not say."""
+    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
     try:
-        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
-        async with api.call_api(
+        r = await _request(
+            api,
             "POST",
+            action="asking who this user is",
+            idempotent=True,
             version="authentication.k8s.io/v1",
             url="selfsubjectreviews",
             content=json.dumps(body),
-        ) as r:
-            return str(r.json()["status"]["userInfo"]["username"])
-    except (kr8s.ServerError, httpx.HTTPError, KeyError):
+        )
+        assert r is not None
+        return str(r.json()["status"]["userInfo"]["username"])
+    except (KubernetesError, KeyError):
         return "your user"
 
 
@@ -548,16 +836,17 @@ async def can(api: kr8s.asyncio.Api, namespace: str, access: Access) -> bool:
         "kind": "SelfSubjectAccessReview",
         "spec": {"resourceAttributes": attributes},
     }
-    async with (
-        api_errors("checking permissions"),
-        api.call_api(
-            "POST",
-            version="authorization.k8s.io/v1",
-            url="selfsubjectaccessreviews",
-            content=json.dumps(body),
-        ) as r,
-    ):
-        return bool(r.json().get("status", {}).get("allowed"))
+    r = await _request(
+        api,
+        "POST",
+        action="checking permissions",
+        idempotent=True,
+        version="authorization.k8s.io/v1",
+        url="selfsubjectaccessreviews",
+        content=json.dumps(body),
+    )
+    assert r is not None
+    return bool(r.json().get("status", {}).get("allowed"))
 
 
 async def missing_access(
@@ -596,34 +885,34 @@ async def check_namespace(api: kr8s.asyncio.Api, namespace: str) -> None:
 
     A user who may not read namespaces learns it from :func:`check_access` instead.
     """
-    try:
-        async with api.call_api(
-            "GET", version=NAMESPACE.api_version, url=f"{NAMESPACE.plural}/{namespace}"
-        ):
-            return
-    except kr8s.ServerError as e:
-        code = _status(e)[0]
-        if code == 404:
-            raise NamespaceNotFoundError(
-                f"namespace {namespace!r} does not exist; create it (kubectl create namespace "
-                f"{namespace}) or pick an existing one with namespace=..."
-            ) from e
-        if code == 403:
-            return
-        async with api_errors(f"reading namespace {namespace!r}"):
-            raise
+    r = await _request(
+        api,
+        "GET",
+        action=f"reading namespace {namespace!r}",
+        answers=frozenset({403, 404}),
+        version=NAMESPACE.api_version,
+        url=f"{NAMESPACE.plural}/{namespace}",
+    )
+    if r is not None and r.status_code == 404:
+        raise NamespaceNotFoundError(
+            f"namespace {namespace!r} does not exist; create it (kubectl create namespace "
+            f"{namespace}) or pick an existing one with namespace=..."
+        )
 
 
 async def node_architectures(api: kr8s.asyncio.Api) -> set[str] | None:
     """Architectures of the nodes (``linux/amd64``...), or None if this user may not list nodes."""
-    try:
-        async with api.call_api("GET", version=NODE.api_version, url=NODE.plural) as r:
-            nodes = r.json().get("items", [])
-    except kr8s.ServerError as e:
-        if _status(e)[0] in (401, 403):
-            return None
-        async with api_errors("listing nodes"):
-            raise
+    r = await _request(
+        api,
+        "GET",
+        action="listing nodes",
+        answers=frozenset({401, 403}),
+        version=NODE.api_version,
+        url=NODE.plural,
+    )
+    if r is None or r.status_code in (401, 403):
+        return None
+    nodes = r.json().get("items", [])
     return {
         f"{n['status']['nodeInfo']['operatingSystem']}/{n['status']['nodeInfo']['architecture']}"
         for n in nodes
@@ -633,13 +922,153 @@ async def node_architectures(api: kr8s.asyncio.Api) -> set[str] | None:
 
 # -- connections ---------------------------------------------------------------------------------
 
+#: Seconds a new connection through a port-forward waits for a pod to serve it (a
+#: scheduler pod being replaced), as for a server that restarts; then it is closed.
+WAIT_FOR_POD = 30.0
+#: Seconds stopping a port-forward waits for its connections to end.
+STOP_WAIT = 5.0
+#: Seconds between the pings that keep a forwarded connection's websocket alive; one
+#: unanswered for as long ends it (a dead API server or node is noticed).
+WS_PING = 15.0
 
-async def port_forward(
-    api: kr8s.asyncio.Api, namespace: str, pod: str, port: int
-) -> tuple[PortForward, int]:
-    """Forward a free local port to ``port`` of ``pod`` over the API server; (handle, local port)."""
-    obj = Pod({"metadata": {"name": pod, "namespace": namespace}}, api=api)
-    forward = obj.portforward(port, local_port="auto")
-    async with api_errors(f"port-forwarding to pod {namespace}/{pod}:{port}"):
-        local = await forward.start()
-    return forward, int(local)
+
+class Forward:
+    """A local port whose every connection goes over the API server to the pod that serves now.
+
+    Each new connection asks which pod of ``selector`` serves
+    (:func:`~minimaldask.kubernetes.status.serving_pod`): after a pod is
+    replaced (killed, evicted, out of memory), the next connection reaches the
+    new one. While none is Ready, a new connection waits for one (up to
+    WAIT_FOR_POD), as for a server that restarts: closed at once, a TLS
+    handshake would fail for good. kr8s' PortForward does not do this: aimed at
+    a Pod it keeps trying the old pod's name; aimed at a Service it keeps the
+    first pod it picked until that one is gone, a terminating one included.
+
+    Not a plain request: finding the pod has its own deadline (WAIT_FOR_POD),
+    the websocket's upgrade has the client's connect and read timeouts, then it
+    lives as long as its connection, and pings (WS_PING) end it when the other
+    side is gone.
+    """
+
+    def __init__(self, api: kr8s.asyncio.Api, namespace: str, selector: str, port: int) -> None:
+        self.api, self.namespace, self.selector, self.port = api, namespace, selector, port
+        #: The local port, once started.
+        self.local_port = 0
+        #: The pod the last connection reached.
+        self.pod: str | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> int:
+        """Listen on a free port of 127.0.0.1; returns it."""
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.local_port = int(self._server.sockets[0].getsockname()[1])
+        return self.local_port
+
+    async def stop(self) -> None:
+        """Stop listening and end every forwarded connection (waiting STOP_WAIT at most)."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            # A websocket's close handshake is shielded from cancellation: bounded here.
+            _, stuck = await asyncio.wait(set(self._connections), timeout=STOP_WAIT)
+            if stuck:
+                logger.warning(
+                    "port-forward of port %d: %d connection(s) did not end within %gs",
+                    self.port,
+                    len(stuck),
+                    STOP_WAIT,
+                )
+        self._server = None
+
+    async def _pick(self) -> str | None:
+        """The pod to reach, once one is Ready; None if none is by the deadline."""
+        while True:
+            pods = await list_objects(self.api, POD, self.namespace, self.selector)
+            pod = serving_pod(pods)
+            limit = _DEADLINE.get()
+            if pod or limit is None or limit.remaining() < 1:
+                break
+            await asyncio.sleep(1)
+        if pod and pod != self.pod:
+            logger.info("port-forward of port %d reaches pod %s/%s", self.port, self.namespace, pod)
+        self.pod = pod
+        return pod
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        # A connection's task inherits the context in which the server started: the
+        # deadline of a start long over. Its own, then.
+        _DEADLINE.set(Deadline(time.monotonic() + WAIT_FOR_POD, f"{WAIT_FOR_POD:g}s"))
+        pod = None
+        try:
+            pod = await self._pick()
+            if pod is None:
+                logger.debug("port-forward of port %d: no pod is Ready", self.port)
+                return
+            async with self.api.open_websocket(
+                version=POD.api_version,
+                namespace=self.namespace,
+                url=f"{POD.plural}/{pod}/portforward",
+                params={"ports": str(self.port)},
+                keepalive_ping_interval_seconds=WS_PING,
+                keepalive_ping_timeout_seconds=WS_PING,
+            ) as ws:
+                await _relay(ws, reader, writer)
+        except asyncio.CancelledError:
+            # stop() ends this connection. Not re-raised: asyncio's stream server reports
+            # a cancelled connection task as an error.
+            return
+        except Exception as e:  # one connection: say why it ended, and serve the next
+            logger.debug("port-forward to %s:%d ended: %s", pod, self.port, _describe(e))
+        finally:
+            self._connections.discard(task)
+            writer.close()
+
+
+async def _relay(ws: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy bytes both ways until one side ends (Kubernetes' port-forward websocket protocol).
+
+    Every frame starts with its channel: 0 carries the data, 1 the errors; the
+    first frame of each channel names the port.
+    """
+
+    async def to_pod() -> None:
+        while data := await reader.read(64 * 1024):
+            await ws.send_bytes(b"\x00" + data)
+
+    async def from_pod() -> None:
+        seen: set[int] = set()
+        while True:
+            message = await ws.receive_bytes()
+            channel, data = message[0], message[1:]
+            if channel not in seen:
+                seen.add(channel)
+            elif channel == 1:
+                raise ConnectionError(data.decode(errors="replace"))
+            elif data:
+                writer.write(data)
+                await writer.drain()
+
+    tasks = [asyncio.ensure_future(to_pod()), asyncio.ensure_future(from_pod())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
+
+
+async def port_forward(api: kr8s.asyncio.Api, namespace: str, selector: str, port: int) -> Forward:
+    """Forward a free local port to ``port`` of the pod of ``selector`` that serves now."""
+    forward = Forward(api, namespace, selector, port)
+    await forward.start()
+    return forward

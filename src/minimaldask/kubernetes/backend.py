@@ -61,16 +61,27 @@ from minimaldask.kubernetes.objects import (
     cluster_kinds,
     delete_order,
 )
-from minimaldask.kubernetes.status import pod_phase, pod_ready, ready_since, replica_failure
+from minimaldask.kubernetes.status import (
+    pod_phase,
+    pod_ready,
+    ready_since,
+    replica_failure,
+    transient_problems,
+    waiting_for,
+)
 from minimaldask.pod import scaling
 from minimaldask.spec import ClusterSpec, client_versions, default_image_tag
 from minimaldask.tls import Credentials
 
-#: Seconds a wait may overrun its deadline while an API call is answered.
+#: Seconds a wait may overrun its deadline while an API call is answered; a delete's
+#: requests get as much beyond its timeout (which is for the objects to go).
 API_GRACE = 15
 T = TypeVar("T")
 #: Seconds a scale-down may take until the retired pods are terminating.
 SCALE_TIMEOUT = 60
+#: The deadline of a whole scale (every request, the retirements): SCALE_TIMEOUT for the
+#: workers to go, API_GRACE for the requests around it.
+SCALE_DEADLINE = SCALE_TIMEOUT + API_GRACE
 
 #: What a user needs beyond making the cluster's objects: watch its pods, read their logs,
 #: list the clusters of the namespace, mark retired workers' pods.
@@ -278,10 +289,18 @@ class KubernetesBackend(Backend):
         exists: of two processes starting one name at once, exactly one creates
         the cluster, and the other attaches without applying anything. An
         attaching handle changes nothing but (later) the number of workers,
-        unless ``update``.
+        unless ``update``. Every request of the start ends by its deadline
+        (``startup_timeout``), a hung API server included.
         """
+        self._deadline = time.monotonic() + self.spec.startup_timeout
+        with kube.deadline(self._deadline, self._startup_limit()):
+            return await self._start(attach_only, update)
+
+    def _startup_limit(self) -> str:
+        return f"startup_timeout={self.spec.startup_timeout:g}s"
+
+    async def _start(self, attach_only: bool, update: bool) -> str:
         spec = self.spec
-        self._deadline = time.monotonic() + spec.startup_timeout
         if not attach_only:
             self.check_options()
         api = await self._connect()
@@ -441,7 +460,8 @@ class KubernetesBackend(Backend):
             if not await self._rolled_out():
                 running = []  # an updated scheduler replaces the old one: not the old one
             states = ", ".join(pod_phase(p) for p in pods) or "no pod yet"
-            self._say(f"Waiting for the scheduler ({states})")
+            waiting = waiting_for(pods, "scheduler pods")
+            self._say(f"Waiting for the scheduler ({states})" + (f"; {waiting}" if waiting else ""))
             if running:
                 newest = max(running, key=lambda p: p["metadata"].get("creationTimestamp", ""))
                 endpoint = await self.exposure.connect(self._connection(), newest)
@@ -451,6 +471,7 @@ class KubernetesBackend(Backend):
             if self._remaining() < 0:
                 if running and isinstance(self.exposure, expose.LoadBalancer):
                     raise ClusterStartError(self.exposure.no_address(spec))
+                await self._fail_on_transient(pods)
                 raise ClusterStartError(
                     f"the scheduler of {spec.name!r} did not answer within "
                     f"startup_timeout={spec.startup_timeout:g}s (pods: {states})."
@@ -487,13 +508,30 @@ class KubernetesBackend(Backend):
             return f" Its log could not be read: {e}"
         return f" Last lines of its log:\n{log.rstrip()}"
 
-    async def wait_for_workers(self, n: int, count: WorkerCounter, timeout: float) -> None:
-        """Wait until the scheduler counts ``n`` workers; fail fast when a worker pod cannot run."""
-        deadline = min(time.monotonic() + timeout, self._deadline or float("inf"))
-        try:
-            await asyncio.wait_for(
-                self._wait_for_workers(n, count, deadline), deadline - time.monotonic() + API_GRACE
+    async def _fail_on_transient(self, pods: list[dict[str, Any]]) -> None:
+        """At the deadline: fail with what the pods were waiting for (no node, a refused pull)."""
+        problems = transient_problems(pods)
+        if problems:
+            raise ClusterStartError(
+                await kube.explain(
+                    self._api, self.spec.namespace, problems[0], self._startup_limit()
+                )
             )
+
+    async def wait_for_workers(self, n: int, count: WorkerCounter, timeout: float) -> None:
+        """Wait until the scheduler counts ``n`` workers; fail fast when a worker pod cannot run.
+
+        A pod that waits for a node (a node pool scaling up) or for a registry that
+        refused a pull for now is waited for until the deadline, and shown.
+        """
+        deadline = min(time.monotonic() + timeout, self._deadline or float("inf"))
+        limit = self._startup_limit() if self.state != Start.READY else f"timeout={timeout:g}s"
+        try:
+            with kube.deadline(deadline, limit):
+                await asyncio.wait_for(
+                    self._wait_for_workers(n, count, deadline),
+                    deadline - time.monotonic() + API_GRACE,
+                )
         except asyncio.TimeoutError:
             raise ClusterStartError(
                 f"waiting for {n} workers of {self.spec.name!r}: the Kubernetes API server or "
@@ -538,8 +576,13 @@ class KubernetesBackend(Backend):
             for p in live:
                 states[pod_phase(p)] = states.get(pod_phase(p), 0) + 1
             summary = ", ".join(f"{v} {k}" for k, v in sorted(states.items())) or "no pod yet"
-            self._say(f"{connected} of {n} workers connected (pods: {summary})")
+            waiting = waiting_for(live, "workers")
+            self._say(
+                f"{connected} of {n} workers connected (pods: {summary})"
+                + (f"; {waiting}" if waiting else "")
+            )
             if time.monotonic() > deadline:
+                await self._fail_on_transient(live)
                 raise ClusterStartError(
                     f"{connected} of {n} workers connected to {spec.name!r} within "
                     f"startup_timeout={spec.startup_timeout:g}s (worker pods: {summary}); "
@@ -556,8 +599,20 @@ class KubernetesBackend(Backend):
         """Run ``n`` workers: up by asking for pods; down by retiring first, so nothing is lost.
 
         The one scale-down of every path (see :mod:`minimaldask.pod.scaling`), here
-        with this user's rights and the scheduler's handlers.
+        with this user's rights and the scheduler's handlers. One deadline for all
+        of it: :data:`SCALE_DEADLINE`.
         """
+        limit = f"the deadline of a scale ({SCALE_DEADLINE:g}s)"
+        try:
+            with kube.deadline(time.monotonic() + SCALE_DEADLINE, limit):
+                await asyncio.wait_for(self._scale(n, scheduler), SCALE_DEADLINE + API_GRACE)
+        except asyncio.TimeoutError:
+            raise KubernetesError(
+                f"scaling {self.spec.name!r} to {n} workers did not finish within {limit}: "
+                "the Kubernetes API server or the scheduler stopped answering"
+            ) from None
+
+    async def _scale(self, n: int, scheduler: Any) -> None:
         api = await self._connect()
         spec = self.spec
         self.spec = spec.with_workers(n)
@@ -655,6 +710,7 @@ class KubernetesBackend(Backend):
         await self.delete(self.spec.name, self.spec.namespace, self.spec.startup_timeout)
         self.requested.clear()
 
+    @kube.bounded
     async def logs(self) -> dict[str, str]:
         """The log of every pod of the cluster."""
         api, ns = await self._connect(), self.spec.namespace
@@ -675,7 +731,17 @@ class KubernetesBackend(Backend):
 
     @classmethod
     async def delete(cls, name: str, namespace: str, timeout: float) -> bool:
-        """Delete cluster ``name`` and wait until none of its objects is left."""
+        """Delete cluster ``name`` and wait until none of its objects is left.
+
+        ``timeout`` is for the objects to go; the requests get :data:`API_GRACE`
+        more, and a hung API server fails the delete by then.
+        """
+        limit = f"the delete's deadline (timeout={timeout:g}s, plus {API_GRACE:g}s)"
+        with kube.deadline(time.monotonic() + timeout + API_GRACE, limit):
+            return await cls._delete(name, namespace, timeout)
+
+    @classmethod
+    async def _delete(cls, name: str, namespace: str, timeout: float) -> bool:
         api = await kube.connect()
         spec = ClusterSpec.from_options(name=name, namespace=namespace, backend="kubernetes")
         # Every mode's objects: the one this cluster was started with is not known here.
@@ -694,6 +760,7 @@ class KubernetesBackend(Backend):
         )
 
     @classmethod
+    @kube.bounded
     async def leftovers(cls, name: str, namespace: str) -> list[str]:
         """``Kind/name`` of every object of cluster ``name`` still there (kinds a user may list)."""
         api = await kube.connect()
@@ -701,6 +768,7 @@ class KubernetesBackend(Backend):
         return await kube.leftovers(api, namespace, name, cluster_kinds(cluster_parts(spec)))
 
     @classmethod
+    @kube.bounded
     async def list_clusters(cls, namespace: str) -> list[ClusterInfo]:
         """The clusters in ``namespace``, found by their scheduler Deployments' labels."""
         api = await kube.connect()

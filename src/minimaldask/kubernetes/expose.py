@@ -96,14 +96,18 @@ class InCluster(Exposure):
 
 
 class PortForward(Exposure):
-    """Port-forwards over the API server to the scheduler pod: nothing is exposed."""
+    """Port-forwards over the API server to the scheduler pod: nothing is exposed.
+
+    The forwards follow the scheduler: each new connection reaches the pod that
+    serves now (:class:`~minimaldask.kubernetes.api.Forward`), so a replaced
+    scheduler pod is reached at the same local address.
+    """
 
     name = "port-forward"
     help = "forward local ports to the scheduler pod over the API server (nothing exposed)"
 
     def __init__(self) -> None:
         self._forwards: list[Any] = []
-        self._pod = ""
         self._endpoint: Endpoint | None = None
 
     def access(self) -> list[Access]:
@@ -111,23 +115,19 @@ class PortForward(Exposure):
         return [Access("create", POD, "portforward")]
 
     async def connect(self, conn: Connection, pod: Obj) -> Endpoint:
-        """Forward to ``pod``; a replaced scheduler pod gets new forwards."""
+        """Forward two free local ports to the scheduler's, whichever pod runs it."""
         from minimaldask.kubernetes import api
 
-        name = pod["metadata"]["name"]
-        if self._pod != name or self._endpoint is None:
-            await self.close()
+        if self._endpoint is None:
             spec = conn.spec
-            self._pod = name
-            comm, comm_port = await api.port_forward(conn.api, spec.namespace, name, spec.port)
+            selector = contract.label_selector(spec.name, contract.SCHEDULER)
+            comm = await api.port_forward(conn.api, spec.namespace, selector, spec.port)
             self._forwards.append(comm)
-            dash, dash_port = await api.port_forward(
-                conn.api, spec.namespace, name, spec.dashboard_port
-            )
+            dash = await api.port_forward(conn.api, spec.namespace, selector, spec.dashboard_port)
             self._forwards.append(dash)
             self._endpoint = Endpoint(
-                f"{contract.scheme(spec.uses_tls)}127.0.0.1:{comm_port}",
-                f"http://127.0.0.1:{dash_port}/status",
+                f"{contract.scheme(spec.uses_tls)}127.0.0.1:{comm.local_port}",
+                f"http://127.0.0.1:{dash.local_port}/status",
             )
         return self._endpoint
 
@@ -137,7 +137,6 @@ class PortForward(Exposure):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(forward.stop(), STOP_TIMEOUT)
         self._forwards.clear()
-        self._pod = ""
         self._endpoint = None
 
 

@@ -1,18 +1,35 @@
 """Reading the state of pods and Deployments: pure functions over objects as the API returns them.
 
-Why a pod will not run (a pull error, a crash loop, no node for it), when it
-became ready, a short phase for progress lines, and the first error in a log.
+Why a pod will not run (a pull error, a crash loop, no node for it) and
+whether waiting may cure it, when it became ready, which pod serves, a short
+phase for progress lines, and the first error in a log.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 _PULL_ERRORS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+#: Pull errors that the kubelet's next try may not meet: the registry limits the rate,
+#: is overloaded or slow (lower case, as found in the node's message). Any other pull
+#: error (no such image, no access, no such host, nothing listening) fails at once.
+_TRANSIENT_PULL = (
+    "429 too many requests",
+    "toomanyrequests",
+    "rate limit",
+    "500 internal server error",
+    "502 bad gateway",
+    "503 service unavailable",
+    "504 gateway timeout",
+    "i/o timeout",
+    "tls handshake timeout",
+    "context deadline exceeded",
+    "connection reset by peer",
+)
 _CONFIG_ERRORS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
 
 
@@ -24,6 +41,10 @@ class PodProblem:
     pod: str
     container: str
     message: str
+    #: Whether time may cure it: no node fits the pod yet (a node pool may add one),
+    #: or the registry refused a pull for now (a rate limit). Worth waiting for, until
+    #: the deadline; any other problem fails at once.
+    transient: bool = False
 
 
 def _time(value: str | None) -> float | None:
@@ -54,7 +75,7 @@ def pod_problem(
             and cond.get("status") == "False"
             and cond.get("reason") == "Unschedulable"
         ):
-            return PodProblem("unschedulable", name, "", cond.get("message", ""))
+            return PodProblem("unschedulable", name, "", cond.get("message", ""), transient=True)
     images = {c["name"]: c.get("image", "") for c in pod.get("spec", {}).get("containers", [])}
     for cs in status.get("containerStatuses") or []:
         container = cs.get("name", "")
@@ -62,8 +83,14 @@ def pod_problem(
         reason = waiting.get("reason", "")
         if reason in _PULL_ERRORS:
             image = images.get(container) or cs.get("image", "")
+            message = waiting.get("message", "")
             return PodProblem(
-                "pull", name, container, f"{reason}: image {image!r}: {waiting.get('message', '')}"
+                "pull",
+                name,
+                container,
+                f"{reason}: image {image!r}: {message}",
+                transient=reason in ("ErrImagePull", "ImagePullBackOff")
+                and any(t in message.lower() for t in _TRANSIENT_PULL),
             )
         if reason in _CONFIG_ERRORS:
             return PodProblem("config", name, container, f"{reason}: {waiting.get('message', '')}")
@@ -84,6 +111,59 @@ def pod_problem(
                 + f", restarted {cs.get('restartCount', 0)} time(s)",
             )
     return None
+
+
+def unschedulable_reason(message: str) -> str:
+    """The scheduler's reason without its counts and its preemption report.
+
+    ``0/3 nodes are available: 3 Insufficient cpu. preemption: ...`` becomes
+    ``Insufficient cpu``.
+    """
+    text = message.split(". preemption:", 1)[0].strip().rstrip(".")
+    _, found, reasons = text.partition("nodes are available: ")
+    if not found:
+        return text
+    return ", ".join(re.sub(r"^\d+ ", "", r.strip()) for r in reasons.split(", "))
+
+
+def waiting_for(pods: Sequence[Mapping[str, Any]], what: str) -> str:
+    """What the live ``pods`` (of ``what``: "workers") wait for that time may bring; "" if nothing.
+
+    ``waiting for a node: 0/3 workers scheduled: Insufficient cpu``, or
+    ``retrying the image pull: ErrImagePull: ...``.
+    """
+    live = [p for p in pods if not p.get("metadata", {}).get("deletionTimestamp")]
+    problems = [p for p in map(pod_problem, live) if p is not None and p.transient]
+    unschedulable = [p for p in problems if p.kind == "unschedulable"]
+    if unschedulable:
+        scheduled = sum(1 for p in live if (p.get("spec") or {}).get("nodeName"))
+        return (
+            f"waiting for a node: {scheduled}/{len(live)} {what} scheduled: "
+            f"{unschedulable_reason(unschedulable[0].message)}"
+        )
+    if problems:
+        return f"retrying the image pull: {problems[0].message}"
+    return ""
+
+
+def transient_problems(pods: Sequence[Mapping[str, Any]]) -> list[PodProblem]:
+    """The problems of the live ``pods`` that time may cure (see :attr:`PodProblem.transient`)."""
+    live = [p for p in pods if not p.get("metadata", {}).get("deletionTimestamp")]
+    return [p for p in map(pod_problem, live) if p is not None and p.transient]
+
+
+def serving_pod(pods: Sequence[Mapping[str, Any]]) -> str | None:
+    """The pod a new connection to the scheduler should reach now: None if none is Ready.
+
+    Of the pods not being deleted and Ready, the newest: after a scheduler pod
+    is replaced, the new one, once it listens. A pod that is not Ready (not yet
+    listening, its container restarting) would take the connection and drop it.
+    """
+    ready = [p for p in pods if pod_ready(p)]
+    if not ready:
+        return None
+    newest = max(ready, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    return str(newest["metadata"]["name"])
 
 
 def replica_failure(deployment: Mapping[str, Any] | None) -> str | None:

@@ -1,0 +1,195 @@
+"""What the client does when the API server is slow, busy or gone: timeouts, retries, deadlines.
+
+The real API server cannot be made to answer 429 or 503 on demand, so these run the real
+client (kr8s, httpx, our retries) against a small HTTP server of the test's own that
+answers as scripted. tests/e2e/test_api_faults.py hangs and drops the real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+
+import pytest
+
+from minimaldask.exceptions import ForbiddenError, KubernetesError
+from minimaldask.kubernetes import api as kube
+from minimaldask.kubernetes.objects import CONFIG_MAP
+
+NS = "ns"
+ITEM = f"/api/v1/namespaces/{NS}/configmaps/x"
+COLLECTION = f"/api/v1/namespaces/{NS}/configmaps"
+OBJ = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": NS}}
+
+
+def status(code, message):
+    """A Status object, as the API server answers every error."""
+    return {"kind": "Status", "apiVersion": "v1", "code": code, "message": message}
+
+
+class FakeApiServer:
+    """Answers each path from a script: (status, headers, body) in turn, the last one repeated.
+
+    ``"hang"`` never answers; ``"drop"`` closes the connection without an answer.
+    """
+
+    def __init__(self, script):
+        self.script = {"/version": [(200, {}, {"gitVersion": "v1.33.0"})], **script}
+        self.seen: list[tuple[str, str]] = []
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+
+    def requests(self, method, path):
+        return sum(1 for m, p in self.seen if (m, p) == (method, path))
+
+    async def serve(self, reader, writer):
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                method, target, _ = line.decode().split(" ", 2)
+                headers = {}
+                while (h := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    name, _, value = h.decode().partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                await reader.readexactly(int(headers.get("content-length", 0)))
+                path = target.split("?", 1)[0].rstrip("/")
+                self.seen.append((method, path))
+                answers = self.script.get(path, [(404, {}, status(404, "not found"))])
+                answer = answers.pop(0) if len(answers) > 1 else answers[0]
+                if answer == "hang":
+                    await asyncio.sleep(3600)
+                if answer == "drop":
+                    return
+                code, extra, body = answer
+                data = json.dumps(body).encode()
+                head = [f"HTTP/1.1 {code} X", f"Content-Length: {len(data)}"]
+                head += ["Content-Type: application/json", *(f"{k}: {v}" for k, v in extra.items())]
+                writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+def kubeconfig(tmp_path, monkeypatch):
+    def point_at(url):
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {"server": url}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "c", "context": {"cluster": "fake", "user": "u"}}],
+            "current-context": "c",
+        }
+        path = tmp_path / "kubeconfig"
+        path.write_text(json.dumps(config))
+        monkeypatch.setenv("KUBECONFIG", str(path))
+
+    return point_at
+
+
+def run(script, kubeconfig, body):
+    async def main():
+        async with FakeApiServer(script) as server:
+            kubeconfig(server.url)
+            api = await kube.connect()
+            t = time.monotonic()
+            try:
+                return server, await body(api, server), time.monotonic() - t
+            except Exception as e:
+                return server, e, time.monotonic() - t
+
+    return asyncio.run(main())
+
+
+def test_a_429_is_retried_after_its_retry_after_and_a_503_with_backoff(kubeconfig):
+    script = {
+        ITEM: [
+            (429, {"Retry-After": "1"}, status(429, "slow down")),
+            (503, {}, status(503, "busy")),
+            (200, {}, OBJ),
+        ]
+    }
+    server, got, elapsed = run(
+        script, kubeconfig, lambda api, _: kube.get(api, CONFIG_MAP, NS, "x")
+    )
+    assert got == OBJ
+    assert server.requests("GET", ITEM) == 3
+    assert elapsed >= 1.0  # Retry-After honoured
+
+
+def test_a_retry_after_date_is_honoured(kubeconfig):
+    later = email.utils.formatdate(time.time() + 2, usegmt=True)
+    script = {ITEM: [(429, {"Retry-After": later}, status(429, "slow down")), (200, {}, OBJ)]}
+    _, got, elapsed = run(script, kubeconfig, lambda api, _: kube.get(api, CONFIG_MAP, NS, "x"))
+    assert got == OBJ
+    assert elapsed >= 1.0  # the date has one-second resolution
+
+
+def test_a_dropped_connection_is_retried(kubeconfig):
+    script = {ITEM: ["drop", "drop", (200, {}, OBJ)]}
+    server, got, _ = run(script, kubeconfig, lambda api, _: kube.get(api, CONFIG_MAP, NS, "x"))
+    assert got == OBJ
+    assert server.requests("GET", ITEM) == 3
+
+
+def test_a_create_is_not_sent_twice_when_it_may_have_been_done(kubeconfig):
+    script = {COLLECTION: [(503, {}, status(503, "busy"))]}
+    server, got, elapsed = run(script, kubeconfig, lambda api, _: kube.create(api, CONFIG_MAP, OBJ))
+    assert isinstance(got, KubernetesError), got
+    assert server.requests("POST", COLLECTION) == 1
+    assert elapsed < 1
+
+
+def test_a_create_refused_by_flow_control_is_sent_again(kubeconfig):
+    # A 429 is answered before the API server acts: sending the create again is safe.
+    script = {COLLECTION: [(429, {"Retry-After": "0"}, status(429, "slow down")), (201, {}, OBJ)]}
+    server, got, _ = run(script, kubeconfig, lambda api, _: kube.create(api, CONFIG_MAP, OBJ))
+    assert got == OBJ
+    assert server.requests("POST", COLLECTION) == 2
+
+
+def test_a_refusal_is_not_retried(kubeconfig):
+    script = {ITEM: [(403, {}, status(403, "no"))]}
+    _, got, elapsed = run(script, kubeconfig, lambda api, _: kube.get(api, CONFIG_MAP, NS, "x"))
+    assert isinstance(got, ForbiddenError), got
+    assert elapsed < 2
+
+
+def test_a_hung_server_fails_by_the_deadline_and_is_named(kubeconfig):
+    script = {ITEM: ["hang"]}
+
+    async def body(api, server):
+        with kube.deadline(time.monotonic() + 3, "test_timeout=3s"):
+            return await kube.get(api, CONFIG_MAP, NS, "x")
+
+    server, got, elapsed = run(script, kubeconfig, body)
+    assert isinstance(got, KubernetesError), got
+    assert f"the Kubernetes API server at {server.url} did not answer within test_timeout=3s" in (
+        str(got)
+    )
+    assert 3 <= elapsed < 3 + 1.5
+
+
+def test_a_server_error_until_the_deadline_says_what_it_answered(kubeconfig):
+    script = {ITEM: [(503, {}, status(503, "etcd is down"))]}
+
+    async def body(api, server):
+        with kube.deadline(time.monotonic() + 2, "test_timeout=2s"):
+            return await kube.get(api, CONFIG_MAP, NS, "x")
+
+    server, got, elapsed = run(script, kubeconfig, body)
+    assert isinstance(got, KubernetesError), got
+    assert "kept failing: 503" in str(got)
+    assert server.requests("GET", ITEM) > 2  # with backoff, several tries in 2 s
+    assert elapsed < 2 + 1
