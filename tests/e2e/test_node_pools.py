@@ -2,7 +2,7 @@
 
 The local node is tainted NoSchedule (as admin), as a node pool without a free node looks to
 the scheduler; the taint is removed after a while (a node came), or never. Other tests share
-the node: the taint is always removed, and kept short.
+the node: the taint is always removed, and these tests run alone (marked exclusive).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from distributed import Client
 from minimaldask import MinimalCluster
 from minimaldask.exceptions import ClusterStartError
 
-pytestmark = [pytest.mark.kube, pytest.mark.slow]
+pytestmark = [pytest.mark.kube, pytest.mark.slow, pytest.mark.exclusive]
 
 
 @pytest.fixture
