@@ -28,9 +28,12 @@ PYTHON=${PYTHON:-python3}
 # that need little CPU; the e2e tests (mostly waiting on Kubernetes) follow it,
 # several at a time.
 mkdir -p out
+stage "services: the Docker engine, qemu-user"
+# Before the local Kubernetes: both install Debian packages, one at a time.
+bash tools/ci/docker-up.sh
+
 stage "image tests (background, log: out/pytest-image.log)"
 (
-    bash tools/ci/docker-up.sh || exit
     rc=0
     .venv/bin/pytest tests/image --durations=15 -p no:cacheprovider "$@" || rc=$?
     [ "$rc" = 5 ] && rc=0

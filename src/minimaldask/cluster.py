@@ -28,6 +28,8 @@ from minimaldask.spec import ClusterSpec
 
 #: Seconds the scheduler may go without answering a heartbeat before the handle says so.
 HEARTBEAT_SILENCE = 5.0
+#: Seconds close() waits for the heartbeat to stop (one answer's wait, 10 s, and its pause).
+HEARTBEAT_STOP = 12.0
 
 
 class MinimalCluster(Cluster):
@@ -85,6 +87,7 @@ class MinimalCluster(Cluster):
         self.janitor_error: str | None = None
         self._janitor_info: dict[str, Any] = {}
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._heartbeat_stopped = False
         self._adapting = False
         super().__init__(asynchronous=asynchronous, loop=loop, quiet=quiet, name=self.spec.name)
         #: How clients connect: plain TCP until the cluster's TLS credentials are known.
@@ -201,9 +204,9 @@ class MinimalCluster(Cluster):
         """
         handle = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
         told, silent_since = False, 0.0
-        # Until close() cancels it: after the cluster ends, the janitor may still say that
+        # Until close() stops it: after the cluster ends, the janitor may still say that
         # it cannot delete it.
-        while True:
+        while not self._heartbeat_stopped:
             began = time.monotonic()
             try:
                 info = await asyncio.wait_for(
@@ -292,9 +295,11 @@ class MinimalCluster(Cluster):
         if self.status == Status.closed:
             return
         if self._heartbeat_task:
+            # Python < 3.12's wait_for may swallow a cancel that meets its answer: the flag
+            # ends the loop then, and the wait has a deadline either way.
+            self._heartbeat_stopped = True
             self._heartbeat_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat_task
+            await asyncio.wait({self._heartbeat_task}, timeout=HEARTBEAT_STOP)
         if self.shutdown_reason:
             await self._backend.disconnect()
         elif self.status in (Status.running, Status.starting):
