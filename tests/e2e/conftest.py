@@ -112,9 +112,16 @@ class Kube:
         self.namespace = namespace
 
     def kubectl(
-        self, *args: str, admin: bool = False, input: str | None = None, check: bool = True
+        self,
+        *args: str,
+        admin: bool = False,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 120,
     ):
-        return self.cluster.kubectl(*args, as_user=not admin, input=input, check=check, timeout=120)
+        return self.cluster.kubectl(
+            *args, as_user=not admin, input=input, check=check, timeout=timeout
+        )
 
     def get(self, kind: str, name: str) -> dict:
         return json.loads(

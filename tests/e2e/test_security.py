@@ -119,6 +119,9 @@ def test_only_the_clusters_own_clients_reach_it(namespace, kube, image, localkub
             result = kube.kubectl(
                 "exec", neighbour_pod, "-n", namespace, "-c", "scheduler", "--",
                 "python3", "-c", code, check=False,
+                # Two connections that the NetworkPolicy drops, 15 s each with distributed's
+                # retries, after its import on a node that may be busy.
+                timeout=300,
             )  # fmt: skip
             print(result.stdout, result.stderr)
             assert "CONNECTED" not in result.stdout and result.stdout.count("REFUSED") == 2
@@ -213,7 +216,8 @@ def test_a_worker_that_fills_its_tmp_is_evicted_alone_and_its_work_redone(
         def evicted(name):
             # The kubelet marks the pod's status "Evicted" only if its container is still up
             # when it writes the status; a worker that drains and exits 0 on the SIGTERM ends
-            # "Succeeded", with the kubelet's DisruptionTarget condition saying why.
+            # "Succeeded", with the kubelet's DisruptionTarget condition saying why (its
+            # Evicted event is best-effort: a busy kubelet drops events).
             status = (kube.pods(cluster_name, "worker", live=False).get(name) or {}).get("status")
             status = status or {}
             return status.get("reason") == "Evicted" or any(
@@ -226,11 +230,6 @@ def test_a_worker_that_fills_its_tmp_is_evicted_alone_and_its_work_redone(
         assert wait_until(lambda: evicted(victim), budgets.KUBELET_EVICTION + budgets.REQUESTS, 2)
         assert not evicted(survivor), "more than the one worker went"
         assert client.gather(futures) == [i * 7 for i in range(100)]
-        events = kube.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
-        assert any(
-            e.get("reason") == "Evicted" and e["involvedObject"]["name"] == victim
-            for e in json.loads(events)["items"]
-        )
 
 
 def test_a_cluster_runs_the_digest_its_tag_named_at_the_start(

@@ -107,7 +107,10 @@ def test_pod_phase_prefers_the_waiting_reason():
     assert not kube.pod_ready(p)
 
 
-def crash_loop(finished_at):
+def crash_loop(finished_at, started_at=None):
+    terminated = {"exitCode": 1, "reason": "Error", "finishedAt": finished_at}
+    if started_at:
+        terminated["startedAt"] = started_at
     return pod(
         {
             "containerStatuses": [
@@ -115,9 +118,7 @@ def crash_loop(finished_at):
                     "name": "worker",
                     "restartCount": 2,
                     "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-                    "lastState": {
-                        "terminated": {"exitCode": 1, "reason": "Error", "finishedAt": finished_at}
-                    },
+                    "lastState": {"terminated": terminated},
                 }
             ]
         }
@@ -132,6 +133,13 @@ def test_a_worker_crash_before_its_scheduler_was_ready_is_forgiven():
     assert kube.pod_problem(crash_loop("2026-11-29T10:00:40Z"), ready).kind == "crash"
     # The scheduler is not ready yet: every worker crash is forgiven.
     assert kube.pod_problem(crash_loop("2026-11-29T10:00:40Z"), float("inf")) is None
+    # Started before the scheduler was ready, gave up after (its death timeout, while the
+    # Service's endpoint was not programmed yet): forgiven; started after it: counts.
+    assert (
+        kube.pod_problem(crash_loop("2026-11-29T10:00:45Z", "2026-11-29T10:00:25Z"), ready) is None
+    )
+    late = crash_loop("2026-11-29T10:00:45Z", "2026-11-29T10:00:35Z")
+    assert kube.pod_problem(late, ready).kind == "crash"
     # A scheduler's own crash always counts.
     assert kube.pod_problem(crash_loop("2026-11-29T10:00:20Z")).kind == "crash"
 

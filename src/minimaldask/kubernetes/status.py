@@ -63,9 +63,12 @@ def pod_problem(
 ) -> PodProblem | None:
     """The reason a pod will not become ready by itself, read from its status; else None.
 
-    ``crashes_count_after`` (a time, seconds since the epoch) forgives a crash that
-    ended before it: a worker that gave up waiting for a scheduler that was not yet
-    listening. Kubernetes restarts it, and the next try finds the scheduler.
+    ``crashes_count_after`` (a time, seconds since the epoch) forgives a crash of a
+    container that started before it: a worker that began waiting for a scheduler
+    that was not yet listening, and gave up (its death timeout may end after the
+    scheduler became ready, while the Service's endpoint was not yet programmed).
+    Kubernetes restarts it, and the next try finds the scheduler; a container that
+    started after it and crashed counts.
     """
     name = pod.get("metadata", {}).get("name", "?")
     status = pod.get("status") or {}
@@ -97,9 +100,9 @@ def pod_problem(
         # One crash can be a race (a scheduler being replaced); a crash loop is not.
         if reason == "CrashLoopBackOff":
             detail = (cs.get("lastState") or {}).get("terminated") or {}
-            ended = _time(detail.get("finishedAt"))
+            began = _time(detail.get("startedAt") or detail.get("finishedAt"))
             if crashes_count_after is not None and (
-                ended is None or ended <= crashes_count_after + CLOCK_SKEW
+                began is None or began <= crashes_count_after + CLOCK_SKEW
             ):
                 continue
             return PodProblem(
