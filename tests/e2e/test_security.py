@@ -13,6 +13,7 @@ import budgets
 import pytest
 from distributed import Client
 
+import localkube
 from minimaldask import MinimalCluster, contract
 from testutil import wait_until
 
@@ -214,18 +215,14 @@ def test_a_worker_that_fills_its_tmp_is_evicted_alone_and_its_work_redone(
         assert client.submit(fill, workers=[victim_address], pure=False).result(60) == "filled"
 
         def evicted(name):
-            # The kubelet marks the pod's status "Evicted" only if its container is still up
-            # when it writes the status; a worker that drains and exits 0 on the SIGTERM ends
-            # "Succeeded", with the kubelet's DisruptionTarget condition saying why (its
-            # Evicted event is best-effort: a busy kubelet drops events).
-            status = (kube.pods(cluster_name, "worker", live=False).get(name) or {}).get("status")
-            status = status or {}
-            return status.get("reason") == "Evicted" or any(
-                c.get("type") == "DisruptionTarget"
-                and c.get("reason") == "TerminationByKubelet"
-                and "EmptyDir" in c.get("message", "")
-                for c in status.get("conditions") or ()
-            )
+            # The pod's status says "Evicted" only if the kubelet wrote it before the worker
+            # (draining on its SIGTERM) exited 0: else the pod ends "Succeeded". The kubelet's
+            # own log says it either way (its Evicted event is best-effort, dropped when busy).
+            pod = kube.pods(cluster_name, "worker", live=False).get(name) or {}
+            if (pod.get("status") or {}).get("reason") == "Evicted":
+                return True
+            said = f'"Eviction manager: pod is evicted successfully" pod="{namespace}/{name}"'
+            return said in (localkube.LOGS / "kubelet.log").read_text(errors="replace")
 
         assert wait_until(lambda: evicted(victim), budgets.KUBELET_EVICTION + budgets.REQUESTS, 2)
         assert not evicted(survivor), "more than the one worker went"
