@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from minimaldask._version import __version__
 from minimaldask.exceptions import ForbiddenError, KubernetesError
 from minimaldask.kubernetes import api as kube
 from minimaldask.kubernetes.objects import CONFIG_MAP
@@ -38,6 +39,7 @@ class FakeApiServer:
     def __init__(self, script):
         self.script = {"/version": [(200, {}, {"gitVersion": "v1.33.0"})], **script}
         self.seen: list[tuple[str, str]] = []
+        self.user_agents: set[str] = set()
 
     async def __aenter__(self):
         self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
@@ -64,6 +66,7 @@ class FakeApiServer:
                 await reader.readexactly(int(headers.get("content-length", 0)))
                 path = target.split("?", 1)[0].rstrip("/")
                 self.seen.append((method, path))
+                self.user_agents.add(headers.get("user-agent", ""))
                 answers = self.script.get(path, [(404, {}, status(404, "not found"))])
                 answer = answers.pop(0) if len(answers) > 1 else answers[0]
                 if answer == "hang":
@@ -98,11 +101,11 @@ def kubeconfig(tmp_path, monkeypatch):
     return point_at
 
 
-def run(script, kubeconfig, body):
+def run(script, kubeconfig, body, cluster=("", "")):
     async def main():
         async with FakeApiServer(script) as server:
             kubeconfig(server.url)
-            api = await kube.connect()
+            api = await kube.connect(*cluster)
             t = time.monotonic()
             try:
                 return server, await body(api, server), time.monotonic() - t
@@ -161,9 +164,46 @@ def test_a_create_refused_by_flow_control_is_sent_again(kubeconfig):
 
 def test_a_refusal_is_not_retried(kubeconfig):
     script = {ITEM: [(403, {}, status(403, "no"))]}
-    _, got, elapsed = run(script, kubeconfig, lambda api, _: kube.get(api, CONFIG_MAP, NS, "x"))
+    server, got, elapsed = run(
+        script, kubeconfig, lambda api, _: kube.get(api, CONFIG_MAP, NS, "x")
+    )
     assert isinstance(got, ForbiddenError), got
+    assert "forbidden: no" in str(got)
+    # kr8s alone would ask three times more, reading the credentials again each time.
+    assert server.requests("GET", ITEM) == 1
     assert elapsed < 2
+
+
+def test_an_unauthorized_request_is_sent_again_with_the_credentials_read_again(kubeconfig):
+    # A 401 may be an expired token: kr8s reads the credentials again and asks again.
+    script = {ITEM: [(401, {}, status(401, "Unauthorized")), (200, {}, OBJ)]}
+    server, got, _ = run(script, kubeconfig, lambda api, _: kube.get(api, CONFIG_MAP, NS, "x"))
+    assert got == OBJ
+    assert server.requests("GET", ITEM) == 2
+
+
+def test_a_server_error_names_what_the_server_said(kubeconfig):
+    script = {ITEM: [(500, {}, status(500, "etcd is full"))]}
+
+    async def body(api, server):
+        with kube.deadline(time.monotonic() + 0.2, "test_timeout=0.2s"):
+            return await kube.get(api, CONFIG_MAP, NS, "x")
+
+    _, got, _ = run(script, kubeconfig, body)
+    assert isinstance(got, KubernetesError), got
+    assert "kept failing: 500 etcd is full" in str(got)
+
+
+def test_every_request_names_the_cluster_in_its_user_agent(kubeconfig):
+    server, got, _ = run(
+        {ITEM: [(200, {}, OBJ)]},
+        kubeconfig,
+        lambda api, _: kube.get(api, CONFIG_MAP, NS, "x"),
+        cluster=("mine", NS),
+    )
+    assert got == OBJ
+    (agent,) = server.user_agents  # /version and the GET
+    assert agent.startswith(f"minimaldask/{__version__} (cluster {NS}/mine) kr8s/"), agent
 
 
 def test_a_hung_server_fails_by_the_deadline_and_is_named(kubeconfig):

@@ -166,7 +166,7 @@ class KubernetesBackend(Backend):
 
     async def _connect(self) -> Any:
         if self._api is None:
-            self._api = await kube.connect()
+            self._api = await kube.connect(self.spec.name, self.spec.namespace)
         return self._api
 
     def _say(self, line: str) -> None:
@@ -742,7 +742,7 @@ class KubernetesBackend(Backend):
 
     @classmethod
     async def _delete(cls, name: str, namespace: str, timeout: float) -> bool:
-        api = await kube.connect()
+        api = await kube.connect(name, namespace)
         spec = ClusterSpec.from_options(name=name, namespace=namespace, backend="kubernetes")
         # Every mode's objects: the one this cluster was started with is not known here.
         parts = [
@@ -763,7 +763,7 @@ class KubernetesBackend(Backend):
     @kube.bounded
     async def leftovers(cls, name: str, namespace: str) -> list[str]:
         """``Kind/name`` of every object of cluster ``name`` still there (kinds a user may list)."""
-        api = await kube.connect()
+        api = await kube.connect(name, namespace)
         spec = ClusterSpec.from_options(name=name, namespace=namespace, backend="kubernetes")
         return await kube.leftovers(api, namespace, name, cluster_kinds(cluster_parts(spec)))
 
