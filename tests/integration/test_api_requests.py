@@ -17,7 +17,9 @@ import pytest
 from minimaldask._version import __version__
 from minimaldask.exceptions import ForbiddenError, KubernetesError
 from minimaldask.kubernetes import api as kube
-from minimaldask.kubernetes.objects import CONFIG_MAP
+from minimaldask.kubernetes.backend import LOOK_EVERY, KubernetesBackend
+from minimaldask.kubernetes.objects import CONFIG_MAP, POD
+from minimaldask.spec import ClusterSpec
 
 NS = "ns"
 ITEM = f"/api/v1/namespaces/{NS}/configmaps/x"
@@ -233,3 +235,55 @@ def test_a_server_error_until_the_deadline_says_what_it_answered(kubeconfig):
     assert "kept failing: 503" in str(got)
     assert server.requests("GET", ITEM) > 2  # with backoff, several tries in 2 s
     assert elapsed < 2 + 1
+
+
+def test_a_delete_waits_on_the_kinds_that_linger_and_confirms_with_every_kind(kubeconfig):
+    # Pods take a while to end; the other kinds are gone at once. Polling every kind
+    # at every look would cost a request per kind the cluster may have, each 0.5 s.
+    pod = {"metadata": {"name": "w-1"}}
+    pods = f"/api/v1/namespaces/{NS}/pods"
+    config_maps = COLLECTION
+    script = {
+        f"{config_maps}/x": [(200, {}, OBJ)],
+        config_maps: [(200, {}, {"items": []})],
+        pods: [(200, {}, {"items": [pod]})] * 3 + [(200, {}, {"items": []})],
+    }
+
+    async def body(api, server):
+        return await kube.delete_cluster(
+            api, NS, "x", [(CONFIG_MAP, "x", False)], [CONFIG_MAP, POD], timeout=30
+        )
+
+    server, got, _ = run(script, kubeconfig, body)
+    assert got is True
+    assert server.requests("DELETE", f"{config_maps}/x") == 1
+    assert server.requests("GET", pods) == 5  # 3 with the pod, the empty one, the full pass
+    assert server.requests("GET", config_maps) == 2  # the first pass and the full one
+
+
+def test_waiting_for_workers_asks_the_scheduler_often_and_reads_the_pods_seldom(kubeconfig):
+    # Each read lists every worker pod: at 1,000 workers, megabytes. The scheduler's
+    # count (no API request) decides when the wait ends.
+    pods = f"/api/v1/namespaces/{NS}/pods"
+    script = {pods: [(200, {}, {"items": []})]}
+    counts = []
+
+    async def body(api, server):
+        spec = ClusterSpec.from_options(name="x", namespace=NS, backend="kubernetes")
+        backend = KubernetesBackend(spec, lambda line: None)
+        backend._api = api
+
+        async def count():
+            counts.append(time.monotonic())
+            return 3 if len(counts) == 10 else 0
+
+        await backend.wait_for_workers(3, count, timeout=60)
+
+    server, got, elapsed = run(script, kubeconfig, body)
+    assert got is None, got
+    assert len(counts) == 10  # every 0.5 s until the scheduler counts 3
+    # A read is the scheduler pods' and the workers' (and the Deployment, 404 here): at
+    # the first look, every LOOK_EVERY seconds, and once more when the count is reached.
+    reads = server.requests("GET", pods) / 2
+    assert reads <= elapsed / LOOK_EVERY + 2
+    assert reads < len(counts) / 2

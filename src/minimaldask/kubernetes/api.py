@@ -599,8 +599,8 @@ async def leftovers(
 ) -> list[str]:
     """``Kind/name`` of every object of ``kinds`` labelled as part of ``cluster``.
 
-    Kinds this user may not list are not checked. One request at a time: kr8s
-    re-authenticates after a 403, which concurrent requests do not survive.
+    Kinds this user may not list are not checked. One request at a time, to be
+    light on the API server: a request per kind.
     """
     selector = contract.label_selector(cluster)
     left = []
@@ -636,14 +636,24 @@ async def delete_cluster(
                 raise
     kinds = list(kinds)
     deadline = time.monotonic() + timeout
-    while left := await leftovers(api, namespace, cluster, kinds):
+    # While objects linger (pods ending), only their kinds are listed again, not all a
+    # cluster may have; a full pass confirms the end, since a controller may still have
+    # made an object (a ReplicaSet's pod) of a kind that was empty.
+    look = kinds
+    while True:
+        left = await leftovers(api, namespace, cluster, look)
+        if not left:
+            if look == kinds:
+                return existed
+            look = kinds
+            continue
         if time.monotonic() > deadline:
             raise KubernetesError(
                 f"cluster {cluster!r} in namespace {namespace!r} was deleted but after "
                 f"{timeout:g}s these objects are still there: {', '.join(left)}"
             )
+        look = [k for k in kinds if any(o.startswith(f"{k.name}/") for o in left)]
         await asyncio.sleep(POLL)
-    return existed
 
 
 async def set_replicas(
@@ -683,21 +693,6 @@ async def merge_patch(
         headers={"Content-Type": "application/merge-patch+json"},
         missing_ok=missing_ok,
     )
-
-
-async def set_deletion_cost(
-    api: kr8s.asyncio.Api, namespace: str, pods: Iterable[str], cost: int
-) -> None:
-    """Annotate ``pods`` so that the ReplicaSet controller removes them first (low cost)."""
-    for pod in pods:
-        await merge_patch(
-            api,
-            POD,
-            namespace,
-            pod,
-            {"metadata": {"annotations": {contract.DELETION_COST: str(cost)}}},
-            missing_ok=True,
-        )
 
 
 # -- what went wrong -----------------------------------------------------------------------------
