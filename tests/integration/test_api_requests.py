@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import time
 
 import pytest
@@ -134,7 +135,10 @@ def test_a_429_is_retried_after_its_retry_after_and_a_503_with_backoff(kubeconfi
 
 
 def test_a_retry_after_date_is_honoured(kubeconfig):
-    later = email.utils.formatdate(time.time() + 2, usegmt=True)
+    # A date has whole seconds (time.time() + 2, printed without its fraction, was
+    # as little as 0.99 s ahead by the time the client read it): more than 2 s ahead
+    # now, at least 1 s once the server is up and the client connected.
+    later = email.utils.formatdate(math.floor(time.time()) + 3, usegmt=True)
     script = {ITEM: [(429, {"Retry-After": later}, status(429, "slow down")), (200, {}, OBJ)]}
     _, got, elapsed = run(script, kubeconfig, lambda api, _: kube.get(api, CONFIG_MAP, NS, "x"))
     assert got == OBJ
