@@ -76,12 +76,6 @@ def label_selector(cluster: str | None = None, component: str | None = None) -> 
     return ",".join(f"{k}={v}" for k, v in selector(cluster, component).items())
 
 
-#: Annotation the ReplicaSet controller reads to choose which pods to remove first.
-DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
-#: Its value on a retired worker's pod: lower than any other pod's (default 0).
-RETIRED_DELETION_COST = -1_000_000
-
-
 def cluster_of(labels: Mapping[str, str]) -> str:
     """The cluster an object belongs to, from its labels ("" if none)."""
     return labels.get(LABEL_INSTANCE, "")

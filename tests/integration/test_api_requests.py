@@ -10,13 +10,17 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import time
 
 import pytest
 
+from minimaldask._version import __version__
 from minimaldask.exceptions import ForbiddenError, KubernetesError
 from minimaldask.kubernetes import api as kube
-from minimaldask.kubernetes.objects import CONFIG_MAP
+from minimaldask.kubernetes.backend import LOOK_EVERY, KubernetesBackend
+from minimaldask.kubernetes.objects import CONFIG_MAP, POD
+from minimaldask.spec import ClusterSpec
 
 NS = "ns"
 ITEM = f"/api/v1/namespaces/{NS}/configmaps/x"
@@ -38,6 +42,7 @@ class FakeApiServer:
     def __init__(self, script):
         self.script = {"/version": [(200, {}, {"gitVersion": "v1.33.0"})], **script}
         self.seen: list[tuple[str, str]] = []
+        self.user_agents: set[str] = set()
 
     async def __aenter__(self):
         self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
@@ -64,6 +69,7 @@ class FakeApiServer:
                 await reader.readexactly(int(headers.get("content-length", 0)))
                 path = target.split("?", 1)[0].rstrip("/")
                 self.seen.append((method, path))
+                self.user_agents.add(headers.get("user-agent", ""))
                 answers = self.script.get(path, [(404, {}, status(404, "not found"))])
                 answer = answers.pop(0) if len(answers) > 1 else answers[0]
                 if answer == "hang":
@@ -98,11 +104,11 @@ def kubeconfig(tmp_path, monkeypatch):
     return point_at
 
 
-def run(script, kubeconfig, body):
+def run(script, kubeconfig, body, cluster=("", "")):
     async def main():
         async with FakeApiServer(script) as server:
             kubeconfig(server.url)
-            api = await kube.connect()
+            api = await kube.connect(*cluster)
             t = time.monotonic()
             try:
                 return server, await body(api, server), time.monotonic() - t
@@ -129,7 +135,10 @@ def test_a_429_is_retried_after_its_retry_after_and_a_503_with_backoff(kubeconfi
 
 
 def test_a_retry_after_date_is_honoured(kubeconfig):
-    later = email.utils.formatdate(time.time() + 2, usegmt=True)
+    # A date has whole seconds (time.time() + 2, printed without its fraction, was
+    # as little as 0.99 s ahead by the time the client read it): more than 2 s ahead
+    # now, at least 1 s once the server is up and the client connected.
+    later = email.utils.formatdate(math.floor(time.time()) + 3, usegmt=True)
     script = {ITEM: [(429, {"Retry-After": later}, status(429, "slow down")), (200, {}, OBJ)]}
     _, got, elapsed = run(script, kubeconfig, lambda api, _: kube.get(api, CONFIG_MAP, NS, "x"))
     assert got == OBJ
@@ -161,9 +170,46 @@ def test_a_create_refused_by_flow_control_is_sent_again(kubeconfig):
 
 def test_a_refusal_is_not_retried(kubeconfig):
     script = {ITEM: [(403, {}, status(403, "no"))]}
-    _, got, elapsed = run(script, kubeconfig, lambda api, _: kube.get(api, CONFIG_MAP, NS, "x"))
+    server, got, elapsed = run(
+        script, kubeconfig, lambda api, _: kube.get(api, CONFIG_MAP, NS, "x")
+    )
     assert isinstance(got, ForbiddenError), got
+    assert "forbidden: no" in str(got)
+    # kr8s alone would ask three times more, reading the credentials again each time.
+    assert server.requests("GET", ITEM) == 1
     assert elapsed < 2
+
+
+def test_an_unauthorized_request_is_sent_again_with_the_credentials_read_again(kubeconfig):
+    # A 401 may be an expired token: kr8s reads the credentials again and asks again.
+    script = {ITEM: [(401, {}, status(401, "Unauthorized")), (200, {}, OBJ)]}
+    server, got, _ = run(script, kubeconfig, lambda api, _: kube.get(api, CONFIG_MAP, NS, "x"))
+    assert got == OBJ
+    assert server.requests("GET", ITEM) == 2
+
+
+def test_a_server_error_names_what_the_server_said(kubeconfig):
+    script = {ITEM: [(500, {}, status(500, "etcd is full"))]}
+
+    async def body(api, server):
+        with kube.deadline(time.monotonic() + 0.2, "test_timeout=0.2s"):
+            return await kube.get(api, CONFIG_MAP, NS, "x")
+
+    _, got, _ = run(script, kubeconfig, body)
+    assert isinstance(got, KubernetesError), got
+    assert "kept failing: 500 etcd is full" in str(got)
+
+
+def test_every_request_names_the_cluster_in_its_user_agent(kubeconfig):
+    server, got, _ = run(
+        {ITEM: [(200, {}, OBJ)]},
+        kubeconfig,
+        lambda api, _: kube.get(api, CONFIG_MAP, NS, "x"),
+        cluster=("mine", NS),
+    )
+    assert got == OBJ
+    (agent,) = server.user_agents  # /version and the GET
+    assert agent.startswith(f"minimaldask/{__version__} (cluster {NS}/mine) kr8s/"), agent
 
 
 def test_a_hung_server_fails_by_the_deadline_and_is_named(kubeconfig):
@@ -193,3 +239,55 @@ def test_a_server_error_until_the_deadline_says_what_it_answered(kubeconfig):
     assert "kept failing: 503" in str(got)
     assert server.requests("GET", ITEM) > 2  # with backoff, several tries in 2 s
     assert elapsed < 2 + 1
+
+
+def test_a_delete_waits_on_the_kinds_that_linger_and_confirms_with_every_kind(kubeconfig):
+    # Pods take a while to end; the other kinds are gone at once. Polling every kind
+    # at every look would cost a request per kind the cluster may have, each 0.5 s.
+    pod = {"metadata": {"name": "w-1"}}
+    pods = f"/api/v1/namespaces/{NS}/pods"
+    config_maps = COLLECTION
+    script = {
+        f"{config_maps}/x": [(200, {}, OBJ)],
+        config_maps: [(200, {}, {"items": []})],
+        pods: [(200, {}, {"items": [pod]})] * 3 + [(200, {}, {"items": []})],
+    }
+
+    async def body(api, server):
+        return await kube.delete_cluster(
+            api, NS, "x", [(CONFIG_MAP, "x", False)], [CONFIG_MAP, POD], timeout=30
+        )
+
+    server, got, _ = run(script, kubeconfig, body)
+    assert got is True
+    assert server.requests("DELETE", f"{config_maps}/x") == 1
+    assert server.requests("GET", pods) == 5  # 3 with the pod, the empty one, the full pass
+    assert server.requests("GET", config_maps) == 2  # the first pass and the full one
+
+
+def test_waiting_for_workers_asks_the_scheduler_often_and_reads_the_pods_seldom(kubeconfig):
+    # Each read lists every worker pod: at 1,000 workers, megabytes. The scheduler's
+    # count (no API request) decides when the wait ends.
+    pods = f"/api/v1/namespaces/{NS}/pods"
+    script = {pods: [(200, {}, {"items": []})]}
+    counts = []
+
+    async def body(api, server):
+        spec = ClusterSpec.from_options(name="x", namespace=NS, backend="kubernetes")
+        backend = KubernetesBackend(spec, lambda line: None)
+        backend._api = api
+
+        async def count():
+            counts.append(time.monotonic())
+            return 3 if len(counts) == 10 else 0
+
+        await backend.wait_for_workers(3, count, timeout=60)
+
+    server, got, elapsed = run(script, kubeconfig, body)
+    assert got is None, got
+    assert len(counts) == 10  # every 0.5 s until the scheduler counts 3
+    # A read is the scheduler pods' and the workers' (and the Deployment, 404 here): at
+    # the first look, every LOOK_EVERY seconds, and once more when the count is reached.
+    reads = server.requests("GET", pods) / 2
+    assert reads <= elapsed / LOOK_EVERY + 2
+    assert reads < len(counts) / 2

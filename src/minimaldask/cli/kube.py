@@ -187,7 +187,7 @@ def status(args: argparse.Namespace) -> int:
     namespace = args.namespace or config.get("namespace")
 
     async def pods() -> list[dict[str, Any]]:
-        client = await api.connect()
+        client = await api.connect(name, namespace)
         return await api.list_objects(client, POD, namespace, contract.label_selector(name))
 
     found = runner.run(pods())

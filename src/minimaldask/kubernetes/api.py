@@ -43,6 +43,7 @@ import kr8s
 import kr8s.asyncio
 
 from minimaldask import contract
+from minimaldask._version import __version__
 from minimaldask.exceptions import (
     ClusterStartError,
     ForbiddenError,
@@ -311,13 +312,39 @@ async def retrying(
         await asyncio.sleep(delay)
 
 
-async def connect() -> kr8s.asyncio.Api:
-    """A client of the API server, from the kubeconfig (``$KUBECONFIG``) or the pod's account."""
+class _Api(kr8s.asyncio.Api):
+    """kr8s' client, whose User-Agent names minimaldask and the cluster it works for."""
+
+    agent = ""
+
+    @property
+    def __version__(self) -> str:
+        # kr8s sends this as the User-Agent of every request, port-forwards included.
+        return f"{self.agent} {super().__version__}".strip()
+
+
+def user_agent(cluster: str = "", namespace: str = "") -> str:
+    """What this client's requests call themselves: ``minimaldask/VERSION (cluster NS/NAME)``.
+
+    The API server's audit log records it, so that its administrators (and
+    ``bench/api_calls.py``) tell one cluster's requests from another's of the same user.
+    kr8s' own ``kr8s/VERSION`` follows it in the header.
+    """
+    where = f" (cluster {namespace}/{cluster})" if cluster else ""
+    return f"minimaldask/{__version__}{where}"
+
+
+async def connect(cluster: str = "", namespace: str = "") -> kr8s.asyncio.Api:
+    """A client of the API server, from the kubeconfig (``$KUBECONFIG``) or the pod's account.
+
+    Its requests name ``cluster`` in their User-Agent (see :func:`user_agent`).
+    """
     try:
         # Our own client, not kr8s' per-loop cache: a cached one may outlive its loop.
-        api: kr8s.asyncio.Api = kr8s.asyncio.Api(bypass_factory=True)
+        api = _Api(bypass_factory=True)
     except (ValueError, KeyError, FileNotFoundError) as e:
         raise _no_configuration(e) from e
+    api.agent = user_agent(cluster, namespace)
     # kr8s makes its HTTP client without timeouts: one hung request would hang everything.
     api.timeout = httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
 
@@ -360,8 +387,7 @@ async def _request(
 
     async def attempt(timeout: httpx.Timeout) -> httpx.Response | None:
         try:
-            async with api.call_api(method, timeout=timeout, **request) as r:
-                return r
+            return await _send(api, method, timeout=timeout, **request)
         except kr8s.ServerError as e:
             code = _status(e)[0]
             if missing_ok and code == 404:
@@ -372,6 +398,34 @@ async def _request(
 
     async with api_errors(action, api):
         return await retrying(api, action, attempt, idempotent)
+
+
+def refusal(r: httpx.Response) -> kr8s.ServerError:
+    """The error for the error response ``r``: its Status object's message, else its text."""
+    try:
+        status = r.json()
+        message = str(status["message"])
+    except (ValueError, KeyError, TypeError):
+        status, message = r.text, f"HTTP {r.status_code}"
+    return kr8s.ServerError(message, status=status, response=r)
+
+
+async def _send(api: kr8s.asyncio.Api, method: str, **request: Any) -> httpx.Response:
+    """One request; an error response raises ``kr8s.ServerError``.
+
+    kr8s answers a 401 or a 403 by reading the credentials again and asking
+    again, three times: right for an expired credential (401), but four
+    requests for one answer when the request is simply not allowed (403),
+    which the pre-flight and the leftovers check meet with a user of few
+    rights. Only a 401 is left to kr8s.
+    """
+    async with api.call_api(method, raise_for_status=False, **request) as r:
+        if r.status_code != 401:
+            if r.is_error:
+                raise refusal(r)
+            return r
+    async with api.call_api(method, **request) as r:
+        return r
 
 
 async def _call(
@@ -545,8 +599,8 @@ async def leftovers(
 ) -> list[str]:
     """``Kind/name`` of every object of ``kinds`` labelled as part of ``cluster``.
 
-    Kinds this user may not list are not checked. One request at a time: kr8s
-    re-authenticates after a 403, which concurrent requests do not survive.
+    Kinds this user may not list are not checked. One request at a time, to be
+    light on the API server: a request per kind.
     """
     selector = contract.label_selector(cluster)
     left = []
@@ -582,14 +636,24 @@ async def delete_cluster(
                 raise
     kinds = list(kinds)
     deadline = time.monotonic() + timeout
-    while left := await leftovers(api, namespace, cluster, kinds):
+    # While objects linger (pods ending), only their kinds are listed again, not all a
+    # cluster may have; a full pass confirms the end, since a controller may still have
+    # made an object (a ReplicaSet's pod) of a kind that was empty.
+    look = kinds
+    while True:
+        left = await leftovers(api, namespace, cluster, look)
+        if not left:
+            if look == kinds:
+                return existed
+            look = kinds
+            continue
         if time.monotonic() > deadline:
             raise KubernetesError(
                 f"cluster {cluster!r} in namespace {namespace!r} was deleted but after "
                 f"{timeout:g}s these objects are still there: {', '.join(left)}"
             )
+        look = [k for k in kinds if any(o.startswith(f"{k.name}/") for o in left)]
         await asyncio.sleep(POLL)
-    return existed
 
 
 async def set_replicas(
@@ -629,21 +693,6 @@ async def merge_patch(
         headers={"Content-Type": "application/merge-patch+json"},
         missing_ok=missing_ok,
     )
-
-
-async def set_deletion_cost(
-    api: kr8s.asyncio.Api, namespace: str, pods: Iterable[str], cost: int
-) -> None:
-    """Annotate ``pods`` so that the ReplicaSet controller removes them first (low cost)."""
-    for pod in pods:
-        await merge_patch(
-            api,
-            POD,
-            namespace,
-            pod,
-            {"metadata": {"annotations": {contract.DELETION_COST: str(cost)}}},
-            missing_ok=True,
-        )
 
 
 # -- what went wrong -----------------------------------------------------------------------------

@@ -79,6 +79,10 @@ API_GRACE = 15
 T = TypeVar("T")
 #: Seconds a scale-down may take until the retired pods are terminating.
 SCALE_TIMEOUT = 60
+#: Seconds between two reads of the worker pods while waiting for workers to connect (the
+#: scheduler is asked every ``kube.POLL``): each read lists every worker pod, about 5 KB
+#: each, which at 1,000 workers is 5 MB for the API server to send and the client to parse.
+LOOK_EVERY = 2.0
 #: The deadline of a whole scale (every request, the retirements): SCALE_TIMEOUT for the
 #: workers to go, API_GRACE for the requests around it.
 SCALE_DEADLINE = SCALE_TIMEOUT + API_GRACE
@@ -166,7 +170,7 @@ class KubernetesBackend(Backend):
 
     async def _connect(self) -> Any:
         if self._api is None:
-            self._api = await kube.connect()
+            self._api = await kube.connect(self.spec.name, self.spec.namespace)
         return self._api
 
     def _say(self, line: str) -> None:
@@ -557,8 +561,15 @@ class KubernetesBackend(Backend):
         spec = self.spec
         selector = contract.label_selector(spec.name, contract.WORKER)
         scheduler_ready = math.inf
+        looked = -math.inf
         while True:
             connected = await count()
+            now = time.monotonic()
+            # The scheduler's count decides; the pods are read less often, and once more at the end.
+            if connected < n and now - looked < LOOK_EVERY and now <= deadline:
+                await asyncio.sleep(kube.POLL)
+                continue
+            looked = now
             if scheduler_ready == math.inf:
                 scheduler_ready = await self._scheduler_ready_at()
             pods = await kube.check_pods(
@@ -742,7 +753,7 @@ class KubernetesBackend(Backend):
 
     @classmethod
     async def _delete(cls, name: str, namespace: str, timeout: float) -> bool:
-        api = await kube.connect()
+        api = await kube.connect(name, namespace)
         spec = ClusterSpec.from_options(name=name, namespace=namespace, backend="kubernetes")
         # Every mode's objects: the one this cluster was started with is not known here.
         parts = [
@@ -763,7 +774,7 @@ class KubernetesBackend(Backend):
     @kube.bounded
     async def leftovers(cls, name: str, namespace: str) -> list[str]:
         """``Kind/name`` of every object of cluster ``name`` still there (kinds a user may list)."""
-        api = await kube.connect()
+        api = await kube.connect(name, namespace)
         spec = ClusterSpec.from_options(name=name, namespace=namespace, backend="kubernetes")
         return await kube.leftovers(api, namespace, name, cluster_kinds(cluster_parts(spec)))
 
