@@ -315,6 +315,15 @@ class MinimalCluster(Cluster):
                 await self._backend.disconnect()
         await super()._close()
 
+    def _update_worker_status(self, op: str, msg: Any) -> None:
+        # The scheduler may report the removal of a worker this handle never saw added
+        # (it connected and left while the handle refreshed its view, after a scale to 0):
+        # distributed's own handler raised a KeyError then, out of close().
+        if op == "remove":
+            self.scheduler_info.get("workers", {}).pop(msg, None)
+            return
+        super()._update_worker_status(op, msg)
+
     # -- scaling ------------------------------------------------------------------------------
 
     def scale(self, n: int) -> Any:
