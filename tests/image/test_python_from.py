@@ -17,6 +17,7 @@ import sys
 import pytest
 from dockerutil import EPOCH, IMPORT_ALL, REPO, Network, build_cli, docker
 
+from minimaldask import contract
 from pythonfrom import pyenv_prefix, standalone_archive
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -64,9 +65,15 @@ def test_image_records_where_its_python_came_from(py312, archive, load):
     user = docker(
         "image", "inspect", "--format", "{{.Config.User}} {{json .Config.Entrypoint}}", tag
     )
-    assert user.stdout.split(" ", 1) == [
-        "1000:1000",
-        '["/usr/bin/tini","--","/usr/bin/python3","-m","minimaldask.entrypoint"]\n',
+    uid, entrypoint = user.stdout.split(" ", 1)
+    assert uid == f"{contract.IMAGE_UID}:{contract.IMAGE_UID}"
+    # The module the contract names (it moved to minimaldask.pod in the refactor).
+    assert json.loads(entrypoint) == [
+        "/usr/bin/tini",
+        "--",
+        "/usr/bin/python3",
+        "-m",
+        contract.ENTRYPOINT_MODULE,
     ]
 
 

@@ -11,7 +11,7 @@ import subprocess
 import urllib.request
 
 import pytest
-from dockerutil import COMPUTE, IMPORT_ALL, Network, docker
+from dockerutil import COMPUTE, IMPORT_ALL, Network, docker, platform_options
 
 from minimaldask.image.debian import apt_archive_url
 from minimaldask.image.recipe import unsupported_reason
@@ -54,7 +54,15 @@ def test_image_imports_verifies_and_computes(platform, flavor, python, images, l
     assert inspect[:2] == [platform.split("/")[1], python]
     suite = inspect[2]
     assert f"Python {python} from Debian {suite}" in built.table
-    run = ["run", "--rm", "-i", "--platform", platform, "--entrypoint", "/usr/bin/python3", tag]
+    run = [
+        "run",
+        "--rm",
+        "-i",
+        *platform_options(platform),
+        "--entrypoint",
+        "/usr/bin/python3",
+        tag,
+    ]
     result = docker(*run, "-c", IMPORT_ALL, check=False, timeout=900)
     print(platform, flavor, python, result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -23,12 +23,14 @@ NOT_IN_IMAGE = {
     "__main__": "the script of a process",
     "__mp_main__": "the script of a process, under multiprocessing",
     "_distutils_hack": "setuptools' start-up hook of the recording environment",
+    "attr": "attrs, in the recording environment for pytest; pip's rich imports it if present",
 }
 # Removed on purpose (recipe.PRUNE_FLAVOR_GLOBS): pyarrow.fs imports it if it is there.
 PRUNED = {
     "pyarrow._s3fs": "pyarrow's S3 client; dask reads S3 through fsspec and s3fs",
     "curses": "pruned with ncurses (debian.NEVER_INSTALL); imported only if present",
     "_curses": "pruned with ncurses (debian.NEVER_INSTALL); imported only if present",
+    "readline": "pruned with libreadline (debian.NEVER_INSTALL); pip imports it if present",
 }
 # pip's modules are those of the recording environment's pip, another release than the
 # image's (the newest on the index): its vendored and legacy modules come and go.

@@ -1,13 +1,16 @@
 """Offline: what the recorded imports decide, the lock file, and finding a --python-from CPython."""
 
+import ast
 import re
 import shutil
 import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 
-from minimaldask.image import trim
+import minimaldask
+from minimaldask.image import recipe, trim
 from minimaldask.image.lock import HEADER, Lock, LockError
 from minimaldask.image.standalone import StandaloneError, find, install
 
@@ -75,11 +78,67 @@ def test_the_recorded_set_names_what_a_worker_and_the_dashboard_import():
         "distributed.worker",
         "distributed.dashboard.components.scheduler",
         "bokeh.models",
-        "minimaldask.janitor",
+        "minimaldask.pod.janitor",
+        "minimaldask.pod.plugin",
+        "minimaldask.pod.worker",
+        "minimaldask.contract",
         "minimaldask.image.debian",
         "pip",
     ):
         assert name in recorded, name  # fmt: skip
+
+
+def pod_side_imports() -> set[str]:
+    """Every module the pod side's code imports, anywhere in it, following minimaldask's own."""
+    package = Path(minimaldask.__file__).parent
+
+    def path(name):
+        rel = Path(*name.split(".")[1:])
+        return rel / "__init__.py" if (package / rel).is_dir() else rel.with_suffix(".py")
+
+    todo = ["minimaldask.pod"] + [
+        f"minimaldask.pod.{p.stem}" for p in (package / "pod").glob("*.py")
+    ]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop().removesuffix(".__init__")
+        if name in seen:
+            continue
+        seen.add(name)
+        if name.split(".")[0] != "minimaldask":
+            continue
+        tree = ast.parse((package / path(name)).read_text())
+        typing_only = {
+            id(n)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for n in ast.walk(node)
+        }
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                todo.append(node.module)
+                todo += [
+                    f"{node.module}.{a.name}"
+                    for a in node.names
+                    if node.module.split(".")[0] == "minimaldask"
+                    and (package / path(f"{node.module}.{a.name}")).exists()
+                ]
+    return seen - {"__future__"}
+
+
+def test_the_recorded_set_holds_every_module_the_pod_side_imports():
+    # What the pods run keeps its sources and is never trimmed: a module left out of
+    # the recording would ship as bytecode only, or be removed if it is a trim candidate.
+    # zstandard: only a .deb of a zstd-compressed suite needs it (image/debfile.py says so);
+    # no image has it, so EXTRA_OS_PACKAGES of such a suite fails with that message.
+    imported = pod_side_imports() - {"zstandard"}
+    assert {"minimaldask.contract", "minimaldask.pod.kubeapi", "http.server"} <= imported
+    assert sorted(imported - trim.recorded_modules()) == []
+    assert not any(m.split(".")[0] in recipe.TRIM_MODULES for m in imported)
 
 
 def lock():

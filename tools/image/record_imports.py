@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Record the modules that schedulers, workers, the janitor and the entrypoint import.
+"""Record the modules that schedulers, workers, the pod side and the entrypoint import.
 
     python3 tools/image/record_imports.py [--python PYTHON] [--output FILE]
 
@@ -9,12 +9,17 @@ module it imports (audit event ``import``, and ``sys.modules`` at exit) to a
 file of its own. Then, with the recorder on:
 1. the integration tests (tests/integration: the local backend's scheduler
    and worker processes, the janitor, the entrypoint);
-2. a scenario of this script: a scheduler and two workers started by the
-   entrypoint (one with EXTRA_PIP_PACKAGES, so pip runs), the article's
+2. a scenario of this script: a scheduler (with the pod plugin preloaded) and
+   two workers (one with the pod worker preload, one with EXTRA_PIP_PACKAGES,
+   so pip runs) started by the entrypoint, the article's
    computation, a bag, a delayed graph, a dask.dataframe computation with
    parquet files, every dashboard page the scheduler lists in
    /sitemap.json, and EXTRA_OS_PACKAGES' code path
-   (``install_runtime_packages``) against the Debian archive.
+   (``install_runtime_packages``) against the Debian archive;
+3. every module of ``minimaldask.pod`` (and so :mod:`minimaldask.contract`)
+   imported in a process of its own: what runs only on Kubernetes (the
+   janitor's API client, the preStop drain) is in the set even though no
+   cluster runs here.
 The test processes themselves (pytest, the client) are left out. The union
 goes to src/minimaldask/image/recorded-imports.txt, which the image builder
 reads (see docs/image.md: what it trims and what it ships without sources).
@@ -43,18 +48,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _recipe():
-    """image/recipe.py alone (plain data): the package's __init__ needs dask, not here yet."""
-    spec = importlib.util.spec_from_file_location(
-        "recipe", REPO / "src/minimaldask/image/recipe.py"
-    )
+def _alone(name: str, rel: str):
+    """One module of the package, alone: the package's __init__ needs dask, not here yet.
+
+    Only for image/recipe.py (plain data) and contract.py (standard library only).
+    """
+    spec = importlib.util.spec_from_file_location(name, REPO / "src/minimaldask" / rel)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["recipe"] = module  # dataclasses looks the module up
+    sys.modules[name] = module  # dataclasses looks the module up
     spec.loader.exec_module(module)
     return module
 
 
-PACKAGES = sorted({p for flavor in _recipe().FLAVORS.values() for p in flavor} - {"pip"})
+PACKAGES = sorted(
+    {p for flavor in _alone("recipe", "image/recipe.py").FLAVORS.values() for p in flavor} - {"pip"}
+)
+contract = _alone("contract", "contract.py")
 OUTPUT = REPO / "src/minimaldask/image/recorded-imports.txt"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "minimaldask"
 
@@ -133,6 +142,15 @@ print("dashboard pages", done)
 client.close()
 """
 
+# Every module of the pod side, imported: the janitor's Kubernetes client and the
+# drain run only in a cluster, which this script does not start.
+POD_SIDE = r"""
+import importlib, pkgutil
+import minimaldask.pod
+for info in pkgutil.walk_packages(minimaldask.pod.__path__, "minimaldask.pod."):
+    importlib.import_module(info.name)
+"""
+
 DEBIAN = r"""
 import json, os, sys, tempfile
 from minimaldask.image import debian
@@ -173,18 +191,18 @@ def scenario(python: Path, env: dict[str, str]) -> None:
     port, dashboard = free_port(), free_port()
     common = {**env, "PORT": str(port), "DASHBOARD_PORT": str(dashboard)}
     address = f"127.0.0.1:{port}"
+    entrypoint = [str(python), "-m", contract.ENTRYPOINT_MODULE]
     procs = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            procs.append(
-                subprocess.Popen([str(python), "-m", "minimaldask.entrypoint"], env=common)
-            )
+            # The preloads a pod runs with (contract.scheduler_arguments, worker_arguments).
+            scheduler = {**common, "ARGUMENTS": f"--preload {contract.PLUGIN_MODULE}"}
+            procs.append(subprocess.Popen(entrypoint, env=scheduler))
             worker = {**common, "WORKER": "1", "DASK_SCHEDULER_ADDRESS": address}
-            procs.append(
-                subprocess.Popen([str(python), "-m", "minimaldask.entrypoint"], env=worker)
-            )
+            preload = {**worker, "ARGUMENTS": f"--preload {contract.WORKER_MODULE}"}
+            procs.append(subprocess.Popen(entrypoint, env=preload))
             pip = {**worker, "EXTRA_PIP_PACKAGES": "camelcase", "MINIMALDASK_PREFIX": tmp}
-            procs.append(subprocess.Popen([str(python), "-m", "minimaldask.entrypoint"], env=pip))
+            procs.append(subprocess.Popen(entrypoint, env=pip))
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 try:
@@ -204,11 +222,12 @@ def scenario(python: Path, env: dict[str, str]) -> None:
                 proc.wait(timeout=60)
     # The marker argument tells collect() that this process is one of the image's.
     subprocess.run([str(python), "-c", DEBIAN, MARKER], env=env, check=True, timeout=600)
+    subprocess.run([str(python), "-c", POD_SIDE, MARKER], env=env, check=True, timeout=600)
 
 
 #: Command lines of the image's processes; their children (a Nanny's worker
 #: process, pip run by the entrypoint) count too. Not the tests nor clients.
-CLUSTER_SIDE = ("minimaldask.entrypoint", "distributed.cli.dask_", "minimaldask.janitor")
+CLUSTER_SIDE = ("minimaldask.pod.", "distributed.cli.dask_")
 MARKER = "record-os-packages"
 MODULE = re.compile(r"[A-Za-z_][\w.-]*")
 
@@ -294,9 +313,10 @@ def main() -> int:
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     header = [
-        "# Modules imported by schedulers, workers, the janitor and the entrypoint,",
+        "# Modules imported by schedulers, workers, the pod side and the entrypoint,",
         "# recorded by tools/image/record_imports.py (integration tests and its scenario:",
-        "# computations, every dashboard page, EXTRA_PIP_PACKAGES, EXTRA_OS_PACKAGES).",
+        "# computations, every dashboard page, EXTRA_PIP_PACKAGES, EXTRA_OS_PACKAGES,",
+        "# every module of minimaldask.pod).",
         f"# Python {version}, {used} processes. Read by minimaldask.image.trim.",
     ]
     args.output.write_text("\n".join(header + sorted(modules)) + "\n")
