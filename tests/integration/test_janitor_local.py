@@ -6,6 +6,7 @@ import sys
 import textwrap
 import time
 
+import psutil
 import pytest
 from distributed import Client
 from distributed.client import FutureCancelledError
@@ -34,6 +35,15 @@ def test_idle_cluster_with_a_client_attached_ends_itself_and_says_why(cluster_na
     assert wait_until(lambda: client.status == "closed", timeout=30)
     cluster.close()
     client.close()
+    # The processes this handle started ended by themselves: none is left a zombie child of
+    # this process (a notebook kernel that lives for days would collect them).
+    assert wait_until(lambda: zombie_children() == [], timeout=10), zombie_children()
+
+
+def zombie_children():
+    return [
+        p for p in psutil.Process().children(recursive=True) if p.status() == psutil.STATUS_ZOMBIE
+    ]
 
 
 def test_max_lifetime_ends_a_busy_cluster_and_waiting_futures_get_the_reason(cluster_name):

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,11 @@ class LocalBackend(Backend):
                 cwd=self.dir,
             )
         self.pids[role] = proc.pid
-        self._procs[role] = proc  # reaped by _alive; kept so Python does not warn
+        self._procs[role] = proc
+        # Reaped the moment it ends, whoever ends it (close, a scale-down, the janitor when
+        # the cluster ends itself): else it stays a zombie child of the user's process (a
+        # notebook kernel that lives for days) once this handle stops looking.
+        threading.Thread(target=proc.wait, name=f"minimaldask-reap-{role}", daemon=True).start()
         return proc.pid
 
     def _packages(self) -> dict[str, Any]:
