@@ -36,7 +36,6 @@ import argparse
 import collections
 import json
 import os
-import platform
 import secrets
 import statistics
 import subprocess
@@ -56,42 +55,13 @@ from minimaldask.spec import default_image_tag
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools" / "localkube"))
+sys.path.insert(0, str(ROOT / "tests"))
 import localkube  # noqa: E402
+from _machine import machine  # noqa: E402
+from testutil import source_hash  # noqa: E402  (the e2e image's tag names the same digest)
 
 PHASES = ("start", "scale down", "scale up", "delete")
 console = Console(width=130)
-
-
-def machine() -> dict[str, Any]:
-    """What the figures were measured on: cores, memory, CPU model, load."""
-    model = ""
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as f:
-        mem_kb = int(f.readline().split()[1])
-    return {
-        "nproc": os.cpu_count(),
-        "ram_gib": round(mem_kb / 2**20, 1),
-        "cpu": model,
-        "load_average": os.getloadavg(),
-        "platform": platform.platform(),
-        "date": time.strftime("%Y-%m-%d"),
-    }
-
-
-def source_hash() -> str:
-    """A digest of minimaldask's sources (what the image of this checkout is built from)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for path in sorted((ROOT / "src" / "minimaldask").rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
-            h.update(str(path.relative_to(ROOT)).encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def checkout_image() -> str:

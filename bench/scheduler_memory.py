@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -29,29 +27,10 @@ from distributed import Client
 from rich.console import Console
 from rich.table import Table
 
+from _machine import machine
 from minimaldask import MinimalCluster
 
 console = Console(width=130)
-
-
-def machine() -> dict[str, Any]:
-    """What the figures were measured on: cores, memory, CPU model, load."""
-    model = ""
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as f:
-        mem_kb = int(f.readline().split()[1])
-    return {
-        "nproc": os.cpu_count(),
-        "ram_gib": round(mem_kb / 2**20, 1),
-        "cpu": model,
-        "load_average": os.getloadavg(),
-        "platform": platform.platform(),
-        "date": time.strftime("%Y-%m-%d"),
-    }
 
 
 def scheduler_memory(dask_scheduler: Any = None) -> dict[str, Any]:
