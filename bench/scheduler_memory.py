@@ -81,6 +81,8 @@ def main() -> None:
     parser.add_argument("--json", default="bench/results/scheduler_memory.json")
     args = parser.parse_args()
     steps = [int(x) for x in args.workers.split(",")]
+    if len(set(steps)) < 2:
+        parser.error(f"--workers {args.workers}: name at least two steps, e.g. 0,8,16")
     results = []
     with (
         MinimalCluster(
