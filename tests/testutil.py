@@ -42,3 +42,22 @@ def source_hash() -> str:
             h.update(str(path.relative_to(root)).encode())
             h.update(path.read_bytes())
     return h.hexdigest()[:16]
+
+
+def computed_more_than_once(client, keys) -> dict:
+    """Keys whose result the scheduler stored more than once: each time, a result was lost.
+
+    From the scheduler's transition log (keep it long enough with
+    ``DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH``): a result is stored at
+    ``processing -> memory``. A task that was only queued on a worker that left
+    is sent to another (``processing`` twice) but computed once: that is no loss.
+    """
+    from collections import Counter
+
+    log = client.run_on_scheduler(
+        lambda dask_scheduler: [
+            t[0] for t in dask_scheduler.transition_log if t[1] == "processing" and t[2] == "memory"
+        ]
+    )
+    keys = set(keys)
+    return {k: n for k, n in Counter(k for k in log if k in keys).items() if n > 1}

@@ -131,6 +131,8 @@ CLOSING = "minimaldask_closing"
 #: Worker handlers: retired by minimaldask (its pod reports not ready), or not any more.
 WORKER_RETIRED = "minimaldask_retired"
 WORKER_UNRETIRED = "minimaldask_unretired"
+#: Worker handler: the keys it is executing now (a retired worker's results move once they end).
+WORKER_EXECUTING = "minimaldask_executing"
 #: A MinimalCluster handle counts as a client while its heartbeats are this recent (seconds).
 HANDLE_TTL = 10.0
 

@@ -11,7 +11,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections import Counter
 
 import budgets
 import distributed
@@ -21,7 +20,7 @@ from distributed import Client
 
 from minimaldask import MinimalCluster, contract
 from minimaldask.pod import janitor as janitor_module
-from testutil import wait_until
+from testutil import computed_more_than_once, wait_until
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -65,14 +64,6 @@ def unique_data_on_each_worker(client, size=200_000):
             broadcast=False,
         )
     return futures
-
-
-def computed_more_than_once(client, keys):
-    log = client.run_on_scheduler(
-        lambda dask_scheduler: [t[0] for t in dask_scheduler.transition_log if t[2] == "processing"]
-    )
-    counts = Counter(k for k in log if k in keys)
-    return {k: n for k, n in counts.items() if n > 1}
 
 
 def test_max_lifetime_survives_the_scheduler_pod_being_deleted(namespace, kube, cluster_name):

@@ -43,8 +43,10 @@ logger = logging.getLogger("distributed.minimaldask.plugin")
 
 #: Seconds a retirement may take in an adaptive step before it is undone.
 ADAPT_RETIRE_TIMEOUT = 120.0
-#: Seconds a retired worker has to take its flag.
+#: Seconds a retired worker has to take its flag (or say what it executes).
 FLAG_TIMEOUT = 10.0
+#: Seconds between two looks at a retired worker that still executes a task.
+POLL = 0.2
 
 
 @dataclass
@@ -310,7 +312,7 @@ class Plugin(SchedulerPlugin):
             return {"moved": False}
         if str(ws.name) in self.retired:  # retired already: its data moved
             return {"moved": True}
-        retired = await self.retire(names=[str(ws.name)], timeout=timeout)
+        retired = await self.retire(names=[str(ws.name)], timeout=timeout, undo=False)
         return {"moved": bool(retired)}
 
     def closing_handler(self) -> None:
@@ -337,15 +339,20 @@ class Plugin(SchedulerPlugin):
         names: list[str] | None = None,
         timeout: float = 60,
         adaptive: bool = False,
+        undo: bool = True,
     ) -> list[str]:
         """Move the data of ``n`` workers (or of ``names``) elsewhere, then flag them retired.
 
         The scheduler chooses which (``workers_to_close``: least data first); with
         ``adaptive``, only workers older than the policy's minimum age. A worker
-        whose data has nowhere to go is kept. A retirement that does not finish
-        within ``timeout`` (a receiving worker frozen) is undone: its workers run
+        whose data has nowhere to go is kept. The tasks a worker was computing when
+        it stopped taking new ones finish there, and their results move too: dask's
+        own retirement would let them go, to be computed again. A retirement that
+        does not finish within ``timeout`` (a receiving worker frozen, a long task)
+        is undone, unless ``undo`` is false (the pod stops anyway): its workers run
         again. Returns the names of the retired workers.
         """
+        deadline = time.monotonic() + timeout
         scheduler = self.scheduler
         candidates = [
             ws
@@ -381,15 +388,21 @@ class Plugin(SchedulerPlugin):
         )
         try:
             result = await asyncio.wait_for(asyncio.shield(task), timeout)
+            late = await self._settle(list(result), deadline, stimulus)
         except asyncio.TimeoutError:
             task.cancel()
-            self._undo(addresses, stimulus)
+            result, late = {}, addresses
+        if late:
+            for address in late:
+                result.pop(address, None)
+            if undo:
+                self._undo(late, stimulus)
             logger.warning(
-                "minimaldask: retiring %s took more than %gs; undone, they run again",
-                [str(ws.name) for ws in chosen],
+                "minimaldask: retiring %s took more than %gs; %s",
+                [str(scheduler.workers[a].name) for a in late if a in scheduler.workers],
                 timeout,
+                "undone, they run again" if undo else "given up",
             )
-            return []
         retired = []
         for address, info in result.items():
             name = str(info.get("name", address))
@@ -405,6 +418,58 @@ class Plugin(SchedulerPlugin):
         if kept:
             logger.info("minimaldask: the scheduler kept %s: their data had nowhere to go", kept)
         return retired
+
+    async def _settle(self, addresses: list[str], deadline: float, stimulus: str) -> list[str]:
+        """Wait for retired workers to execute nothing and hold nothing unique; those late.
+
+        A retired worker takes no new task, but the tasks it executes when it is
+        retired end there, after dask's retirement is done: their results are moved
+        like the rest (the workers are retired again). The tasks it had queued but
+        not started go to other workers when it leaves (they were never computed).
+        Workers gone meanwhile are left out; those whose new results have nowhere to
+        go, or that still execute at the ``deadline``, are returned.
+        """
+        scheduler = self.scheduler
+        pending = set(addresses)
+        while pending:
+            busy = set()
+            for address in list(pending):
+                ws = scheduler.workers.get(address)
+                if ws is None:
+                    pending.discard(address)
+                elif ws.processing and await self._executing(address):
+                    busy.add(address)
+            again = [
+                a
+                for a in pending - busy
+                if not all(len(ts.who_has or ()) > 1 for ts in scheduler.workers[a].has_what)
+            ]
+            pending = busy | set(again)
+            if again:
+                moved = await asyncio.wait_for(
+                    scheduler.retire_workers(
+                        workers=again, close_workers=False, remove=False, stimulus_id=stimulus
+                    ),
+                    max(deadline - time.monotonic(), 0.1),
+                )
+                if set(again) - set(moved):  # their new results have nowhere to go
+                    return sorted(pending)
+                continue
+            if pending:
+                if time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(POLL)
+        return sorted(pending)
+
+    async def _executing(self, address: str) -> bool:
+        """Whether the worker still executes a task (a worker that does not answer does not)."""
+        try:
+            keys = await asyncio.wait_for(
+                getattr(self.scheduler.rpc(address), contract.WORKER_EXECUTING)(), FLAG_TIMEOUT
+            )
+        except (OSError, asyncio.TimeoutError):
+            return False
+        return bool(keys)
 
     def _undo(self, addresses: list[str], stimulus: str) -> None:
         """Make workers whose retirement did not finish run again, and stop moving their data."""

@@ -13,7 +13,8 @@ It adds to the worker's HTTP server (the port of its probes):
     before the pod stops (deleted, evicted, drained, a spot node reclaimed), the
     scheduler moves this worker's data to the others, within ``timeout``.
 
-and a handler the scheduler calls when it retired this worker (the flag).
+and handlers the scheduler calls: when it retired this worker (the flag), and
+to learn which tasks it still executes (their results move before it goes).
 """
 
 from __future__ import annotations
@@ -31,6 +32,16 @@ from minimaldask import contract
 logger = logging.getLogger("distributed.minimaldask.worker")
 
 
+#: Worker statuses before it has joined its scheduler: a drain waits for it.
+STARTING = frozenset({"undefined", "created", "init", "starting"})
+#: Worker statuses of a worker that has joined and may hold data.
+JOINED = frozenset({"running", "paused", "closing_gracefully"})
+
+
+def _status(worker: Any) -> str:
+    return str(getattr(worker.status, "name", ""))
+
+
 class _State:
     """What the worker's routes need to know about it."""
 
@@ -44,15 +55,23 @@ class _State:
         return not self.retired and getattr(self.worker.status, "name", "") == "running"
 
     async def drain_data(self, timeout: float) -> bool:
-        """Ask the scheduler to move this worker's data to the others; whether it did."""
+        """Ask the scheduler to move this worker's data to the others; whether it did.
+
+        A worker that still starts is waited for (within ``timeout``): once it has
+        joined, it may take tasks, and those must move too before SIGTERM comes.
+        """
         worker = self.worker
-        if getattr(worker.status, "name", "") not in ("running", "closing_gracefully"):
-            return False
         started = time.monotonic()
+        while _status(worker) in STARTING and time.monotonic() - started < timeout:
+            await asyncio.sleep(0.05)
+        if _status(worker) not in JOINED:
+            logger.info("minimaldask drain: this worker has not joined (%s)", _status(worker))
+            return False
+        left = max(timeout - (time.monotonic() - started), 1.0)
         try:
             answer = await asyncio.wait_for(
-                getattr(worker.scheduler, contract.DRAIN)(worker=worker.address, timeout=timeout),
-                timeout + 5,
+                getattr(worker.scheduler, contract.DRAIN)(worker=worker.address, timeout=left),
+                left + 5,
             )
         except (OSError, asyncio.TimeoutError) as e:
             logger.warning("minimaldask drain: could not move this worker's data: %r", e)
@@ -104,6 +123,11 @@ async def dask_setup(worker: Any) -> None:
     def unretired() -> None:
         state.retired = False
 
+    def executing() -> list[str]:
+        state = worker.state
+        return [str(ts.key) for ts in (*state.executing, *state.long_running)]
+
+    worker.handlers[contract.WORKER_EXECUTING] = executing
     worker.handlers[contract.WORKER_RETIRED] = retired
     worker.handlers[contract.WORKER_UNRETIRED] = unretired
     worker.http_application.add_handlers(
