@@ -99,6 +99,34 @@ class AdaptivePolicy:
     #: At most this fraction of the workers (and at least one) goes per step.
     max_fraction: float = 0.5
 
+    def decide(
+        self,
+        wanted: int,
+        asked: int,
+        connected: int,
+        low_since: float | None,
+        last: float,
+        now: float,
+    ) -> tuple[int | None, float | None]:
+        """The replicas to ask for now (None: no change), and since when fewer are wanted.
+
+        ``wanted`` is the scheduler's adaptive target, ``asked`` the replicas asked
+        for (pods still starting included), ``connected`` the workers connected,
+        ``last`` when the replicas last changed. Up is at once. Down only once fewer
+        have been wanted for a whole ``cooldown``, and a ``cooldown`` after the last
+        change (up or down): a target that dips while new workers still start (their
+        first tasks run fast, the queue looks short) removes nobody, so the cluster
+        does not flap between scaling up and removing the pods it just asked for.
+        """
+        target = max(self.minimum, min(self.maximum, wanted))
+        current = max(asked, connected)
+        if target >= current:
+            return (target if target != asked else None), None
+        low_since = now if low_since is None else low_since
+        if now - low_since < self.cooldown or now - last < self.cooldown:
+            return None, low_since
+        return max(target, current - max(1, int(current * self.max_fraction))), low_since
+
 
 class JanitorLink:
     """The janitor beside this scheduler, over the pod's loopback (standard library HTTP)."""
@@ -172,6 +200,8 @@ class Plugin(SchedulerPlugin):
         #: The cluster is being deleted (by its user or its janitor): nothing to save.
         self.closing = False
         self.last_scaling = 0.0
+        #: Since when adaptive scaling has wanted fewer workers than asked for.
+        self.low_since: float | None = None
         self.scheduler: Any = None
         self.clocks: Clocks | None = None
         self._task: asyncio.Task[None] | None = None
@@ -543,26 +573,30 @@ class Plugin(SchedulerPlugin):
         """Start one adaptive scaling, unless one runs: the checks never wait for scaling."""
         if self._scaling is not None and not self._scaling.done():
             return
-        policy = self.policy
-        assert policy is not None and self.link is not None
-        workers = len(self.scheduler.workers)
-        target = max(policy.minimum, min(policy.maximum, int(self.scheduler.adaptive_target())))
-        if target < workers:
-            if now - self.last_scaling < policy.cooldown:
-                return
-            target = max(target, workers - max(1, int(workers * policy.max_fraction)))
-        self._scaling = asyncio.create_task(self._scale(target))
+        assert self.policy is not None and self.link is not None
+        wanted = int(self.scheduler.adaptive_target())
+        self._scaling = asyncio.create_task(self._scale(wanted, now))
 
-    async def _scale(self, target: int) -> None:
-        assert self.link is not None
+    async def _scale(self, wanted: int, now: float) -> None:
+        assert self.link is not None and self.policy is not None
         replicas = JanitorReplicas(self.link)
         before = await replicas.pods()
-        if before.replicas == target and before.live == target:
+        target, self.low_since = self.policy.decide(
+            wanted,
+            asked=before.replicas,
+            connected=len(self.scheduler.workers),
+            low_since=self.low_since,
+            last=self.last_scaling,
+            now=now,
+        )
+        if target is None and before.live <= before.replicas:
             return
+        target = before.replicas if target is None else target
         outcome = await scaling.scale_to(
             target, replicas, SchedulerWorkers(self), ADAPT_RETIRE_TIMEOUT
         )
         self.last_scaling = time.time()
+        self.low_since = None
         logger.info(
             "minimaldask adapt: %s -> %s workers (retired %s%s)",
             before.replicas,
