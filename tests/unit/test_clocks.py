@@ -27,6 +27,24 @@ def test_no_client_counts_from_the_last_client_seen():
     assert c.reason(T0 + 41)[0] == "no_client_timeout"
 
 
+def test_no_client_counts_from_the_schedulers_first_report_not_from_the_creation():
+    # The scheduler's image took 25 s to pull on a busy node: no client could connect before.
+    c = clocks(no_client_timeout=15)
+    assert c.reason(T0 + 24) is None
+    c.observe(T0 + 25, Facts(idle_since=None, clients=0, workers=0))
+    assert c.reason(T0 + 25) is None
+    assert c.reason(T0 + 39) is None
+    assert c.reason(T0 + 41)[0] == "no_client_timeout"
+
+
+def test_a_restored_no_client_clock_counts_the_time_the_scheduler_was_away():
+    before = clocks(no_client_timeout=60)
+    before.observe(T0 + 10, Facts(idle_since=None, clients=1, workers=1))
+    after = clocks(no_client_timeout=60)
+    after.restore(before.to_state())
+    assert after.reason(T0 + 71)[0] == "no_client_timeout"
+
+
 def test_idle_counts_from_the_first_worker_and_stops_when_busy():
     c = clocks(idle_timeout=60)
     # Waiting for workers is the start, not idleness (within the start-up grace).

@@ -59,9 +59,18 @@ class Clocks:
     ready_at: float | None = None
     #: Whether any fact was seen yet.
     observed: bool = field(default=False, compare=False)
+    #: Whether the clocks go on from a saved state (a scheduler ran before).
+    restored: bool = field(default=False, compare=False)
 
     def observe(self, now: float, facts: Facts) -> None:
-        """Take in what the scheduler says now."""
+        """Take in what the scheduler says now.
+
+        No client can connect before the scheduler first runs (its image pulled,
+        its pod started): for a new cluster the no-client clock counts from the
+        scheduler's first report, not from the creation.
+        """
+        if not self.observed and not self.restored:
+            self.last_client = max(self.last_client, now)
         self.observed = True
         if facts.clients:
             self.last_client = now
@@ -79,7 +88,8 @@ class Clocks:
         s = self.settings
         if s.max_lifetime and now - self.created > s.max_lifetime:
             return "max_lifetime", f"it reached its max_lifetime of {s.max_lifetime:g}s"
-        if s.no_client_timeout and now - self.last_client > s.no_client_timeout:
+        counting = self.observed or self.restored  # see observe()
+        if s.no_client_timeout and counting and now - self.last_client > s.no_client_timeout:
             return (
                 "no_client_timeout",
                 f"no client was connected for its no_client_timeout of {s.no_client_timeout:g}s",
@@ -111,3 +121,4 @@ class Clocks:
             value = state.get(key)
             if isinstance(value, (int, float)):
                 setattr(self, key, float(value))
+        self.restored = True
