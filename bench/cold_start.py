@@ -380,10 +380,11 @@ def one_run(
     for ref in refs.values():
         localkube.remove_image(ref)
     before = link_bytes()
+    load = os.getloadavg()[0]  # the machine is shared: a slow run is told apart by this
     run = (run_ours if which == "ours" else run_conventional)(args, namespace, refs[which], name)
     wait_pods_gone(namespace, args.timeout)
     run["link_bytes"] = link_bytes() - before
-    return {"image": which, "name": name, **run}
+    return {"image": which, "name": name, "load_average": load, **run}
 
 
 def median(values: list[float | None]) -> float | None:
@@ -546,7 +547,8 @@ def main() -> None:
                         f"{fmt(run['timeline']['workers_connected'])} s, returned "
                         f"{fmt(run['returned'])} s, pull {fmt(run['timeline']['pull_start'])}"
                         f"..{fmt(run['timeline']['pull_end'])} s, "
-                        f"{run['link_bytes'] / 1e6:.1f} MB over the link"
+                        f"{run['link_bytes'] / 1e6:.1f} MB over the link, "
+                        f"load average {run['load_average']:.0f}"
                         + ("" if run["cold"] else " (NOT COLD: the image was partly on the node)")
                     )
     finally:
