@@ -6,8 +6,9 @@ line), at 100 Mbit/s + 20 ms and at 20 Mbit/s + 20 ms. Our default image is
 compared with the conventional one (Debian + ``pip install dask[complete]``, as
 ``bench/image.py``'s ``conventional()`` builds it with Docker), in alternating
 runs (ours, conventional, ours, ...). Before every run both images are removed
-from the node's containerd (``localkube.remove_image``); the bytes that crossed
-the link are counted on its veth, and a run that pulled less than 90 % of its
+from the node's containerd (``localkube.remove_image``), once the kubelet has
+removed the last run's containers (layers that a container keeps unpacked are
+not pulled again); the bytes that crossed the link are counted on its veth, and a run that pulled less than 90 % of its
 image is marked "not cold" in the table and the JSON.
 
 Ours runs as the product runs: ``MinimalCluster(workers=3)`` as the
@@ -191,6 +192,27 @@ def wait_pods_gone(namespace: str, timeout: float) -> None:
                 f"kubectl get pods -n {namespace}"
             )
         time.sleep(1)
+
+
+def wait_containers_gone(refs: list[str], timeout: float) -> float:
+    """Wait until no container of the node's containerd runs one of ``refs``; the seconds waited.
+
+    The kubelet removes a deleted pod's containers up to a minute later, and the layers
+    such a container keeps unpacked are not pulled again: that run would not be cold.
+    """
+    ctr = ["/usr/bin/ctr", "--address", str(localkube.CONTAINERD_SOCK), "--namespace", "k8s.io"]
+    t0 = time.monotonic()
+    while True:
+        listing = localkube.run([*ctr, "containers", "ls"]).stdout.splitlines()[1:]
+        using = [line.split()[0] for line in listing if line.split()[1] in refs]
+        if not using:
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(
+                f"containers {using} of {refs} still on the node after {timeout:.0f}s "
+                "(the kubelet removes a deleted pod's containers within about a minute)"
+            )
+        time.sleep(2)
 
 
 def _kubelet_time(value: str) -> float | None:
@@ -377,6 +399,9 @@ def one_run(
     args: argparse.Namespace, namespace: str, which: str, refs: dict[str, str], name: str
 ) -> dict[str, Any]:
     """Both images off the node, then one start of ``which``; what crossed the link."""
+    waited = wait_containers_gone(list(refs.values()), args.timeout)
+    if waited > 1:
+        console.print(f"  waited {waited:.0f}s for the kubelet to remove the last run's containers")
     for ref in refs.values():
         localkube.remove_image(ref)
     before = link_bytes()
