@@ -1,10 +1,12 @@
-"""What a benchmark's figures were measured on, recorded beside them in its JSON."""
+"""What a benchmark's figures were measured on, and its JSON written with them."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
+from pathlib import Path
 from typing import Any
 
 
@@ -26,3 +28,10 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "date": time.strftime("%Y-%m-%d"),
     }
+
+
+def write_results(out: Path, figures: dict[str, Any]) -> None:
+    """Write a benchmark's ``figures`` as JSON to ``out``, with the machine they were measured on."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine(), **figures}, indent=2))
+    print(f"JSON written to {out}")

@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools" / "localkube"))
 sys.path.insert(0, str(ROOT / "tests"))
 import localkube  # noqa: E402
-from _machine import machine  # noqa: E402
+from _machine import write_results  # noqa: E402
 from testutil import source_hash  # noqa: E402  (the e2e image's tag names the same digest)
 
 PHASES = ("start", "scale down", "scale up", "delete")
@@ -291,21 +291,16 @@ def main() -> None:
     summary = summarise(runs)
     print_tables(summary, sizes)
     out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "machine": machine(),
-                "image": image,
-                "namespace": args.namespace,
-                "settings": {k: v for k, v in vars(args).items() if k != "json"},
-                "summary": summary,
-                "runs": runs,
-            },
-            indent=2,
-        )
+    write_results(
+        out,
+        {
+            "image": image,
+            "namespace": args.namespace,
+            "settings": {k: v for k, v in vars(args).items() if k != "json"},
+            "summary": summary,
+            "runs": runs,
+        },
     )
-    console.print(f"JSON written to {out}")
 
 
 if __name__ == "__main__":

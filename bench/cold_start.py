@@ -73,7 +73,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools" / "localkube"))
 sys.path.insert(0, str(ROOT / "tests"))
 import localkube  # noqa: E402
-from _machine import machine  # noqa: E402
+from _machine import write_results  # noqa: E402
 from image import conventional  # noqa: E402  (bench/image.py: the conventional image)
 from testutil import source_hash  # noqa: E402  (the e2e image's tag names the same digest)
 
@@ -587,23 +587,18 @@ def main() -> None:
     summary = summarise(runs, sizes)
     print_tables(summary)
     out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "machine": machine(),
-                "images": refs,
-                "pulled_bytes": sizes,
-                "conventional_build": built,
-                "links": {r: LINKS[r] for r in rates},
-                "settings": {k: v for k, v in vars(args).items() if k != "json"},
-                "summary": summary,
-                "runs": runs,
-            },
-            indent=2,
-        )
+    write_results(
+        out,
+        {
+            "images": refs,
+            "pulled_bytes": sizes,
+            "conventional_build": built,
+            "links": {r: LINKS[r] for r in rates},
+            "settings": {k: v for k, v in vars(args).items() if k != "json"},
+            "summary": summary,
+            "runs": runs,
+        },
     )
-    console.print(f"JSON written to {out}")
 
 
 if __name__ == "__main__":

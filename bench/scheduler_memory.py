@@ -17,7 +17,6 @@ Prints a table and writes JSON (``--json``, default bench/results/scheduler_memo
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from distributed import Client
 from rich.console import Console
 from rich.table import Table
 
-from _machine import machine
+from _machine import write_results
 from minimaldask import MinimalCluster
 
 console = Console(width=130)
@@ -133,20 +132,15 @@ def main() -> None:
         "(least-squares slope over the scale-up steps)"
     )
     out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "machine": machine(),
-                "settings": {k: v for k, v in vars(args).items() if k != "json"},
-                "steps": results,
-                "per_worker_kib": per_worker_kib,
-                "python_objects_per_worker": objects_per_worker,
-            },
-            indent=2,
-        )
+    write_results(
+        out,
+        {
+            "settings": {k: v for k, v in vars(args).items() if k != "json"},
+            "steps": results,
+            "per_worker_kib": per_worker_kib,
+            "python_objects_per_worker": objects_per_worker,
+        },
     )
-    console.print(f"JSON written to {out}")
 
 
 if __name__ == "__main__":

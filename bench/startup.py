@@ -13,9 +13,7 @@ Prints a table and writes JSON (``--json``, default bench/results/startup.json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -23,6 +21,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from _machine import write_results
 from minimaldask import MinimalCluster, delete_dask_cluster
 from minimaldask.spec import default_image_tag
 
@@ -101,20 +100,9 @@ def main() -> None:
         )
     console.print(table)
     out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "image": args.image,
-                "namespace": namespace,
-                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                "summary": summary,
-                "runs": runs,
-            },
-            indent=2,
-        )
+    write_results(
+        out, {"image": args.image, "namespace": namespace, "summary": summary, "runs": runs}
     )
-    console.print(f"JSON written to {out}")
 
 
 if __name__ == "__main__":
