@@ -154,12 +154,14 @@ def test_a_drain_that_comes_while_the_worker_starts_waits_for_it_to_join_then_mo
     time.sleep(3)
     assert hooked.is_alive(), f"the hook returned before the worker joined: {answer}"
     processes.scheduler()
-    processes.worker("stays")
     with Client(processes.address, timeout=60) as client:
-        client.wait_for_workers(2, timeout=120)
+        # Work waits for the first worker to join: the one being drained takes it.
         marks = processes.tmp_path / "marks"
         marks.mkdir()
         futures = client.map(_task(str(marks), 0.01), range(400), pure=False)
+        # Its data and results can go nowhere until another worker joins: the drain
+        # waits for one (a deleted pod's replacement, in a Deployment).
+        processes.worker("stays")
         hooked.join(timeout=120)
         assert not hooked.is_alive(), processes.logs()
         assert answer["value"].get("moved") is True, (answer, processes.logs())
@@ -203,3 +205,36 @@ def test_the_hook_gives_up_at_its_deadline_when_no_worker_ever_answers():
     assert 1.5 < time.monotonic() - t < 10
     assert answer == {"moved": False, "error": answer["error"]}
     assert "did not answer" in answer["error"]
+
+
+def test_two_workers_drained_at_once_lose_nothing(processes):
+    """A pod deleted, another evicted at once: the first moves keys to the second, and
+    dask counts the second's copy as safe though it leaves too. Both go; the keys stay."""
+    processes.scheduler()
+    for name in ("first", "second", "stays"):
+        processes.worker(name)
+    with Client(processes.address, timeout=60) as client:
+        client.wait_for_workers(3, timeout=120)
+        marks = processes.tmp_path / "marks"
+        marks.mkdir()
+        futures = client.map(_task(str(marks), 0), range(300), pure=False)  # on all three
+        client.gather(futures)
+        answers: dict[str, dict] = {}
+
+        def kubelet(name: str, after: float) -> None:
+            # Each pod's kubelet: the hook, then SIGTERM at once.
+            time.sleep(after)
+            answers[name] = drain.request(processes.drain_url(name, 60), 60)
+            _stop_like_the_kubelet(processes.procs[name])
+
+        # The second pod goes while the first one's data is on its way (to it, maybe).
+        threads = [
+            threading.Thread(target=kubelet, args=(name, after))
+            for name, after in (("first", 0), ("second", 0.05))
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert all(a.get("moved") for a in answers.values()), (answers, processes.logs())
+        _each_computed_once(client, futures, marks, processes)

@@ -342,7 +342,15 @@ class Plugin(SchedulerPlugin):
             return {"moved": False}
         if str(ws.name) in self.retired:  # retired already: its data moved
             return {"moved": True}
-        retired = await self.retire(names=[str(ws.name)], timeout=timeout, undo=False)
+        deadline = time.monotonic() + timeout
+        # The only worker (a one-worker cluster's node drained): its Deployment starts
+        # a replacement at once, and the data can go there.
+        while not any(self._staying(w) and w is not ws for w in self.scheduler.workers.values()):
+            if time.monotonic() + POLL >= deadline:
+                return {"moved": False}
+            await asyncio.sleep(POLL)
+        left = max(deadline - time.monotonic(), 1.0)
+        retired = await self.retire(names=[str(ws.name)], timeout=left, undo=False)
         return {"moved": bool(retired)}
 
     def closing_handler(self) -> None:
@@ -418,7 +426,7 @@ class Plugin(SchedulerPlugin):
         )
         try:
             result = await asyncio.wait_for(asyncio.shield(task), timeout)
-            late = await self._settle(list(result), deadline, stimulus)
+            late = await self._settle(list(result), deadline)
         except asyncio.TimeoutError:
             task.cancel()
             result, late = {}, addresses
@@ -449,47 +457,65 @@ class Plugin(SchedulerPlugin):
             logger.info("minimaldask: the scheduler kept %s: their data had nowhere to go", kept)
         return retired
 
-    async def _settle(self, addresses: list[str], deadline: float, stimulus: str) -> list[str]:
-        """Wait for retired workers to execute nothing and hold nothing unique; those late.
+    async def _settle(self, addresses: list[str], deadline: float) -> list[str]:
+        """Wait until retired workers execute nothing and hold no key only leavers hold.
 
-        A retired worker takes no new task, but the tasks it executes when it is
-        retired end there, after dask's retirement is done: their results are moved
-        like the rest (the workers are retired again). The tasks it had queued but
-        not started go to other workers when it leaves (they were never computed).
-        Workers gone meanwhile are left out; those whose new results have nowhere to
-        go, or that still execute at the ``deadline``, are returned.
+        Returns the workers still late at the ``deadline``.
+
+        dask's retirement is done once each key has a second holder, and it counts
+        holders that are leaving too: of two workers drained one after the other
+        (a pod deleted, another evicted), the first moves keys to the second, which
+        then counts them as safe, and both go with them. And the task a worker
+        executes when it is retired finishes there, after the retirement. So the
+        keys held only by leaving workers are copied to a worker that stays, and a
+        worker that still executes a task is waited for. Those whose keys have
+        nowhere to go are returned at once.
         """
         scheduler = self.scheduler
         pending = set(addresses)
         while pending:
+            pending &= set(scheduler.workers)
             busy = set()
             for address in list(pending):
                 ws = scheduler.workers.get(address)
-                if ws is None:
-                    pending.discard(address)
-                elif ws.processing and await self._executing(address):
+                if ws is not None and ws.processing and await self._executing(address):
                     busy.add(address)
-            again = [
-                a
+            exposed = {
+                a: keys
                 for a in pending - busy
-                if not all(len(ts.who_has or ()) > 1 for ts in scheduler.workers[a].has_what)
-            ]
-            pending = busy | set(again)
-            if again:
-                moved = await asyncio.wait_for(
-                    scheduler.retire_workers(
-                        workers=again, close_workers=False, remove=False, stimulus_id=stimulus
-                    ),
-                    max(deadline - time.monotonic(), 0.1),
-                )
-                if set(again) - set(moved):  # their new results have nowhere to go
-                    return sorted(pending)
-                continue
-            if pending:
-                if time.monotonic() >= deadline:
-                    break
-                await asyncio.sleep(POLL)
+                if a in scheduler.workers
+                and (keys := self._held_only_by_leavers(scheduler.workers[a]))
+            }
+            for keys in exposed.values():
+                if not await self._copy_to_a_stayer(keys, deadline):
+                    return sorted(exposed)
+            pending = busy | set(exposed)
+            if not pending or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(POLL)
         return sorted(pending)
+
+    def _staying(self, ws: Any) -> bool:
+        """Whether a worker stays: it runs (or is paused) and is not being retired."""
+        return ws.status.name in ("running", "paused") and str(ws.name) not in self.retired
+
+    def _held_only_by_leavers(self, ws: Any) -> list[Any]:
+        """The keys of ``ws`` that no staying worker holds."""
+        return [ts for ts in ws.has_what if not any(self._staying(w) for w in ts.who_has or ())]
+
+    async def _copy_to_a_stayer(self, keys: list[Any], deadline: float) -> bool:
+        """Copy ``keys`` to the staying worker with the least data; whether there was one."""
+        stayers = [ws for ws in self.scheduler.workers.values() if self._staying(ws)]
+        if not stayers:
+            return False
+        to = min(stayers, key=lambda ws: ws.nbytes)
+        who_has = {ts.key: [w.address for w in ts.who_has or ()] for ts in keys}
+        with contextlib.suppress(asyncio.TimeoutError):  # looked at again by the caller
+            await asyncio.wait_for(
+                self.scheduler.gather_on_worker(to.address, who_has),
+                max(deadline - time.monotonic(), 0.1),
+            )
+        return True
 
     async def _executing(self, address: str) -> bool:
         """Whether the worker still executes a task (a worker that does not answer does not)."""
