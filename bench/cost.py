@@ -1,49 +1,57 @@
 """What adaptive scaling costs: worker-pod-seconds of bursty workloads, adapt(0, 4) against 4 fixed.
 
-Two workloads, each run on a cluster with ``adapt(0, 4)`` and on one with 4
-fixed workers, alternating (fixed, adaptive, fixed, ...), ``--repeat`` times:
+Each workload runs on a cluster with 4 fixed workers and on one with
+``adapt(0, 4)`` (and on one per extra ``--adapt`` setting), alternating
+(fixed, adaptive, fixed, adaptive, ...), ``--repeat`` times:
 
 ``bursty``
-    3 bursts of 200 tasks of 0.5 s, 90 s idle between them.
+    3 bursts of 200 tasks of 0.5 s, 90 s idle between them (goal: adaptive
+    <= 0.45 of fixed).
 ``short-gaps``
-    5 such bursts, 5 s between them: adaptive scaling must not cost more.
+    5 such bursts, 5 s between them: adaptive must not cost more than fixed.
+``smoke``
+    2 bursts of 40 tasks, 20 s apart: a check of the benchmark itself.
 
 Every second the worker pods are counted (worker-pod-seconds: what a cloud
 bills), each in its state: starting (never Ready yet), Ready while a burst runs,
 Ready between bursts, retired (Ready once, no longer), terminating. Both modes
-wait ``--tail`` seconds after the last task before the cluster is deleted
-(adaptive: and until it reached zero workers). Also measured:
+wait ``--tail`` seconds after the last task before the cluster is deleted;
+adaptive also until it reached zero workers (at most 600 s). Also measured:
 
-- scale events: every change of the adaptive target (the scheduler's
-  ``minimaldask-adapt`` events) and every change of the worker Deployment's
-  replicas, with their times; a reversal less than 30 s after the change
-  before it counts as flapping;
-- keys computed twice: a scheduler plugin counts each key's transitions to
-  ``processing`` (a key started again after it was lost or rescheduled);
+- scale events: every change of the worker Deployment's replicas, with its
+  time since the cluster was asked for, and the scheduler plugin's own lines
+  (``minimaldask adapt: A -> B workers``); a change that reverses the one
+  before it less than 30 s later is a flap;
+- keys computed twice: a result stored twice (``processing -> memory`` more
+  than once, as ``tests/testutil.computed_more_than_once`` counts it), and,
+  apart, keys started twice (``processing`` more than once: a task queued on a
+  worker that left and sent to another, computed once);
+- where the adaptive pod-seconds go after each burst: waiting for the first
+  step down, then the staircase of steps to zero (what a direct step to zero
+  would save at most);
 - seconds from the last task to zero worker pods, and from a client's SIGKILL
   to no object of its cluster left.
 
-On the local Kubernetes, as the namespace-only user, one command (it builds the
-image of this checkout and pushes it to the local registry, tagged by the
-sources, unless the registry has it):
+On the local Kubernetes, as root (it makes a namespace of its own for the
+namespace-only user and deletes it at the end; the clusters run as that user):
 
-    python bench/cost.py [--repeat 3] [--workloads bursty,short-gaps]
+    python bench/cost.py [--repeat 1] [--workloads bursty,short-gaps]
+    python bench/cost.py --workloads bursty --adapt 'cooldown=15;cooldown=10,min_worker_age=5'
 
-``--image REF`` uses an image already pushed; give it a tag of its own, since
-with the default pull policy (``IfNotPresent``, the product's default) a node
-keeps what it pulled once. Prints a table per workload and writes JSON
-(``--json``, default bench/results/cost.json).
+The image is this checkout's, tagged by its sources as the e2e tests tag it
+(built and pushed to the local registry unless it is there). Prints a table per
+workload and writes JSON (``--json``, default bench/results/cost.json).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import itertools
 import json
 import os
-import platform
+import re
+import secrets
 import signal
 import statistics
 import subprocess
@@ -51,8 +59,6 @@ import sys
 import textwrap
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +66,6 @@ from typing import Any
 
 import distributed
 from distributed import Client
-from distributed.diagnostics.plugin import SchedulerPlugin
 from rich.console import Console
 from rich.table import Table
 
@@ -69,14 +74,23 @@ from minimaldask.contract import label_selector
 from minimaldask.kubernetes import api as kube
 from minimaldask.kubernetes.backend import KubernetesBackend
 from minimaldask.kubernetes.objects import DEPLOYMENT, POD
-from minimaldask.spec import default_image_tag
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCALKUBE_USER = Path("/var/lib/localkube/user.kubeconfig")
-#: A scale event that reverses the one before it within this many seconds is flapping.
+sys.path.insert(0, str(ROOT / "tools" / "localkube"))
+sys.path.insert(0, str(ROOT / "tests"))
+import localkube  # noqa: E402
+from _machine import machine  # noqa: E402
+from api_calls import checkout_image  # noqa: E402  (the e2e image: tag from testutil.source_hash)
+from testutil import computed_more_than_once  # noqa: E402
+
+#: A scale event that reverses the one before it within this many seconds is a flap.
 FLAP_WINDOW = 30.0
 STATES = ("starting", "ready_busy", "ready_idle", "retired", "terminating")
-console = Console()
+#: Keep every transition of a run, so that keys computed twice can be counted.
+FULL_LOG = {"DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH": "1000000"}
+GOALS = {"bursty": 0.45, "short-gaps": 1.0}
+ADAPT_LINE = re.compile(r"minimaldask adapt: (\d+) -> (\d+) workers(.*)$")
+console = Console(width=150)
 
 
 @dataclass(frozen=True)
@@ -93,86 +107,30 @@ class Workload:
 WORKLOADS = {
     "bursty": Workload("bursty", bursts=3, gap=90),
     "short-gaps": Workload("short-gaps", bursts=5, gap=5),
-    # A check of the benchmark itself, in about two minutes a pair.
     "smoke": Workload("smoke", bursts=2, gap=20, tasks=40),
 }
 
 
-# -- the image ----------------------------------------------------------------------------------
+def parse_adapt(text: str) -> dict[str, float]:
+    """``cooldown=15,min_worker_age=5`` as adapt()'s keyword arguments; ``default``: none."""
+    if text.strip() in ("", "default"):
+        return {}
+    out = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        key = key.strip()
+        if key not in ("cooldown", "min_worker_age") or not value:
+            raise SystemExit(
+                f"invalid --adapt setting {part!r}: expected cooldown=SECONDS or "
+                "min_worker_age=SECONDS, comma-separated (e.g. cooldown=15,min_worker_age=5)"
+            )
+        out[key] = float(value)
+    return out
 
 
-def source_digest() -> str:
-    """A digest of minimaldask's sources: what an image built from them depends on."""
-    h = hashlib.sha256()
-    for path in sorted((ROOT / "src" / "minimaldask").rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
-            h.update(str(path.relative_to(ROOT)).encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def ensure_image(repository: str) -> str:
-    """The image of this checkout in the local registry (built and pushed if missing)."""
-    sys.path.insert(0, str(ROOT / "tools" / "localkube"))
-    import localkube  # the local Kubernetes's registry addresses
-
-    tag = f"{default_image_tag()}-{source_digest()}"
-    request = urllib.request.Request(
-        f"http://{localkube.REGISTRY_LISTEN}/v2/{repository}/manifests/{tag}",
-        method="HEAD",
-        headers={"Accept": "application/vnd.oci.image.index.v1+json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10):
-            console.print(f"image {repository}:{tag} is in the local registry")
-    except urllib.error.HTTPError as e:
-        if e.code != 404:
-            raise
-        push = f"{localkube.REGISTRY_LISTEN}/{repository}:{tag}"
-        console.print(f"building the image of this checkout: {push}")
-        subprocess.run(
-            [sys.executable, "-m", "minimaldask.image", "build", "--push", push, "--insecure"],
-            check=True,
-            timeout=1800,
-        )
-    return f"{localkube.REGISTRY}/{repository}:{tag}"
-
-
-# -- what the scheduler saw ---------------------------------------------------------------------
-
-
-class Recomputations(SchedulerPlugin):
-    """Counts, per key, how often it went to ``processing``: more than once is computed twice."""
-
-    name = "bench-recomputations"
-
-    def __init__(self) -> None:
-        self.processing: Counter[str] = Counter()
-        self.memory: Counter[str] = Counter()
-
-    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
-        """Count starts and completions."""
-        if finish == "processing":
-            self.processing[str(key)] += 1
-        elif finish == "memory":
-            self.memory[str(key)] += 1
-
-    def summary(self) -> dict[str, Any]:
-        """Keys started, keys started more than once, keys completed more than once."""
-        twice = {k: n for k, n in self.processing.items() if n > 1}
-        return {
-            "keys": len(self.processing),
-            "started_more_than_once": len(twice),
-            "completed_more_than_once": sum(1 for n in self.memory.values() if n > 1),
-            "examples": sorted(twice.items())[:5],
-        }
-
-
-def recomputations(client: Client) -> dict[str, Any]:
-    """The plugin's summary, from the scheduler."""
-    return client.run_on_scheduler(
-        lambda dask_scheduler: dask_scheduler.plugins[Recomputations.name].summary()
-    )
+def adapt_label(settings: dict[str, float]) -> str:
+    """How the setting reads as a call."""
+    return "adapt(0, 4" + "".join(f", {k}={v:g}" for k, v in settings.items()) + ")"
 
 
 # -- the worker pods ----------------------------------------------------------------------------
@@ -198,6 +156,7 @@ class PodMeter:
         self.namespace, self.name = namespace, name
         #: (monotonic time, pods by state, replicas asked)
         self.samples: list[tuple[float, Counter[str], int | None]] = []
+        self.errors = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
@@ -216,12 +175,14 @@ class PodMeter:
             try:
                 pods = await kube.list_objects(api, POD, self.namespace, selector)
                 dep = await kube.get(api, DEPLOYMENT, self.namespace, deployment)
-            except Exception as e:  # a slow API server: this second is counted with the next
-                console.print(f"  [yellow]meter: {e!r}[/]")
+            except Exception as e:
+                # Said; the span until the next sample counts with the state seen before.
+                self.errors += 1
+                console.print(f"  [yellow]meter: {e!r}; this second counts as the one before[/]")
                 await asyncio.sleep(1)
                 continue
             states = Counter(s for p in pods if (s := _pod_state(p, ever_ready)))
-            replicas = int((dep or {}).get("spec", {}).get("replicas") or 0) if dep else None
+            replicas = int(dep.get("spec", {}).get("replicas") or 0) if dep else None
             self.samples.append((time.monotonic(), states, replicas))
             await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - began)))
 
@@ -231,16 +192,15 @@ class PodMeter:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        self._thread.join(timeout=30)
 
     def pod_seconds(
-        self, bursts: list[tuple[float, float]], until: float | None = None
+        self, bursts: list[tuple[float, float]], since: float = 0.0, until: float = float("inf")
     ) -> dict[str, float]:
-        """Worker-pod-seconds by state (Ready split into during a burst and between), up to ``until``."""
+        """Worker-pod-seconds by state in [since, until) (Ready: during a burst or between)."""
         out = dict.fromkeys(STATES, 0.0)
         for (t, states, _), (t_next, _, _) in itertools.pairwise(self.samples):
-            if until is not None:
-                t_next = min(t_next, until)
+            t, t_next = max(t, since), min(t_next, until)
             if t_next <= t:
                 continue
             span = t_next - t
@@ -253,122 +213,184 @@ class PodMeter:
                     out[state] += n * span
         return out
 
-    def replica_changes(self, t0: float) -> list[tuple[float, int, int]]:
-        """(seconds since ``t0``, from, to) for every change of the Deployment's replicas."""
+    def replica_changes(self) -> list[tuple[float, int, int]]:
+        """(monotonic time, from, to) of every change of the Deployment's replicas."""
         changes, last = [], None
         for t, _, replicas in self.samples:
             if replicas is None:
                 continue
             if last is not None and replicas != last:
-                changes.append((round(t - t0, 1), last, replicas))
+                changes.append((t, last, replicas))
             last = replicas
         return changes
 
 
-def flaps(changes: list[tuple[float, int, int]]) -> int:
-    """Scale events that reverse the one before within :data:`FLAP_WINDOW` seconds."""
-    count = 0
-    for (t1, a1, b1), (t2, a2, b2) in itertools.pairwise(changes):
-        if (b1 - a1) * (b2 - a2) < 0 and t2 - t1 < FLAP_WINDOW:
-            count += 1
-    return count
+def flaps(changes: list[tuple[float, int, int]]) -> list[tuple[float, float]]:
+    """(time, time) of each change that reverses the one before within :data:`FLAP_WINDOW`."""
+    return [
+        (t1, t2)
+        for (t1, a1, b1), (t2, a2, b2) in itertools.pairwise(changes)
+        if (b1 - a1) * (b2 - a2) < 0 and t2 - t1 < FLAP_WINDOW
+    ]
+
+
+def descents(
+    meter: PodMeter, windows: list[tuple[float, float]], changes: list[tuple[float, int, int]]
+) -> list[dict[str, float | None]]:
+    """After each burst: seconds and pod-seconds until the first step down, then until zero."""
+    out: list[dict[str, float | None]] = []
+    for i, (_, end) in enumerate(windows):
+        nxt = windows[i + 1][0] if i + 1 < len(windows) else float("inf")
+        downs = [(t, a, b) for t, a, b in changes if end <= t < nxt and b < a]
+        first = downs[0][0] if downs else None
+        zero = next((t for t, _, b in downs if b == 0), None)
+        wait = sum(meter.pod_seconds(windows, end, first or nxt).values())
+        stair = sum(meter.pod_seconds(windows, first, zero).values()) if first and zero else None
+        out.append(
+            {
+                "seconds_to_first_step_down": None if first is None else first - end,
+                "seconds_to_zero": None if zero is None else zero - end,
+                "steps": len(downs),
+                "pod_seconds_before_first_step": wait,
+                "pod_seconds_first_step_to_zero": stair,
+            }
+        )
+    return out
+
+
+# -- what the scheduler saw ---------------------------------------------------------------------
+
+
+def started_more_than_once(client: Client, keys: list[str]) -> dict[str, int]:
+    """Keys that went to ``processing`` more than once (from the same transition log)."""
+    log = client.run_on_scheduler(
+        lambda dask_scheduler: [t[0] for t in dask_scheduler.transition_log if t[2] == "processing"]
+    )
+    wanted = set(keys)
+    return {k: n for k, n in Counter(k for k in log if k in wanted).items() if n > 1}
+
+
+def adapt_lines(client: Client) -> list[tuple[float, str]]:
+    """(epoch, message) of the plugin's scaling lines in the scheduler's log."""
+    logs = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.get_logs(timestamps=True))
+    return sorted((t, msg) for t, _, msg in logs if ADAPT_LINE.search(msg))
 
 
 # -- one run ------------------------------------------------------------------------------------
 
 
-def bursts(client: Client, workload: Workload) -> list[tuple[float, float]]:
-    """Run the bursts; (submitted, last task done) of each, monotonic."""
-    windows = []
+def bursts(client: Client, workload: Workload) -> tuple[list[tuple[float, float]], list[str]]:
+    """Run the bursts: (submitted, last task done) of each, monotonic; and every key."""
+    windows: list[tuple[float, float]] = []
+    keys: list[str] = []
     for i in range(workload.bursts):
         submitted = time.monotonic()
         futures = client.map(time.sleep, [workload.task_seconds] * workload.tasks, pure=False)
+        keys += [f.key for f in futures]
         distributed.wait(futures, timeout=600)
+        if any(f.status != "finished" for f in futures):
+            raise RuntimeError(f"burst {i + 1}: not every task finished within 600 s")
         windows.append((submitted, time.monotonic()))
-        del futures
+        del futures  # nothing stays in memory between bursts
         console.print(f"    burst {i + 1}: {windows[-1][1] - submitted:.1f} s")
         if i < workload.bursts - 1:
             time.sleep(workload.gap)
-    return windows
+    return windows, keys
 
 
 def run(
-    mode: str, workload: Workload, index: int, args: argparse.Namespace, namespace: str, image: str
+    settings: dict[str, float] | None,
+    workload: Workload,
+    name: str,
+    args: argparse.Namespace,
+    namespace: str,
+    image: str,
 ) -> dict[str, Any]:
-    """One cluster, one workload; what it cost and how it scaled."""
-    name = f"cost-{mode[:5]}-{workload.name[:5]}-{index}"
-    options = {
-        "name": name,
-        "namespace": namespace,
-        "image": image,
-        "image_pull_policy": args.pull_policy,
-        "resources": {"cpu": args.cpu, "memory": args.memory},
-        "scheduler_resources": {"cpu": "100m", "memory": "384Mi"},
-        "idle_timeout": None,
-        "no_client_timeout": None,
-        "quiet": True,
-    }
-    console.print(f"  {workload.name} #{index} {mode}: starting")
+    """One cluster, one workload (``settings`` None: 4 fixed workers); what it cost, how it scaled."""
+    adaptive = settings is not None
+    label = adapt_label(settings) if adaptive else "fixed 4"
+    console.print(f"  {name}: {workload.name}, {label}")
     with PodMeter(namespace, name) as meter:
-        t0 = time.monotonic()
-        wall0 = time.time()
-        cluster = MinimalCluster(workers=0 if mode == "adaptive" else 4, **options)
+        t0, wall0 = time.monotonic(), time.time()
+        cluster = MinimalCluster(
+            name=name,
+            namespace=namespace,
+            workers=0 if adaptive else 4,
+            image=image,
+            image_pull_policy="IfNotPresent",
+            resources={"cpu": args.cpu, "memory": args.memory},
+            scheduler_resources={"cpu": "100m", "memory": "384Mi"},
+            idle_timeout=None,
+            no_client_timeout=None,
+            env=FULL_LOG,
+            quiet=True,
+        )
         try:
             with Client(cluster) as client:
-                client.register_plugin(Recomputations())
-                if mode == "adaptive":
-                    cluster.adapt(0, 4, cooldown=args.cooldown, min_worker_age=args.min_worker_age)
-                windows = bursts(client, workload)
+                if adaptive:
+                    cluster.adapt(0, 4, **settings)
+                windows, keys = bursts(client, workload)
                 last_task = windows[-1][1]
                 while time.monotonic() - last_task < args.tail or (
-                    mode == "adaptive" and meter.current and time.monotonic() - last_task < 600
+                    adaptive and meter.current and time.monotonic() - last_task < 600
                 ):
                     time.sleep(1)
-                to_zero = None
-                if mode == "adaptive":
-                    zero = next(
-                        (t for t, s, _ in meter.samples if t > last_task and not sum(s.values())),
-                        None,
+                if adaptive and meter.current:
+                    console.print(
+                        f"  [yellow]{name}: not at zero workers 600 s after the last task[/]"
                     )
-                    to_zero = zero - last_task if zero is not None else None
-                computed = recomputations(client)
-                events = [
-                    {"t": round(t - wall0, 1), **msg}
-                    for t, msg in client.get_events("minimaldask-adapt")
-                    if isinstance(msg, dict)
-                ]
+                stored_twice = computed_more_than_once(client, keys)
+                started_twice = started_more_than_once(client, keys)
+                lines = adapt_lines(client)
         finally:
             cluster.close()
         end = time.monotonic()
+    if len(meter.samples) < (end - t0) / 2:
+        raise RuntimeError(
+            f"{name}: the pod meter took {len(meter.samples)} samples in {end - t0:.0f} s "
+            f"({meter.errors} failed): its worker-pod-seconds would be wrong"
+        )
+    zero = next((t for t, s, _ in meter.samples if t > last_task and not sum(s.values())), None)
+    changes = meter.replica_changes()
     states = meter.pod_seconds(windows)
-    active = meter.pod_seconds(windows, until=last_task)
-    changes = meter.replica_changes(t0)
+
+    def rel(t: float) -> float:
+        return round(t - t0, 1)
+
     return {
-        "mode": mode,
+        "mode": "adaptive" if adaptive else "fixed",
+        "label": label,
+        "adapt": settings,
         "workload": workload.name,
-        "index": index,
+        "name": name,
         "worker_pod_seconds": sum(states.values()),
-        "worker_pod_seconds_to_last_task": sum(active.values()),
+        "worker_pod_seconds_to_last_task": sum(
+            meter.pod_seconds(windows, until=last_task).values()
+        ),
         "pod_seconds_by_state": states,
         "wall_seconds": end - t0,
-        "bursts": [{"submitted": round(s - t0, 1), "seconds": round(e - s, 1)} for s, e in windows],
-        "seconds_last_task_to_zero_workers": to_zero,
-        "replica_changes": changes,
-        "target_changes": events,
-        "flaps": flaps(changes),
-        "recomputations": computed,
+        "bursts": [{"submitted": rel(s), "seconds": round(e - s, 1)} for s, e in windows],
+        "seconds_last_task_to_zero_workers": None if zero is None else zero - last_task,
+        "scale_events": [{"t": rel(t), "from": a, "to": b} for t, a, b in changes],
+        "plugin_lines": [{"t": round(t - wall0, 1), "line": msg} for t, msg in lines],
+        "flaps": [[rel(a), rel(b)] for a, b in flaps(changes)],
+        "descents": descents(meter, windows, changes) if adaptive else [],
+        "keys": len(keys),
+        "keys_computed_twice": stored_twice,
+        "keys_started_twice": started_twice,
+        "meter_errors": meter.errors,
     }
 
 
 def sigkill_to_nothing_left(args: argparse.Namespace, namespace: str, image: str) -> float:
     """Seconds from a client's SIGKILL until no object of its cluster is left."""
-    name = "cost-sigkill"
+    name = f"cost-{args.run_id}-sigkill"
     script = textwrap.dedent(
         f"""
         import time
         from minimaldask import MinimalCluster
         MinimalCluster(name={name!r}, namespace={namespace!r}, image={image!r}, workers=1,
-                       image_pull_policy={args.pull_policy!r},
+                       image_pull_policy="IfNotPresent",
                        resources={{"cpu": {args.cpu!r}, "memory": {args.memory!r}}},
                        scheduler_resources={{"cpu": "100m", "memory": "384Mi"}},
                        no_client_timeout={args.no_client_timeout!r}, quiet=True)
@@ -377,230 +399,270 @@ def sigkill_to_nothing_left(args: argparse.Namespace, namespace: str, image: str
         """
     )
     owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert owner.stdout is not None
-    if owner.stdout.readline().strip() != "up":
-        raise RuntimeError("the SIGKILL client did not start its cluster")
-    owner.send_signal(signal.SIGKILL)
-    owner.wait()
-    t = time.monotonic()
-    while asyncio.run(KubernetesBackend.leftovers(name, namespace)) and time.monotonic() - t < 600:
-        time.sleep(1)
-    return time.monotonic() - t
+    try:
+        assert owner.stdout is not None
+        if owner.stdout.readline().strip() != "up":
+            raise RuntimeError("the SIGKILL client did not start its cluster")
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(timeout=30)
+        t = time.monotonic()
+        while asyncio.run(KubernetesBackend.leftovers(name, namespace)):
+            if time.monotonic() - t > 600:
+                raise RuntimeError(f"cluster {name} still has objects 600 s after the SIGKILL")
+            time.sleep(1)
+        return time.monotonic() - t
+    finally:
+        owner.kill()
+        delete_dask_cluster(namespace=namespace, name=name)
 
 
 # -- the report ---------------------------------------------------------------------------------
 
 
-def _median(runs: list[dict[str, Any]], key: str) -> float:
-    values = [r[key] for r in runs if r.get(key) is not None]
+def _median(values: list[Any]) -> float:
+    values = [v for v in values if v is not None]
     return statistics.median(values) if values else float("nan")
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians per mode, and the ratio adaptive / fixed of each alternating pair."""
-    fixed = [r for r in runs if r["mode"] == "fixed"]
-    adaptive = [r for r in runs if r["mode"] == "adaptive"]
-    pairs = list(zip(fixed, adaptive, strict=False))
-    ratios = [a["worker_pod_seconds"] / f["worker_pod_seconds"] for f, a in pairs]
-    active = [
-        a["worker_pod_seconds_to_last_task"] / f["worker_pod_seconds_to_last_task"]
-        for f, a in pairs
-    ]
+    """Per setting: medians, and the ratio to the fixed run of the same round."""
+    fixed = {r["round"]: r for r in runs if r["mode"] == "fixed"}
+    out: dict[str, Any] = {"fixed 4": _medians([r for r in runs if r["mode"] == "fixed"])}
+    for label in dict.fromkeys(r["label"] for r in runs if r["mode"] == "adaptive"):
+        mine = [r for r in runs if r["label"] == label and r["round"] in fixed]
+        ratios = [r["worker_pod_seconds"] / fixed[r["round"]]["worker_pod_seconds"] for r in mine]
+        out[label] = {
+            **_medians(mine),
+            "ratio_per_round": ratios,
+            "ratio_median": _median(ratios),
+            "ratio_to_last_task_median": _median(
+                [
+                    r["worker_pod_seconds_to_last_task"]
+                    / fixed[r["round"]]["worker_pod_seconds_to_last_task"]
+                    for r in mine
+                ]
+            ),
+        }
+    return out
+
+
+def _medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
-        "runs": len(pairs),
-        "ratio_per_pair": ratios,
-        "ratio_median": statistics.median(ratios) if ratios else float("nan"),
-        "ratio_to_last_task_per_pair": active,
-        "ratio_to_last_task_median": statistics.median(active) if active else float("nan"),
+        "runs": len(runs),
         **{
-            f"{mode}_{key}_median": _median(rs, key)
-            for mode, rs in (("fixed", fixed), ("adaptive", adaptive))
-            for key in ("worker_pod_seconds", "worker_pod_seconds_to_last_task", "wall_seconds")
+            f"{key}_median": _median([r[key] for r in runs])
+            for key in (
+                "worker_pod_seconds",
+                "worker_pod_seconds_to_last_task",
+                "wall_seconds",
+                "seconds_last_task_to_zero_workers",
+            )
         },
-        "adaptive_seconds_last_task_to_zero_median": _median(
-            adaptive, "seconds_last_task_to_zero_workers"
-        ),
-        "keys_started_more_than_once": sum(
-            r["recomputations"]["started_more_than_once"] for r in runs
-        ),
-        "flaps": sum(r["flaps"] for r in runs),
+        "scale_events_median": _median([len(r["scale_events"]) for r in runs]),
+        "flaps": sum(len(r["flaps"]) for r in runs),
+        "keys_computed_twice": sum(len(r["keys_computed_twice"]) for r in runs),
+        "keys_started_twice": sum(len(r["keys_started_twice"]) for r in runs),
     }
 
 
 def table(workload: Workload, runs: list[dict[str, Any]], summary: dict[str, Any]) -> Table:
-    """One table per workload: medians of each mode, their ratio, where the pod-seconds go."""
-    fixed = [r for r in runs if r["mode"] == "fixed"]
-    adaptive = [r for r in runs if r["mode"] == "adaptive"]
+    """One table per workload: a column per setting, medians over the rounds."""
+    labels = list(summary)
+    goal = GOALS.get(workload.name)
     t = Table(
         title=f"{workload.name}: {workload.bursts} bursts of {workload.tasks} x "
-        f"{workload.task_seconds:g} s tasks, {workload.gap:g} s apart; "
-        f"median of {summary['runs']} alternating pairs"
+        f"{workload.task_seconds:g} s tasks, {workload.gap:g} s apart; median of "
+        f"{summary['fixed 4']['runs']} round(s), alternating"
+        + (f"; goal adaptive / fixed <= {goal:g}" if goal else "")
     )
-    for column in ("", "fixed 4", "adapt(0, 4)", "adaptive / fixed"):
-        t.add_column(column, justify="right")
+    t.add_column("")
+    for label in labels:
+        t.add_column(label, justify="right")
 
-    def med(rs: list[dict[str, Any]], f: Any) -> float:
-        values = [f(r) for r in rs]
-        values = [v for v in values if v is not None]
-        return statistics.median(values) if values else float("nan")
+    def by(f: Any) -> list[str]:
+        return [f([r for r in runs if r["label"] == label], summary[label]) for label in labels]
 
+    def med(key: Any, fmt: str = "{:.0f}") -> Any:
+        def cell(rs: list[dict[str, Any]], _s: Any) -> str:
+            value = _median([key(r) for r in rs])
+            return "-" if value != value else fmt.format(value)  # NaN: none measured
+
+        return cell
+
+    t.add_row("worker-pod-seconds", *by(lambda rs, s: f"{s['worker_pod_seconds_median']:.0f}"))
     t.add_row(
-        "worker-pod-seconds",
-        f"{summary['fixed_worker_pod_seconds_median']:.0f}",
-        f"{summary['adaptive_worker_pod_seconds_median']:.0f}",
-        f"{summary['ratio_median']:.2f} ({', '.join(f'{x:.2f}' for x in summary['ratio_per_pair'])})",
+        "adaptive / fixed",
+        *by(
+            lambda rs, s: (
+                f"{s['ratio_median']:.2f}"
+                + (
+                    f" ({', '.join(f'{x:.2f}' for x in s['ratio_per_round'])})"
+                    if len(rs) > 1
+                    else ""
+                )
+                if "ratio_median" in s
+                else ""
+            )
+        ),
     )
     t.add_row(
-        "  of which to the last task",
-        f"{summary['fixed_worker_pod_seconds_to_last_task_median']:.0f}",
-        f"{summary['adaptive_worker_pod_seconds_to_last_task_median']:.0f}",
-        f"{summary['ratio_to_last_task_median']:.2f}",
+        "  to the last task only",
+        *by(lambda rs, s: f"{s['ratio_to_last_task_median']:.2f}" if "ratio_median" in s else ""),
     )
     for state in STATES:
         t.add_row(
             f"  {state.replace('_', ' ')}",
-            f"{med(fixed, lambda r, s=state: r['pod_seconds_by_state'][s]):.0f}",
-            f"{med(adaptive, lambda r, s=state: r['pod_seconds_by_state'][s]):.0f}",
-            "",
+            *by(med(lambda r, s=state: r["pod_seconds_by_state"][s])),
         )
     for i in range(workload.bursts):
         t.add_row(
-            f"burst {i + 1} (s)",
-            f"{med(fixed, lambda r, i=i: r['bursts'][i]['seconds']):.1f}",
-            f"{med(adaptive, lambda r, i=i: r['bursts'][i]['seconds']):.1f}",
-            "",
+            f"burst {i + 1} (s)", *by(med(lambda r, i=i: r["bursts"][i]["seconds"], "{:.1f}"))
         )
-    t.add_row("wall seconds", f"{med(fixed, lambda r: r['wall_seconds']):.0f}",
-              f"{med(adaptive, lambda r: r['wall_seconds']):.0f}", "")  # fmt: skip
+    t.add_row("wall seconds", *by(med(lambda r: r["wall_seconds"])))
     t.add_row(
-        "last task -> zero workers (s)",
-        "-",
-        f"{summary['adaptive_seconds_last_task_to_zero_median']:.0f}",
-        "",
+        "last task -> zero workers (s)", *by(med(lambda r: r["seconds_last_task_to_zero_workers"]))
     )
-    t.add_row(
-        "scale events (replicas changed)",
-        f"{med(fixed, lambda r: len(r['replica_changes'])):.0f}",
-        f"{med(adaptive, lambda r: len(r['replica_changes'])):.0f}",
-        "",
-    )
-    t.add_row("flapping (all runs)", str(sum(r["flaps"] for r in fixed)),
-              str(sum(r["flaps"] for r in adaptive)), "")  # fmt: skip
-    t.add_row(
-        "keys computed twice (all runs)",
-        str(sum(r["recomputations"]["started_more_than_once"] for r in fixed)),
-        str(sum(r["recomputations"]["started_more_than_once"] for r in adaptive)),
-        "",
-    )
+    t.add_row("scale events (replicas changed)", *by(med(lambda r: len(r["scale_events"]))))
+    t.add_row("flaps, reversal < 30 s (all rounds)", *by(lambda rs, s: str(s["flaps"])))
+    t.add_row("keys computed twice (all rounds)", *by(lambda rs, s: str(s["keys_computed_twice"])))
+    t.add_row("keys started twice (all rounds)", *by(lambda rs, s: str(s["keys_started_twice"])))
     return t
 
 
-def print_events(run_: dict[str, Any]) -> None:
-    """The scale events of one adaptive run, with their times since the cluster was asked for."""
-    bursts_ = ", ".join(f"{b['submitted']:.0f}+{b['seconds']:.0f}s" for b in run_["bursts"])
-    console.print(f"  {run_['workload']} #{run_['index']} adaptive, bursts at {bursts_}")
-    targets = [
-        f"{e['t']:.1f}s {e.get('from')}->{e.get('to')}" + (f" ({e['why']})" if e.get("why") else "")
-        for e in run_["target_changes"]
-    ]
-    console.print(f"    target changes ({len(targets)}): {'; '.join(targets) or '-'}")
-    replicas = [f"{t:.1f}s {a}->{b}" for t, a, b in run_["replica_changes"]]
-    console.print(f"    replicas changes ({len(replicas)}): {'; '.join(replicas) or '-'}")
-    r = run_["recomputations"]
+def print_events(r: dict[str, Any]) -> None:
+    """The scale events of one run, with their times since the cluster was asked for."""
+    shown = ", ".join(f"{b['submitted']:.0f}s (+{b['seconds']:.0f}s)" for b in r["bursts"])
+    console.print(f"  {r['name']} {r['label']}: bursts at {shown}")
+    events = "; ".join(f"{e['t']:.0f}s {e['from']}->{e['to']}" for e in r["scale_events"])
+    console.print(f"    replicas ({len(r['scale_events'])} changes): {events or '-'}")
+    for line in r["plugin_lines"]:
+        console.print(f"    plugin {line['t']:.0f}s: {ADAPT_LINE.search(line['line']).group(0)}")  # type: ignore[union-attr]
+    for i, d in enumerate(r["descents"], 1):
+        if d["seconds_to_first_step_down"] is None:
+            console.print(f"    after burst {i}: no step down")
+            continue
+        stair = d["pod_seconds_first_step_to_zero"]
+        console.print(
+            f"    after burst {i}: first step down at +{d['seconds_to_first_step_down']:.0f}s "
+            f"({d['pod_seconds_before_first_step']:.0f} pod-s), "
+            + (
+                f"zero at +{d['seconds_to_zero']:.0f}s in {d['steps']} steps ({stair:.0f} pod-s)"
+                if stair is not None
+                else f"{d['steps']} steps, not at zero before the next burst"
+            )
+        )
     console.print(
-        f"    keys started {r['keys']}, more than once {r['started_more_than_once']}, "
-        f"completed more than once {r['completed_more_than_once']}; flaps {run_['flaps']}"
+        f"    keys {r['keys']}: computed twice {len(r['keys_computed_twice'])}, started twice "
+        f"{len(r['keys_started_twice'])}; flaps {len(r['flaps'])}"
+        + (f" at {r['flaps']}" if r["flaps"] else "")
     )
-
-
-def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return {
-        "node": platform.node(),
-        "nproc": os.cpu_count(),
-        "ram_gib": round(pages / 2**30, 1),
-        "cpu_model": model,
-        "load_average_at_start": os.getloadavg(),
-    }
 
 
 def main() -> None:
     """Run the workloads, alternating fixed and adaptive; print the tables; write the JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--namespace", default=None)
-    parser.add_argument("--image", default=None, help="an image already pushed (see above)")
-    parser.add_argument("--repository", default="minimaldask-bench",
-                        help="where the built image goes in the local registry")  # fmt: skip
-    parser.add_argument("--pull-policy", default="IfNotPresent")
-    parser.add_argument("--workloads", default="bursty,short-gaps")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--cpu", default="200m")
-    parser.add_argument("--memory", default="384Mi")
-    parser.add_argument("--cooldown", type=float, default=15)
-    parser.add_argument("--min-worker-age", type=float, default=5)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--namespace", default="bench-cost",
+                        help="made for the run and deleted after it")  # fmt: skip
+    parser.add_argument("--image", help="default: this checkout's, built and pushed if needed")
+    parser.add_argument("--workloads", default="bursty,short-gaps",
+                        help=f"comma-separated, of {', '.join(WORKLOADS)}")  # fmt: skip
+    parser.add_argument(
+        "--adapt",
+        default="default",
+        help="adapt() settings to run, ';'-separated, each 'default' (the product's) or "
+        "e.g. 'cooldown=15,min_worker_age=5'",
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="rounds (fixed, then each setting)")
+    parser.add_argument("--cpu", default="200m", help="cpu request of each worker")
+    parser.add_argument("--memory", default="384Mi", help="memory of each worker")
     parser.add_argument("--tail", type=float, default=60, help="idle seconds after the last task")
-    parser.add_argument("--no-client-timeout", default="20s")
-    parser.add_argument("--no-sigkill", action="store_true")
+    parser.add_argument("--no-client-timeout", default="20s", help="of the SIGKILL cluster")
+    parser.add_argument("--no-sigkill", action="store_true", help="skip the SIGKILL measurement")
     parser.add_argument("--json", default="bench/results/cost.json")
+    parser.add_argument("--show", metavar="JSON", help="print the tables of an earlier run")
     args = parser.parse_args()
+    if args.show:
+        show(args.show)
+        return
+    unknown = [w for w in args.workloads.split(",") if w not in WORKLOADS]
+    if unknown:
+        sys.exit(f"unknown workload(s) {unknown}: choose from {', '.join(WORKLOADS)}")
     workloads = [WORKLOADS[w] for w in args.workloads.split(",")]
-    if "KUBECONFIG" not in os.environ and LOCALKUBE_USER.exists():
-        os.environ["KUBECONFIG"] = str(LOCALKUBE_USER)
-    namespace = args.namespace or ("minimaldask-e2e" if LOCALKUBE_USER.exists() else "default")
-    image = args.image or ensure_image(args.repository)
-    started = time.strftime("%Y-%m-%d %H:%M")
+    settings = [parse_adapt(s) for s in args.adapt.split(";")]
+    if not localkube.is_up():
+        sys.exit(
+            "the local Kubernetes is not up: python3 tools/localkube/localkube.py up (as root)"
+        )
+    if os.geteuid() != 0:
+        sys.exit("run this as root: it makes the namespace for the namespace-only user")
+    args.run_id = secrets.token_hex(2)
+    image = args.image or checkout_image()
     report: dict[str, Any] = {
-        "date": started,
         "machine": machine(),
         "image": image,
         "settings": {k: v for k, v in vars(args).items() if k != "json"},
         "workloads": {},
     }
-    for workload in workloads:
-        runs = []
-        for i in range(1, args.repeat + 1):
-            for mode in ("fixed", "adaptive"):
-                try:
-                    runs.append(run(mode, workload, i, args, namespace, image))
-                finally:
-                    delete_dask_cluster(
-                        namespace=namespace, name=f"cost-{mode[:5]}-{workload.name[:5]}-{i}"
-                    )
-                if mode == "adaptive":
-                    print_events(runs[-1])
-        summary = summarize(runs)
-        report["workloads"][workload.name] = {
-            "workload": vars(workload),
-            "summary": summary,
-            "runs": runs,
-        }
-        console.print(table(workload, runs, summary))
-    if not args.no_sigkill:
-        try:
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    namespace = args.namespace
+    localkube.apply(localkube.namespace_user_objects(namespace))
+    # The clusters run as the namespace-only user, as a user of a shared cluster would.
+    os.environ["KUBECONFIG"] = str(localkube.USER_KUBECONFIG)
+    try:
+        for workload in workloads:
+            runs: list[dict[str, Any]] = []
+            entry = report["workloads"][workload.name] = {
+                "workload": vars(workload),
+                "goal_adaptive_over_fixed": GOALS.get(workload.name),
+                "runs": runs,
+            }
+            for i in range(1, args.repeat + 1):
+                for j, setting in enumerate([None, *settings]):
+                    mode = "f" if setting is None else f"a{j}"
+                    name = f"cost-{args.run_id}-{workload.name[:5]}-{i}-{mode}"
+                    try:
+                        r = run(setting, workload, name, args, namespace, image)
+                    finally:
+                        delete_dask_cluster(namespace=namespace, name=name)
+                    r["round"] = i
+                    runs.append(r)
+                    print_events(r)
+                    # Written after every run: a failure later keeps what was measured.
+                    entry["summary"] = summarize(runs)
+                    out.write_text(json.dumps(report, indent=2))
+            console.print(table(workload, runs, entry["summary"]))
+        if not args.no_sigkill:
             report["seconds_sigkill_to_no_object"] = sigkill_to_nothing_left(args, namespace, image)
-        finally:
-            delete_dask_cluster(namespace=namespace, name="cost-sigkill")
-        console.print(
-            f"SIGKILL -> no object: {report['seconds_sigkill_to_no_object']:.0f} s "
-            f"(no_client_timeout={args.no_client_timeout})"
-        )
-    m = report["machine"]
+            console.print(
+                f"SIGKILL -> no object: {report['seconds_sigkill_to_no_object']:.0f} s "
+                f"(no_client_timeout={args.no_client_timeout})"
+            )
+    finally:
+        localkube.kubectl("delete", "namespace", namespace, "--timeout=180s", timeout=200)
+    out.write_text(json.dumps(report, indent=2))
+    print_machine(report["machine"])
+    console.print(f"written to {out}")
+
+
+def print_machine(m: dict[str, Any]) -> None:
+    """The date and the machine, under the tables."""
     console.print(
-        f"{started}, {m['nproc']} cores ({m['cpu_model']}), {m['ram_gib']} GiB, "
-        f"load average at start {m['load_average_at_start'][0]:.1f}"
+        f"{m['date']}, {m['nproc']} cores ({m['cpu']}), {m['ram_gib']} GiB, "
+        f"load average at start {m['load_average'][0]:.1f}"
     )
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
-    console.print(f"written to {args.json}")
+
+
+def show(path: str) -> None:
+    """The tables and scale events of an earlier run's JSON."""
+    report = json.loads(Path(path).read_text())
+    for entry in report["workloads"].values():
+        for r in entry["runs"]:
+            print_events(r)
+        console.print(table(Workload(**entry["workload"]), entry["runs"], entry["summary"]))
+    print_machine(report["machine"])
 
 
 if __name__ == "__main__":
