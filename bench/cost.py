@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import itertools
 import json
 import os
@@ -270,10 +271,18 @@ def started_more_than_once(client: Client, keys: list[str]) -> dict[str, int]:
     return {k: n for k, n in Counter(k for k in log if k in wanted).items() if n > 1}
 
 
-def adapt_lines(client: Client) -> list[tuple[float, str]]:
-    """(epoch, message) of the plugin's scaling lines in the scheduler's log."""
-    logs = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.get_logs(timestamps=True))
-    return sorted((t, msg) for t, _, msg in logs if ADAPT_LINE.search(msg))
+def adapt_lines(cluster: MinimalCluster) -> list[tuple[float, str]]:
+    """(epoch, message) of the plugin's scaling lines, from the scheduler pod's log.
+
+    Not from the scheduler's own log deque: that keeps only ``distributed.scheduler``'s lines.
+    """
+    out = []
+    for text in cluster.get_logs(cluster=False, scheduler=True, workers=False).values():
+        for line in text.splitlines():
+            if match := ADAPT_LINE.search(line):
+                when = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+                out.append((when.replace(tzinfo=datetime.timezone.utc).timestamp(), match[0]))
+    return sorted(out)
 
 
 # -- one run ------------------------------------------------------------------------------------
@@ -341,7 +350,7 @@ def run(
                     )
                 stored_twice = computed_more_than_once(client, keys)
                 started_twice = started_more_than_once(client, keys)
-                lines = adapt_lines(client)
+                lines = adapt_lines(cluster)
         finally:
             cluster.close()
         end = time.monotonic()
@@ -536,7 +545,7 @@ def print_events(r: dict[str, Any]) -> None:
     events = "; ".join(f"{e['t']:.0f}s {e['from']}->{e['to']}" for e in r["scale_events"])
     console.print(f"    replicas ({len(r['scale_events'])} changes): {events or '-'}")
     for line in r["plugin_lines"]:
-        console.print(f"    plugin {line['t']:.0f}s: {ADAPT_LINE.search(line['line']).group(0)}")  # type: ignore[union-attr]
+        console.print(f"    plugin {line['t']:.0f}s: {line['line']}")
     for i, d in enumerate(r["descents"], 1):
         if d["seconds_to_first_step_down"] is None:
             console.print(f"    after burst {i}: no step down")
