@@ -455,6 +455,15 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def at_a_burst(r: dict[str, Any]) -> list[list[float]]:
+    """The run's flaps whose second change came within 5 s of a burst's submission.
+
+    Those are the workload's doing (new work after a step down), not the policy's.
+    """
+    starts = [b["submitted"] for b in r["bursts"]]
+    return [f for f in r["flaps"] if any(0 <= f[1] - s <= 5 for s in starts)]
+
+
 def _medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "runs": len(runs),
@@ -469,6 +478,7 @@ def _medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "scale_events_median": _median([len(r["scale_events"]) for r in runs]),
         "flaps": sum(len(r["flaps"]) for r in runs),
+        "flaps_at_a_burst": sum(len(at_a_burst(r)) for r in runs),
         "keys_computed_twice": sum(len(r["keys_computed_twice"]) for r in runs),
         "keys_started_twice": sum(len(r["keys_started_twice"]) for r in runs),
     }
@@ -532,7 +542,10 @@ def table(workload: Workload, runs: list[dict[str, Any]], summary: dict[str, Any
         "last task -> zero workers (s)", *by(med(lambda r: r["seconds_last_task_to_zero_workers"]))
     )
     t.add_row("scale events (replicas changed)", *by(med(lambda r: len(r["scale_events"]))))
-    t.add_row("flaps, reversal < 30 s (all rounds)", *by(lambda rs, s: str(s["flaps"])))
+    t.add_row(
+        "flaps, reversal < 30 s (all rounds)",
+        *by(lambda rs, s: f"{s['flaps']} ({s.get('flaps_at_a_burst', 0)} at a burst's start)"),
+    )
     t.add_row("keys computed twice (all rounds)", *by(lambda rs, s: str(s["keys_computed_twice"])))
     t.add_row("keys started twice (all rounds)", *by(lambda rs, s: str(s["keys_started_twice"])))
     return t
@@ -563,7 +576,7 @@ def print_events(r: dict[str, Any]) -> None:
     console.print(
         f"    keys {r['keys']}: computed twice {len(r['keys_computed_twice'])}, started twice "
         f"{len(r['keys_started_twice'])}; flaps {len(r['flaps'])}"
-        + (f" at {r['flaps']}" if r["flaps"] else "")
+        + (f" at {r['flaps']}, {len(at_a_burst(r))} at a burst's start" if r["flaps"] else "")
     )
 
 
@@ -670,7 +683,7 @@ def show(path: str) -> None:
     for entry in report["workloads"].values():
         for r in entry["runs"]:
             print_events(r)
-        console.print(table(Workload(**entry["workload"]), entry["runs"], entry["summary"]))
+        console.print(table(Workload(**entry["workload"]), entry["runs"], summarize(entry["runs"])))
     print_machine(report["machine"])
 
 
