@@ -359,7 +359,9 @@ def run(
             f"{name}: the pod meter took {len(meter.samples)} samples in {end - t0:.0f} s "
             f"({meter.errors} failed): its worker-pod-seconds would be wrong"
         )
+    # A fixed cluster reaches zero only when it is deleted: not a figure of its own.
     zero = next((t for t, s, _ in meter.samples if t > last_task and not sum(s.values())), None)
+    zero = zero if adaptive else None
     changes = meter.replica_changes()
     states = meter.pod_seconds(windows)
 
