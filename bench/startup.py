@@ -1,13 +1,17 @@
 """Seconds from the call to N workers connected (N = 1, 3, 6), and seconds to delete.
 
 Runs on a real Kubernetes with the image already on the node (a warm-up
-cluster pulls it first from the registry). On the local Kubernetes:
+cluster pulls it first from the registry). On the local Kubernetes, as root (it
+reads the API server's audit log when there is one):
 
-    tools/localkube/localkube up
-    python -m minimaldask.image build --push 127.0.0.1:5000/minimaldask:TAG --insecure
-    python bench/startup.py            # as the namespace-only user, in its namespace
+    python3 tools/localkube/localkube.py up
+    python bench/startup.py    # this checkout's image, built and pushed if needed;
+                               # as the namespace-only user, in its namespace
 
-Prints a table and writes JSON (``--json``, default bench/results/startup.json).
+Prints a table and writes JSON (``--json``, default bench/results/startup.json),
+with a timeline of every run (``--timeline N`` prints the one of the median start
+to N workers): the client's requests and log lines, each pod's milestones from a
+watch, and the containers' own log lines with the runtime's timestamps.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -22,13 +27,48 @@ from rich.console import Console
 from rich.table import Table
 
 from _machine import write_results
+from _timeline import PodWatch, timeline
 from minimaldask import MinimalCluster, delete_dask_cluster
-from minimaldask.spec import default_image_tag
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools" / "localkube"))
 
 LOCALKUBE_USER = Path("/var/lib/localkube/user.kubeconfig")
 
 
-def one_run(name: str, namespace: str, workers: int, image: str, resources: dict) -> dict:
+def audit_marks(name: str, namespace: str, since: float) -> list[tuple[float, str]]:
+    """The client's first request and its writes, from the audit log (none without one)."""
+    try:
+        import localkube
+        from minimaldask.kubernetes.api import user_agent
+
+        agent = user_agent(name, namespace) + " "
+        events = [
+            e
+            for e in localkube.audit_events(since - 1, user=localkube.USER_NAME)
+            if e.get("userAgent", "").startswith(agent)
+        ]
+    except Exception:
+        return []
+    marks = []
+    for i, e in enumerate(events):
+        ref = e.get("objectRef") or {}
+        if i == 0 or e["verb"] in ("create", "patch", "update"):
+            what = f"{e['verb']} {ref.get('resource', '')}/{ref.get('subresource') or ref.get('name', '')}"
+            marks.append((localkube._timestamp(e["requestReceivedTimestamp"]), f"request: {what}"))
+    return marks
+
+
+def one_run(
+    name: str,
+    namespace: str,
+    workers: int,
+    image: str,
+    resources: dict,
+    worker_options: list[str] | None = None,
+) -> dict:
+    watch = PodWatch(namespace, name).start()
+    wall0 = time.time()
     t0 = time.perf_counter()
     cluster = MinimalCluster(
         name=name,
@@ -37,41 +77,77 @@ def one_run(name: str, namespace: str, workers: int, image: str, resources: dict
         image=image,
         resources=resources,
         scheduler_resources={"cpu": "100m", "memory": "384Mi"},
+        worker_options=worker_options or [],
         shutdown_on_close=False,
         quiet=True,
     )
     started = time.perf_counter() - t0
+    returned = time.time()
     connected = len(cluster.scheduler_info["workers"])
+    watch.read_logs()
+    watch.stop()
+    said = [(when.timestamp(), f"said: {line}") for when, line in cluster._cluster_manager_logs]
     cluster.close()
     t1 = time.perf_counter()
     delete_dask_cluster(namespace=namespace, name=name)
     deleted = time.perf_counter() - t1
-    return {"workers": workers, "connected": connected, "start_s": started, "delete_s": deleted}
+    client = [*said, *audit_marks(name, namespace, wall0), (returned, "MinimalCluster() returned")]
+    return {
+        "workers": workers,
+        "connected": connected,
+        "start_s": started,
+        "delete_s": deleted,
+        "timeline": timeline(wall0, watch, client),
+    }
+
+
+def print_timeline(console: Console, run: dict) -> None:
+    table = Table(
+        title=f"where the start to {run['workers']} workers went ({run['start_s']:.2f} s)"
+    )
+    for col, justify in (("s", "right"), ("who", "left"), ("what", "left")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for row in run["timeline"]:
+        table.add_row(f"{row['t']:.2f}", row["who"], row["what"][:90])
+    console.print(table)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--namespace", default=None)
-    parser.add_argument("--image", default=f"localhost:5000/minimaldask:{default_image_tag()}")
+    parser.add_argument(
+        "--image", default=None, help="default: this checkout's image, built and pushed if needed"
+    )
     parser.add_argument("--workers", default="1,3,6")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cpu", default="200m")
     parser.add_argument("--memory", default="384Mi")
     parser.add_argument("--json", default="bench/results/startup.json")
+    parser.add_argument(
+        "--worker-options", default="", help="extra `dask worker` options, e.g. --no-nanny"
+    )
+    parser.add_argument(
+        "--timeline", default="3", help="print the median run's timeline for these N (e.g. 1,3)"
+    )
     args = parser.parse_args()
     if "KUBECONFIG" not in os.environ and LOCALKUBE_USER.exists():
         os.environ["KUBECONFIG"] = str(LOCALKUBE_USER)
     namespace = args.namespace or ("minimaldask-e2e" if LOCALKUBE_USER.exists() else "default")
     resources = {"cpu": args.cpu, "memory": args.memory}
+    if args.image is None:
+        from api_calls import checkout_image
+
+        args.image = checkout_image()
 
     console = Console()
     console.print(f"warm-up: pulling {args.image} onto the node")
-    one_run("bench-warmup", namespace, 1, args.image, resources)
+    options = args.worker_options.split()
+    one_run("bench-warmup", namespace, 1, args.image, resources, options)
 
     runs = []
     for n in [int(x) for x in args.workers.split(",")]:
         for i in range(args.repeat):
-            run = one_run(f"bench-{n}-{i}", namespace, n, args.image, resources)
+            run = one_run(f"bench-{n}-{i}", namespace, n, args.image, resources, options)
             console.print(
                 f"N={n} run {i + 1}: start {run['start_s']:.2f}s, delete {run['delete_s']:.2f}s"
             )
@@ -99,6 +175,10 @@ def main() -> None:
             str(row["runs"]),
         )
     console.print(table)
+    for n in [int(x) for x in args.timeline.split(",") if x]:
+        mine = sorted((r for r in runs if r["workers"] == n), key=lambda r: r["start_s"])
+        if mine:
+            print_timeline(console, mine[len(mine) // 2])
     out = Path(args.json)
     write_results(
         out, {"image": args.image, "namespace": namespace, "summary": summary, "runs": runs}
