@@ -97,8 +97,20 @@ def test_two_clusters_in_one_namespace_reconnect_and_list(namespace, kube):
         MinimalCluster.from_name("two", namespace=namespace)
 
 
-def test_scale_down_retires_exactly_the_chosen_workers(namespace, kube, cluster_name):
-    with MinimalCluster(name=cluster_name, workers=3) as cluster, Client(cluster) as client:
+@pytest.mark.parametrize(
+    "worker_options", [[], ["--no-nanny"]], ids=["with-nanny", "without-nanny"]
+)
+def test_scale_down_retires_exactly_the_chosen_workers(
+    namespace, kube, cluster_name, worker_options
+):
+    # Without a nanny (docs/performance.md: a faster start, less memory), the worker is the
+    # pod's process: retiring, the readiness probe and the preStop drain work the same.
+    with (
+        MinimalCluster(name=cluster_name, workers=3, worker_options=worker_options) as cluster,
+        Client(cluster) as client,
+    ):
+        nannies = [w["nanny"] for w in client.scheduler_info()["workers"].values()]
+        assert all(nannies) if not worker_options else not any(nannies)
         futures = client.map(lambda i: np.full(1000, i), range(500), pure=False)
         client.gather(futures)
         before = set(kube.pods(cluster_name, "worker"))

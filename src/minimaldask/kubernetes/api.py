@@ -979,6 +979,8 @@ STOP_WAIT = 5.0
 #: Seconds between the pings that keep a forwarded connection's websocket alive; one
 #: unanswered for as long ends it (a dead API server or node is noticed).
 WS_PING = 15.0
+#: Seconds between two looks for a Ready pod while a port-forward's connection waits for one.
+PICK_EVERY = 0.25
 
 
 class Forward:
@@ -1038,9 +1040,10 @@ class Forward:
             pods = await list_objects(self.api, POD, self.namespace, self.selector)
             pod = serving_pod(pods)
             limit = _DEADLINE.get()
-            if pod or limit is None or limit.remaining() < 1:
+            if pod or limit is None or limit.remaining() < PICK_EVERY:
                 break
-            await asyncio.sleep(1)
+            # Often: a start waits here for its scheduler to be Ready.
+            await asyncio.sleep(PICK_EVERY)
         if pod and pod != self.pod:
             logger.info("port-forward of port %d reaches pod %s/%s", self.port, self.namespace, pod)
         self.pod = pod

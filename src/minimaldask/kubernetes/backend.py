@@ -52,6 +52,7 @@ from minimaldask.kubernetes.objects import (
     DEPLOYMENT,
     POD,
     REPLICA_SET,
+    ROLE_BINDING,
     SECRET,
     SERVICE,
     Access,
@@ -79,8 +80,12 @@ API_GRACE = 15
 T = TypeVar("T")
 #: Seconds a scale-down may take until the retired pods are terminating.
 SCALE_TIMEOUT = 60
+#: Seconds between two looks at the scheduler's count of workers while waiting for them: the
+#: count comes over the connection the handle keeps, without a request, so a short period
+#: costs nothing and a worker that connects is seen at once.
+COUNT_EVERY = 0.1
 #: Seconds between two reads of the worker pods while waiting for workers to connect (the
-#: scheduler is asked every ``kube.POLL``): each read lists every worker pod, about 5 KB
+#: scheduler's count is looked at every ``COUNT_EVERY``): each read lists every worker pod, about 5 KB
 #: each, which at 1,000 workers is 5 MB for the API server to send and the client to parse.
 LOOK_EVERY = 2.0
 #: The deadline of a whole scale (every request, the retirements): SCALE_TIMEOUT for the
@@ -208,14 +213,28 @@ class KubernetesBackend(Backend):
         """Refuse, before anything is created, what cannot work."""
         spec = self.spec
         api = await self._connect()
-        await kube.check_namespace(api, spec.namespace)
-        await kube.check_access(api, spec.namespace, self.required_access())
-        await self._check_janitor_access(api)
-        await self._check_image(api)
+        # All at once (each is a few requests); the first failure in this order is told.
+        namespace = asyncio.ensure_future(kube.check_namespace(api, spec.namespace))
+        access = asyncio.ensure_future(
+            kube.check_access(api, spec.namespace, self.required_access())
+        )
+        janitor = asyncio.ensure_future(
+            kube.missing_access(api, spec.namespace, self.janitor_access())
+        )
+        image = asyncio.ensure_future(self._check_image(api))
+        checks: list[asyncio.Future[Any]] = [namespace, access, janitor, image]
+        try:
+            await namespace
+            await access
+            self._janitor_access(await janitor)
+            await image
+        finally:
+            for check in checks:
+                check.cancel()
+            await asyncio.gather(*checks, return_exceptions=True)
 
-    async def _check_janitor_access(self, api: Any) -> None:
+    def _janitor_access(self, missing: list[Access]) -> None:
         """Without the rights to give the janitor its Role, start anyway and say what is lost."""
-        missing = await kube.missing_access(api, self.spec.namespace, self.janitor_access())
         self.janitor = not missing
         if missing:
             message = (
@@ -424,12 +443,26 @@ class KubernetesBackend(Backend):
         A cluster made from printed manifests may have no root: its parts are then owned
         by nothing, and are deleted by their labels.
         """
-        for part in self._parts():
-            if part.stage == Stage.ROOT:
-                continue
-            if not workers and part.kind == DEPLOYMENT and part.name is contract.worker_name:
-                continue
-            await kube.apply(self._api, part.kind, owned(part.build(self.spec), root))
+        parts = [
+            part
+            for part in self._parts()
+            if part.stage != Stage.ROOT
+            and (workers or part.kind != DEPLOYMENT or part.name is not contract.worker_name)
+        ]
+        # In waves, each at once: what the pods need (their ServiceAccount, Secret,
+        # NetworkPolicy, the Service they reach the scheduler by) exists before any pod
+        # does, a RoleBinding after its Role (the API server refuses a binding to a Role
+        # it cannot find), then both Deployments, so that scheduler and workers start
+        # together.
+        later = (ROLE_BINDING, DEPLOYMENT)
+        for wave in (
+            [p for p in parts if p.kind not in later],
+            [p for p in parts if p.kind == ROLE_BINDING],
+            [p for p in parts if p.kind == DEPLOYMENT],
+        ):
+            await asyncio.gather(
+                *(kube.apply(self._api, p.kind, owned(p.build(self.spec), root)) for p in wave)
+            )
 
     def _remaining(self) -> float:
         return self._deadline - time.monotonic()
@@ -567,7 +600,7 @@ class KubernetesBackend(Backend):
             now = time.monotonic()
             # The scheduler's count decides; the pods are read less often, and once more at the end.
             if connected < n and now - looked < LOOK_EVERY and now <= deadline:
-                await asyncio.sleep(kube.POLL)
+                await asyncio.sleep(COUNT_EVERY)
                 continue
             looked = now
             if scheduler_ready == math.inf:

@@ -117,6 +117,11 @@ def _packages(spec: ClusterSpec) -> dict[str, Any]:
     }
 
 
+#: A container's start may last this long (extra packages installed at start included);
+#: its startup probe asks every second, so that a started one is seen at once.
+STARTUP_PROBE_SECONDS = 300
+
+
 def _probe(port: str | int, period: int, failures: int) -> Obj:
     return {
         "httpGet": {"path": "/health", "port": port},
@@ -378,8 +383,10 @@ def scheduler_deployment(spec: ClusterSpec, janitor: bool = True) -> Obj:
         {"name": "http-dashboard", "containerPort": spec.dashboard_port, "protocol": "TCP"},
     ]
     # Installing extra packages delays the first answer: the startup probe allows 5 minutes.
-    container["startupProbe"] = _probe("http-dashboard", 2, 150)
-    container["readinessProbe"] = _probe("http-dashboard", 5, 2)
+    # Every second: the client reaches the scheduler once its pod is Ready, so a
+    # longer period is time added to every start (see docs/performance.md).
+    container["startupProbe"] = _probe("http-dashboard", 1, STARTUP_PROBE_SECONDS)
+    container["readinessProbe"] = _probe("http-dashboard", 1, 10)
     container["livenessProbe"] = _probe("http-dashboard", 10, 6)
     pod = _pod_spec(spec, container, grace=SCHEDULER_GRACE_PERIOD)
     if janitor:
@@ -446,7 +453,7 @@ def worker_deployment(spec: ClusterSpec) -> Obj:
     ]
     container = _container(spec, contract.WORKER, env, spec.resources.to_kubernetes())
     container["ports"] = [{"name": "http-health", "containerPort": WORKER_HTTP_PORT}]
-    container["startupProbe"] = _probe("http-health", 2, 150)
+    container["startupProbe"] = _probe("http-health", 1, STARTUP_PROBE_SECONDS)
     container["livenessProbe"] = _probe("http-health", 10, 6)
     # Every second, and patient with a busy worker (three misses of 5 s), so that a
     # not-Ready worker pod is one that holds nothing: see minimaldask.pod.scaling.
