@@ -60,3 +60,67 @@ def test_connected_workers_above_the_replicas_count_as_current():
     # A worker still connected from a pod that is going: not a reason to ask for more.
     p = policy()
     assert p.decide(2, asked=2, connected=3, low_since=None, last=0, now=100) == (None, 100)
+
+
+def test_with_no_task_left_down_goes_straight_to_the_target_after_the_cool_down():
+    p = policy()
+    # Still within the cool-down: nobody goes, idle or not.
+    assert p.decide(0, asked=4, connected=4, low_since=95, last=0, now=100, idle=True) == (
+        None,
+        95,
+    )
+    # A whole cool-down with nothing left to do: all four go in one step, not 4 -> 2 -> 1 -> 0.
+    assert p.decide(0, asked=4, connected=4, low_since=90, last=0, now=100, idle=True) == (0, 90)
+    # The bounds still hold.
+    q = AdaptivePolicy(minimum=1, maximum=4, cooldown=10)
+    assert q.decide(0, asked=4, connected=4, low_since=90, last=0, now=100, idle=True) == (1, 90)
+
+
+def test_while_tasks_are_left_down_still_goes_by_halves():
+    # The target is an estimate from task durations while work runs: a step too large
+    # would cost a pod start when the estimate is wrong.
+    p = policy()
+    assert p.decide(0, asked=4, connected=4, low_since=90, last=0, now=100, idle=False) == (2, 90)
+
+
+def test_an_idle_dip_right_after_a_scale_up_removes_nobody():
+    # Pods asked for at 95 still start; the scheduler has nothing left for now.
+    p = policy()
+    assert p.decide(0, asked=4, connected=1, low_since=None, last=95, now=100, idle=True) == (
+        None,
+        100,
+    )
+    assert p.decide(0, asked=4, connected=2, low_since=100, last=95, now=108, idle=True) == (
+        None,
+        100,
+    )
+
+
+def _replay(p, burst_ends, gap, until):
+    """Replay one second per look: 4 workers busy, then idle for ``gap``, then busy again."""
+    asked, low, last, changes = 4, None, 0.0, []
+    for now in range(until):
+        busy = now < burst_ends or now >= burst_ends + gap
+        wanted, idle = (4, False) if busy else (0, True)
+        target, low = p.decide(
+            wanted, asked=asked, connected=asked, low_since=low, last=last, now=now, idle=idle
+        )
+        if target is not None:
+            changes.append((now, asked, target))
+            asked, last, low = target, now, None
+    return changes
+
+
+def test_the_defaults_keep_the_workers_through_a_5_s_gap():
+    p = AdaptivePolicy(minimum=0, maximum=4)
+    assert _replay(p, burst_ends=30, gap=5, until=60) == []
+
+
+def test_the_defaults_reach_zero_in_one_step_within_15_s_of_the_last_task():
+    # bench/cost.py's bursty workload: 90 s gaps. The pod-seconds between the last task
+    # and zero are what adaptive scaling costs over nothing (docs/performance.md).
+    p = AdaptivePolicy(minimum=0, maximum=4)
+    changes = _replay(p, burst_ends=30, gap=90, until=119)
+    assert len(changes) == 1
+    when, before, after = changes[0]
+    assert (before, after) == (4, 0) and when - 30 <= 15

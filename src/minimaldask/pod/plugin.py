@@ -92,11 +92,13 @@ class AdaptivePolicy:
 
     minimum: int
     maximum: int
-    #: No scale-down sooner than this after any scaling.
-    cooldown: float = 30.0
+    #: No scale-down sooner than this after any scaling, nor before fewer have been
+    #: wanted this long (see :meth:`decide`; bench/cost.py measures the choice).
+    cooldown: float = 10.0
     #: Workers connected for less than this are never retired.
-    min_worker_age: float = 20.0
-    #: At most this fraction of the workers (and at least one) goes per step.
+    min_worker_age: float = 10.0
+    #: While work is left, at most this fraction of the workers (and at least one)
+    #: goes per step.
     max_fraction: float = 0.5
 
     def decide(
@@ -107,16 +109,26 @@ class AdaptivePolicy:
         low_since: float | None,
         last: float,
         now: float,
+        idle: bool = False,
     ) -> tuple[int | None, float | None]:
         """The replicas to ask for now (None: no change), and since when fewer are wanted.
 
         ``wanted`` is the scheduler's adaptive target, ``asked`` the replicas asked
         for (pods still starting included), ``connected`` the workers connected,
-        ``last`` when the replicas last changed. Up is at once. Down only once fewer
-        have been wanted for a whole ``cooldown``, and a ``cooldown`` after the last
-        change (up or down): a target that dips while new workers still start (their
-        first tasks run fast, the queue looks short) removes nobody, so the cluster
-        does not flap between scaling up and removing the pods it just asked for.
+        ``last`` when the replicas last changed, ``idle`` whether the scheduler has
+        no task left to run (none processing, queued or without a worker). Up is at
+        once. Down only once fewer have been wanted for a whole ``cooldown``, and a
+        ``cooldown`` after the last change (up or down): a target that dips while new
+        workers still start (their first tasks run fast, the queue looks short)
+        removes nobody, so the cluster does not flap between scaling up and removing
+        the pods it just asked for.
+
+        While work is left, down goes by steps of at most ``max_fraction``: the
+        target is an estimate from the tasks' durations, and a step that is too
+        large costs a pod start. With no task left it is no estimate, and down goes
+        straight to the target: each step would cost a whole cool-down of the
+        workers above it (the results held still move first, see
+        :func:`~minimaldask.pod.scaling.scale_to`).
         """
         target = max(self.minimum, min(self.maximum, wanted))
         current = max(asked, connected)
@@ -125,6 +137,8 @@ class AdaptivePolicy:
         low_since = now if low_since is None else low_since
         if now - low_since < self.cooldown or now - last < self.cooldown:
             return None, low_since
+        if idle:
+            return target, low_since
         return max(target, current - max(1, int(current * self.max_fraction))), low_since
 
 
@@ -603,6 +617,19 @@ class Plugin(SchedulerPlugin):
         wanted = int(self.scheduler.adaptive_target())
         self._scaling = asyncio.create_task(self._scale(wanted, now))
 
+    def idle(self) -> bool:
+        """Whether no task is left to run: none processing, queued or without a worker.
+
+        A task that waits for others has one of those upstream, so it need not be
+        looked for (that would cost a walk over every task, every look).
+        """
+        scheduler = self.scheduler
+        return not (
+            scheduler.queued
+            or scheduler.unrunnable
+            or any(ws.processing for ws in scheduler.workers.values())
+        )
+
     async def _scale(self, wanted: int, now: float) -> None:
         assert self.link is not None and self.policy is not None
         replicas = JanitorReplicas(self.link)
@@ -614,6 +641,7 @@ class Plugin(SchedulerPlugin):
             low_since=self.low_since,
             last=self.last_scaling,
             now=now,
+            idle=self.idle(),
         )
         if target is None and before.live <= before.replicas:
             return
