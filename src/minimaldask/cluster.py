@@ -343,8 +343,8 @@ class MinimalCluster(Cluster):
         client is gone: the bounds are stored on the cluster, workers are
         retired gracefully (their data moves first) and scaling to zero works.
         ``cooldown`` (seconds between a scaling and the next scale-down, default
-        30) and ``min_worker_age`` (workers younger than this are never
-        retired, default 20) tune it. The local backend uses dask's Adaptive in
+        10) and ``min_worker_age`` (workers younger than this are never
+        retired, default 10) tune it. The local backend uses dask's Adaptive in
         this client, with its options.
         """
         if not self._backend.adapts_in_scheduler:

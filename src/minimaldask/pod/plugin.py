@@ -92,11 +92,13 @@ class AdaptivePolicy:
 
     minimum: int
     maximum: int
-    #: No scale-down sooner than this after any scaling.
-    cooldown: float = 30.0
+    #: No scale-down sooner than this after any scaling, nor before fewer have been
+    #: wanted this long (see :meth:`decide`; bench/cost.py measures the choice).
+    cooldown: float = 10.0
     #: Workers connected for less than this are never retired.
-    min_worker_age: float = 20.0
-    #: At most this fraction of the workers (and at least one) goes per step.
+    min_worker_age: float = 10.0
+    #: While work is left, at most this fraction of the workers (and at least one)
+    #: goes per step.
     max_fraction: float = 0.5
 
     def decide(
@@ -107,16 +109,29 @@ class AdaptivePolicy:
         low_since: float | None,
         last: float,
         now: float,
+        idle_since: float | None = None,
     ) -> tuple[int | None, float | None]:
         """The replicas to ask for now (None: no change), and since when fewer are wanted.
 
         ``wanted`` is the scheduler's adaptive target, ``asked`` the replicas asked
         for (pods still starting included), ``connected`` the workers connected,
-        ``last`` when the replicas last changed. Up is at once. Down only once fewer
-        have been wanted for a whole ``cooldown``, and a ``cooldown`` after the last
-        change (up or down): a target that dips while new workers still start (their
-        first tasks run fast, the queue looks short) removes nobody, so the cluster
-        does not flap between scaling up and removing the pods it just asked for.
+        ``last`` when the replicas last changed, ``idle_since`` since when the
+        scheduler has had no task left to run (none processing, queued or without a
+        worker; None: work is left). Up is at once. Down only once fewer have been
+        wanted for a whole ``cooldown``, and a ``cooldown`` after the last change (up
+        or down): a target that dips while new workers still start (their first
+        tasks run fast, the queue looks short) removes nobody, so the cluster does
+        not flap between scaling up and removing the pods it just asked for.
+
+        While work is left, down goes by steps of at most ``max_fraction``: the
+        target is an estimate from the tasks' durations, and a step that is too
+        large costs a pod start. Once no task has been left for a whole
+        ``cooldown`` the target is no estimate, and down goes straight to it: each
+        step would cost a whole cool-down of the workers above it (the results held
+        still move first, see :func:`~minimaldask.pod.scaling.scale_to`). That
+        cool-down counts from the last task, not from the dip of the target at the
+        end of a burst (its last seconds of queue look short): a gap between bursts
+        shorter than a cool-down keeps every worker.
         """
         target = max(self.minimum, min(self.maximum, wanted))
         current = max(asked, connected)
@@ -125,7 +140,11 @@ class AdaptivePolicy:
         low_since = now if low_since is None else low_since
         if now - low_since < self.cooldown or now - last < self.cooldown:
             return None, low_since
-        return max(target, current - max(1, int(current * self.max_fraction))), low_since
+        if idle_since is None:
+            return max(target, current - max(1, int(current * self.max_fraction))), low_since
+        if now - idle_since < self.cooldown:
+            return None, low_since
+        return target, low_since
 
 
 class JanitorLink:
@@ -202,6 +221,8 @@ class Plugin(SchedulerPlugin):
         self.last_scaling = 0.0
         #: Since when adaptive scaling has wanted fewer workers than asked for.
         self.low_since: float | None = None
+        #: Since when the scheduler has had no task left to run (None: work is left).
+        self.idle_since: float | None = None
         self.scheduler: Any = None
         self.clocks: Clocks | None = None
         self._task: asyncio.Task[None] | None = None
@@ -597,11 +618,30 @@ class Plugin(SchedulerPlugin):
 
     def _adapt_step(self, now: float) -> None:
         """Start one adaptive scaling, unless one runs: the checks never wait for scaling."""
+        # Looked at every check, also while a scaling runs: work that came and went
+        # meanwhile restarts the clock.
+        if not self.idle():
+            self.idle_since = None
+        elif self.idle_since is None:
+            self.idle_since = now
         if self._scaling is not None and not self._scaling.done():
             return
         assert self.policy is not None and self.link is not None
         wanted = int(self.scheduler.adaptive_target())
         self._scaling = asyncio.create_task(self._scale(wanted, now))
+
+    def idle(self) -> bool:
+        """Whether no task is left to run: none processing, queued or without a worker.
+
+        A task that waits for others has one of those upstream, so it need not be
+        looked for (that would cost a walk over every task, every look).
+        """
+        scheduler = self.scheduler
+        return not (
+            scheduler.queued
+            or scheduler.unrunnable
+            or any(ws.processing for ws in scheduler.workers.values())
+        )
 
     async def _scale(self, wanted: int, now: float) -> None:
         assert self.link is not None and self.policy is not None
@@ -614,6 +654,7 @@ class Plugin(SchedulerPlugin):
             low_since=self.low_since,
             last=self.last_scaling,
             now=now,
+            idle_since=self.idle_since,
         )
         if target is None and before.live <= before.replicas:
             return
