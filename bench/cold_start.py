@@ -108,7 +108,7 @@ WORKERS = 3
 #: A run that moved less than this share of its image over the link was not cold.
 COLD_SHARE = 0.9
 GOAL_S = 15.0  # issue 14: ours at 100 Mbit/s
-console = Console(width=140)
+console = Console(width=170)
 
 
 def ours_image() -> str:
@@ -195,8 +195,9 @@ def link_bytes() -> int:
 class LinkSampler(threading.Thread):
     """The link's received bytes every 50 ms, to tell when the transfer of a pull ended.
 
-    The kubelet's pull ends when containerd has fetched and unpacked the layers (containerd
-    1.6 unpacks once all are fetched); the end of the transfer splits that time in two.
+    The kubelet's pull ends when containerd has fetched and unpacked the layers; the end of
+    the transfer splits that time in two: before it the link (and whatever unpacking
+    overlapped it), after it the rest of the unpacking.
     """
 
     def __init__(self) -> None:
@@ -553,25 +554,30 @@ def fmt(value: float | None, unit: str = "") -> str:
     return "-" if value is None else f"{value:.1f}{unit}"
 
 
+def fmt2(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _labels(row: dict[str, Any]) -> list[str]:
     return [k for k in row if isinstance(row[k], dict)]
 
 
 def print_tables(summary: dict[str, Any], offline: dict[str, Any] | None = None) -> None:
     table = Table(title=f"Cold start to {WORKERS} workers over a shaped link (median, seconds)")
+    table.add_column("link", no_wrap=True)
+    table.add_column("image", no_wrap=True)
     for col in (
-        "link",
-        "image",
         "image MB",
-        "over link MB",
+        "link MB",
         "pull",
-        "of it: transfer",
+        "transfer",
         "unpack",
         "pull end to running",
         "3 connected",
-        "MinimalCluster() returned",
+        "returned",
+        "pull / gzip",
         "connected / gzip",
-        "conv./ours",
+        "conv. / ours",
         "cold runs",
     ):
         table.add_column(col, justify="right")
@@ -579,7 +585,7 @@ def print_tables(summary: dict[str, Any], offline: dict[str, Any] | None = None)
         for label in _labels(row):
             r = row[label]
             table.add_row(
-                f"{rate} +{LINKS[rate]}",
+                f"{rate}+{LINKS[rate]}",
                 label,
                 fmt(r["image_mb"]),
                 fmt(r["link_mb"]),
@@ -589,7 +595,8 @@ def print_tables(summary: dict[str, Any], offline: dict[str, Any] | None = None)
                 fmt(r.get("pull_to_running_s")),
                 fmt(r["workers_connected_s"]),
                 fmt(r["returned_s"]),
-                "" if label == CONVENTIONAL else fmt(r.get("workers_connected_s_to_gzip")),
+                "" if label == CONVENTIONAL else fmt2(r.get("pull_s_to_gzip")),
+                "" if label == CONVENTIONAL else fmt2(r.get("workers_connected_s_to_gzip")),
                 fmt(row["ratio_conventional_to_ours"], "x") if label == CONVENTIONAL else "",
                 f"{r['runs']}" + (f" ({r['not_cold']} not cold)" if r["not_cold"] else ""),
             )
