@@ -669,11 +669,22 @@ def main() -> None:
         help="only make the variants and print the offline decompression table (no pods)",
     )
     parser.add_argument("--json", default="bench/results/cold_start.json")
-    parser.add_argument("--show", metavar="JSON", help="print the tables of an earlier run")
+    parser.add_argument(
+        "--show",
+        metavar="JSON[,JSON...]",
+        help="print the tables of an earlier run; of several, the medians of all their runs",
+    )
     args = parser.parse_args()
     if args.show:
-        shown = json.loads(Path(args.show).read_text())
-        print_tables(shown["summary"], shown.get("offline"))
+        shown = [json.loads(Path(p).read_text()) for p in args.show.split(",")]
+        if len(shown) == 1:
+            print_tables(shown[0]["summary"], shown[0].get("offline"))
+            return
+        runs = [run for s in shown for run in s["runs"]]
+        sizes = {k: v for s in shown for k, v in s["pulled_bytes"].items()}
+        offline = {k: v for s in shown for k, v in (s.get("offline") or {}).items()}
+        print_tables(summarise(runs, sizes), offline)
+        console.print(f"{len(runs)} runs of {len(shown)} files: {args.show}")
         return
     rates = args.rates.split(",")
     unknown = [r for r in rates if r not in LINKS]
