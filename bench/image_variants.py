@@ -3,7 +3,8 @@
 A variant is named ``COMPRESSION`` or ``COMPRESSION-N``: ``gzip`` is the image as
 ``minimaldask image build`` makes it (its 5 layers, gzip); ``zstd`` the same layer
 tars compressed with zstd (``oci.compress``, as ``image build --compression zstd``
-does: the same tar bytes, so the same diff_ids); ``gzip-1`` / ``zstd-4`` the same
+does, level 19: the same tar bytes, so the same diff_ids); ``zstd9`` the same at level
+9 (the builder has no level knob); ``gzip-1`` / ``zstd-4`` the same
 files repacked into N layers of about equal unpacked size, in the order of the
 builder's layers.
 
@@ -38,7 +39,9 @@ from typing import Any
 
 from minimaldask.image import oci, registry
 
-VARIANT = re.compile(r"(?P<compression>gzip|zstd)(?:-(?P<layers>[1-9][0-9]?))?")
+VARIANT = re.compile(
+    r"(?P<compression>gzip|zstd)(?P<level>[1-9][0-9]?)?(?:-(?P<layers>[1-9][0-9]?))?"
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class Variant:
     name: str
     compression: str
     layers: int | None
+    level: int | None = None  # zstd only; None: the builder's (oci.compress)
 
 
 def parse_variants(text: str) -> list[Variant]:
@@ -57,11 +61,15 @@ def parse_variants(text: str) -> list[Variant]:
         match = VARIANT.fullmatch(name)
         if not match:
             raise ValueError(
-                f"variant {name!r}: give gzip or zstd, optionally with -N for N layers of about "
-                "equal size (1 to 99), e.g. gzip,zstd,zstd-1"
+                f"variant {name!r}: give gzip or zstd (zstdL for zstd at level L, 1 to 22), "
+                "optionally with -N for N layers of about equal size (1 to 99), e.g. "
+                "gzip,zstd,zstd9,zstd-1"
             )
         layers = int(match["layers"]) if match["layers"] else None
-        out.append(Variant(name, match["compression"], layers))
+        level = int(match["level"]) if match["level"] else None
+        if level is not None and (match["compression"] != "zstd" or level > 22):
+            raise ValueError(f"variant {name!r}: a level is for zstd only, 1 to 22 (e.g. zstd9)")
+        out.append(Variant(name, match["compression"], layers, level))
     if not out:
         raise ValueError("--variants is empty: give e.g. gzip,zstd")
     return out
@@ -144,7 +152,7 @@ def layers_of(ref: str) -> list[oci.Blob]:
 
 def make_variant(base: str, variant: Variant) -> str:
     """``base`` (the gzip build, a 127.0.0.1:5000 reference) as ``variant``, pushed once."""
-    if variant.compression == "gzip" and variant.layers is None:
+    if variant.name == "gzip":
         return base
     ref = f"{base}-{variant.name}"
     try:
@@ -158,9 +166,7 @@ def make_variant(base: str, variant: Variant) -> str:
     if variant.layers is not None:
         tars = repack(tars, variant.layers)
         names = [f"part{i + 1}of{len(tars)}" for i in range(len(tars))]
-    blobs = [
-        oci.Blob(oci.LAYER[variant.compression], oci.compress(t, variant.compression)) for t in tars
-    ]
+    blobs = [oci.Blob(oci.LAYER[variant.compression], _compress(t, variant)) for t in tars]
     diff_ids = [oci.Blob("", t).digest for t in tars]
     config["rootfs"]["diff_ids"] = diff_ids
     config["history"] = [
@@ -207,6 +213,14 @@ def go_decompressor() -> str | None:
             [go, "build", "-o", str(binary), "."], cwd=GO_SOURCE, check=True, timeout=600
         )
     return str(binary)
+
+
+def _compress(tar: bytes, variant: Variant) -> bytes:
+    if variant.level is None:
+        return oci.compress(tar, variant.compression)
+    import zstandard
+
+    return bytes(zstandard.ZstdCompressor(level=variant.level, threads=-1).compress(tar))
 
 
 def _children_cpu() -> float:
