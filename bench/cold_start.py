@@ -41,6 +41,19 @@ a fresh checkout:
     python3 tools/localkube/localkube.py up && bash tools/ci/docker-up.sh
     .venv/bin/python bench/cold_start.py      # builds and pushes both images once
 
+Variants of our image (bench/image_variants.py: another compression, another layer
+count, made once from the gzip build and pushed beside it) run in turn with
+``--variants``, e.g. the comparison in docs/performance.md:
+
+    .venv/bin/python bench/cold_start.py --rates 100mbit --no-conventional \\
+        --variants gzip,zstd,gzip-1
+
+The table then splits each pull at the end of its transfer (the link's bytes are
+sampled every 50 ms): before, the transfer; after, containerd's unpacking
+(decompression and writing the files). An offline table gives each variant's
+unpacked size and the CPU seconds to decompress its layers (``--offline-only``
+prints just that one).
+
 Prints a table and writes JSON (``--json``, default bench/results/cold_start.json).
 The shaped registry is taken down at the end.
 """
@@ -55,6 +68,7 @@ import secrets
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from datetime import datetime
@@ -75,6 +89,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 import localkube  # noqa: E402
 from _machine import write_results  # noqa: E402
 from image import conventional  # noqa: E402  (bench/image.py: the conventional image)
+from image_variants import (  # noqa: E402
+    Variant,
+    decompression,
+    go_decompressor,
+    make_variant,
+    parse_variants,
+)
 from testutil import source_hash  # noqa: E402  (the e2e image's tag names the same digest)
 
 #: Our image's SOURCE_DATE_EPOCH here: every layer's bytes differ from the e2e build's.
@@ -87,11 +108,15 @@ WORKERS = 3
 #: A run that moved less than this share of its image over the link was not cold.
 COLD_SHARE = 0.9
 GOAL_S = 15.0  # issue 14: ours at 100 Mbit/s
-console = Console(width=140)
+console = Console(width=170)
 
 
 def ours_image() -> str:
-    """This checkout's image under the benchmark's repository, built and pushed unless there."""
+    """This checkout's image (gzip) under the benchmark's repository, built and pushed unless there.
+
+    Returns the reference to push and read it (127.0.0.1:5000/...); pods name it
+    ``pod_name(ref)``.
+    """
     tag = f"{default_image_tag()}-{source_hash()}"
     push = f"{localkube.REGISTRY_LISTEN}/{OURS_REPOSITORY}:{tag}"
     try:
@@ -104,7 +129,12 @@ def ours_image() -> str:
             timeout=1200,
             env={**os.environ, "SOURCE_DATE_EPOCH": str(EPOCH)},
         )
-    return f"{localkube.REGISTRY}/{OURS_REPOSITORY}:{tag}"
+    return push
+
+
+def pod_name(ref: str) -> str:
+    """127.0.0.1:5000/x:1, as the node's containerd knows the local registry: localhost:5000/x:1."""
+    return f"{localkube.REGISTRY}/{ref.split('/', 1)[1]}"
 
 
 def conventional_image(rebuild: bool) -> tuple[str, dict[str, Any] | None]:
@@ -160,6 +190,39 @@ def link_bytes() -> int:
     """Bytes the node received over the shaped link so far."""
     path = Path(f"/sys/class/net/{localkube.SHAPED_HOST_IFACE}/statistics/rx_bytes")
     return int(path.read_text())
+
+
+class LinkSampler(threading.Thread):
+    """The link's received bytes every 50 ms, to tell when the transfer of a pull ended.
+
+    The kubelet's pull ends when containerd has fetched and unpacked the layers; the end of
+    the transfer splits that time in two: before it the link (and whatever unpacking
+    overlapped it), after it the rest of the unpacking.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[tuple[float, int]] = []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.samples.append((time.time(), link_bytes()))
+            self._stop_event.wait(0.05)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+    def time_of_share(self, share: float) -> float | None:
+        """When ``share`` of the bytes received while sampling had arrived (epoch seconds)."""
+        if len(self.samples) < 2:
+            return None
+        first, last = self.samples[0][1], self.samples[-1][1]
+        if last == first:
+            return None
+        goal = first + share * (last - first)
+        return next(t for t, n in self.samples if n >= goal)
 
 
 def kubectl(*args: str, input: str | None = None, check: bool = True, timeout: float = 60):
@@ -315,7 +378,7 @@ def run_ours(args: argparse.Namespace, namespace: str, ref: str, name: str) -> d
     finally:
         cluster.close()
         delete_dask_cluster(namespace=namespace, name=name)
-    return {"returned": round(returned, 2), "connected": connected, "timeline": steps}
+    return {"returned": round(returned, 2), "connected": connected, "timeline": steps, "t0": t0}
 
 
 def conventional_objects(args: argparse.Namespace, name: str, ref: str) -> dict[str, Any]:
@@ -392,13 +455,18 @@ def run_conventional(
         steps = timeline(namespace, name, t0)
     finally:
         kubectl("delete", "-n", namespace, "-f", "-", "--wait=false", input=objects)
-    return {"returned": None, "apply_to_connected": round(returned, 2), "timeline": steps}
+    return {
+        "returned": None,
+        "apply_to_connected": round(returned, 2),
+        "timeline": steps,
+        "t0": t0,
+    }
 
 
 def one_run(
-    args: argparse.Namespace, namespace: str, which: str, refs: dict[str, str], name: str
+    args: argparse.Namespace, namespace: str, label: str, refs: dict[str, str], name: str
 ) -> dict[str, Any]:
-    """Both images off the node, then one start of ``which``; what crossed the link."""
+    """Every image off the node, then one start of ``label``; what crossed the link, and when."""
     waited = wait_containers_gone(list(refs.values()), args.timeout)
     if waited > 1:
         console.print(f"  waited {waited:.0f}s for the kubelet to remove the last run's containers")
@@ -406,10 +474,20 @@ def one_run(
         localkube.remove_image(ref)
     before = link_bytes()
     load = os.getloadavg()[0]  # the machine is shared: a slow run is told apart by this
-    run = (run_ours if which == "ours" else run_conventional)(args, namespace, refs[which], name)
-    wait_pods_gone(namespace, args.timeout)
+    sampler = LinkSampler()
+    sampler.start()
+    try:
+        start = run_conventional if label == CONVENTIONAL else run_ours
+        run = start(args, namespace, refs[label], name)
+        wait_pods_gone(namespace, args.timeout)
+    finally:
+        sampler.stop()
     run["link_bytes"] = link_bytes() - before
-    return {"image": which, "name": name, "load_average": load, **run}
+    transfer_end = sampler.time_of_share(0.99)
+    run["timeline"]["transfer_end"] = (
+        None if transfer_end is None else round(transfer_end - run.pop("t0"), 2)
+    )
+    return {"image": label, "name": name, "load_average": load, **run}
 
 
 def median(values: list[float | None]) -> float | None:
@@ -417,41 +495,53 @@ def median(values: list[float | None]) -> float | None:
     return round(statistics.median(present), 2) if present else None
 
 
+def _span(run: dict, start: str, end: str) -> float | None:
+    a, b = run["timeline"].get(start), run["timeline"].get(end)
+    return None if a is None or b is None else b - a
+
+
 def summarise(runs: list[dict], sizes: dict[str, int]) -> dict[str, Any]:
-    """Medians per link and image (cold runs only), the ratio and our image's split."""
+    """Medians per link and image (cold runs only), and the ratios to our gzip image."""
     out: dict[str, Any] = {}
     for rate in dict.fromkeys(r["rate"] for r in runs):
         row: dict[str, Any] = {}
-        for which in ("ours", "conventional"):
-            mine = [r for r in runs if r["rate"] == rate and r["image"] == which and r["cold"]]
-            steps = {k: median([r["timeline"][k] for r in mine]) for k in TIMELINE}
-            row[which] = {
+        for label in dict.fromkeys(r["image"] for r in runs if r["rate"] == rate):
+            of_label = [r for r in runs if r["rate"] == rate and r["image"] == label]
+            mine = [r for r in of_label if r["cold"]]
+            steps = {k: median([r["timeline"].get(k) for r in mine]) for k in TIMELINE}
+            row[label] = {
                 "runs": len(mine),
-                "not_cold": sum(
-                    1 for r in runs if r["rate"] == rate and r["image"] == which and not r["cold"]
-                ),
+                "not_cold": len(of_label) - len(mine),
                 "workers_connected_s": steps["workers_connected"],
                 "returned_s": median([r["returned"] for r in mine]),
-                "pull_s": median(
-                    [
-                        r["timeline"]["pull_end"] - r["timeline"]["pull_start"]
-                        for r in mine
-                        if r["timeline"]["pull_end"] is not None
-                        and r["timeline"]["pull_start"] is not None
-                    ]
+                "pull_s": median([_span(r, "pull_start", "pull_end") for r in mine]),
+                "transfer_s": median([_span(r, "pull_start", "transfer_end") for r in mine]),
+                "unpack_s": median([_span(r, "transfer_end", "pull_end") for r in mine]),
+                "pull_to_running_s": median(
+                    [_span(r, "pull_end", "scheduler_running") for r in mine]
                 ),
                 "link_mb": median([r["link_bytes"] / 1e6 for r in mine]),
-                "image_mb": round(sizes[which] / 1e6, 1),
+                "image_mb": round(sizes[label] / 1e6, 1),
                 "timeline": steps,
             }
-        a, b = row["ours"]["workers_connected_s"], row["conventional"]["workers_connected_s"]
-        row["ratio_conventional_to_ours"] = round(b / a, 2) if a and b else None
+        base = row.get(GZIP) or row.get("ours")  # "ours": a run before --variants
+        for r in row.values():
+            for key in ("workers_connected_s", "pull_s", "unpack_s"):
+                a, b = r[key], base[key] if base else None
+                r[f"{key}_to_gzip"] = round(a / b, 2) if a and b else None
+        conv = row.get(CONVENTIONAL, {}).get("workers_connected_s")
+        ours = base["workers_connected_s"] if base else None
+        row["ratio_conventional_to_ours"] = round(conv / ours, 2) if conv and ours else None
         out[rate] = row
     return out
 
 
+CONVENTIONAL = "conventional"
+GZIP = "ours-gzip"  # the image as the builder makes it: the yardstick of the variants
+
 TIMELINE = {
     "pull_start": "pull started",
+    "transfer_end": "link transfer done (99 % of the bytes)",
     "pull_end": "pull finished (unpacked)",
     "scheduler_running": "scheduler container running",
     "scheduler_listening": "scheduler listening (imports done)",
@@ -464,55 +554,81 @@ def fmt(value: float | None, unit: str = "") -> str:
     return "-" if value is None else f"{value:.1f}{unit}"
 
 
-def print_tables(summary: dict[str, Any]) -> None:
+def fmt2(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _labels(row: dict[str, Any]) -> list[str]:
+    return [k for k in row if isinstance(row[k], dict)]
+
+
+def print_tables(summary: dict[str, Any], offline: dict[str, Any] | None = None) -> None:
     table = Table(title=f"Cold start to {WORKERS} workers over a shaped link (median, seconds)")
+    table.add_column("link", no_wrap=True)
+    table.add_column("image", no_wrap=True)
     for col in (
-        "link",
-        "image",
         "image MB",
-        "over link MB",
+        "link MB",
         "pull",
+        "transfer",
+        "unpack",
+        "pull end to running",
         "3 connected",
-        "MinimalCluster() returned",
-        "conv./ours",
+        "returned",
+        "pull / gzip",
+        "connected / gzip",
+        "conv. / ours",
         "cold runs",
     ):
         table.add_column(col, justify="right")
     for rate, row in summary.items():
-        for which in ("ours", "conventional"):
-            r = row[which]
+        for label in _labels(row):
+            r = row[label]
             table.add_row(
-                f"{rate} +{LINKS[rate]}",
-                which,
+                f"{rate}+{LINKS[rate]}",
+                label,
                 fmt(r["image_mb"]),
                 fmt(r["link_mb"]),
                 fmt(r["pull_s"]),
+                fmt(r.get("transfer_s")),
+                fmt(r.get("unpack_s")),
+                fmt(r.get("pull_to_running_s")),
                 fmt(r["workers_connected_s"]),
                 fmt(r["returned_s"]),
-                fmt(row["ratio_conventional_to_ours"], "x") if which == "conventional" else "",
+                "" if label == CONVENTIONAL else fmt2(r.get("pull_s_to_gzip")),
+                "" if label == CONVENTIONAL else fmt2(r.get("workers_connected_s_to_gzip")),
+                fmt(row["ratio_conventional_to_ours"], "x") if label == CONVENTIONAL else "",
                 f"{r['runs']}" + (f" ({r['not_cold']} not cold)" if r["not_cold"] else ""),
             )
     console.print(table)
-    split = Table(title="Where our cold start goes: seconds after the call (median)")
+    split = Table(title="Where a cold start goes: seconds after the call (median)")
     split.add_column("step")
-    for rate in summary:
-        for which in ("ours", "conventional"):
-            split.add_column(f"{which} {rate}", justify="right")
+    columns = [(rate, label) for rate in summary for label in _labels(summary[rate])]
+    for rate, label in columns:
+        split.add_column(f"{label} {rate}", justify="right")
     for key, label in TIMELINE.items():
-        split.add_row(
-            label,
-            *(
-                fmt(summary[r][w]["timeline"][key])
-                for r in summary
-                for w in ("ours", "conventional")
-            ),
-        )
+        split.add_row(label, *(fmt(summary[r][w]["timeline"].get(key)) for r, w in columns))
     split.add_row(
-        "MinimalCluster(...) returned",
-        *(fmt(summary[r][w]["returned_s"]) for r in summary for w in ("ours", "conventional")),
+        "MinimalCluster(...) returned", *(fmt(summary[r][w]["returned_s"]) for r, w in columns)
     )
     console.print(split)
-    ours = summary.get("100mbit", {}).get("ours", {}).get("returned_s")
+    if offline:
+        cpu = Table(title="Offline: layers decompressed on this machine (CPU seconds, median)")
+        for col in ("image", "layers", "compressed MB", "unpacked MB", "Python", "CLI", "Go"):
+            cpu.add_column(col, justify="right")
+        for label, o in offline.items():
+            cpu.add_row(
+                label,
+                str(o["layers"]),
+                fmt(o["compressed_bytes"] / 1e6),
+                fmt(o["unpacked_bytes"] / 1e6),
+                f"{o['decompress_cpu_s']:.2f}",
+                "-" if o["decompress_cli_cpu_s"] is None else f"{o['decompress_cli_cpu_s']:.2f}",
+                "-" if o.get("decompress_go_cpu_s") is None else f"{o['decompress_go_cpu_s']:.2f}",
+            )
+        console.print(cpu)
+    row = summary.get("100mbit", {})
+    ours = (row.get(GZIP) or row.get("ours") or {}).get("returned_s")
     if ours is not None:
         verdict = "met" if ours <= GOAL_S else "NOT met"
         console.print(
@@ -528,28 +644,80 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs per image per link")
     parser.add_argument("--rates", default=",".join(LINKS), help=f"among {', '.join(LINKS)}")
+    parser.add_argument(
+        "--variants",
+        default="gzip",
+        help="variants of our image, run in turn: gzip (as built), zstd, and COMPRESSION-N"
+        " for N layers of about equal size (e.g. gzip,zstd,zstd-1)",
+    )
+    parser.add_argument(
+        "--no-conventional",
+        action="store_true",
+        help="skip the conventional image (its runs take most of the time)",
+    )
     parser.add_argument("--cpu", default="100m", help="cpu request of each worker")
     parser.add_argument("--scheduler-cpu", default="100m", help="cpu request of the scheduler")
     parser.add_argument("--memory", default="384Mi", help="memory of each pod")
     parser.add_argument("--timeout", type=float, default=600, help="deadline of one start")
     parser.add_argument("--rebuild-conventional", action="store_true")
+    parser.add_argument(
+        "--offline-repeat", type=int, default=3, help="repeats of the offline decompression"
+    )
+    parser.add_argument(
+        "--offline-only",
+        action="store_true",
+        help="only make the variants and print the offline decompression table (no pods)",
+    )
     parser.add_argument("--json", default="bench/results/cold_start.json")
-    parser.add_argument("--show", metavar="JSON", help="print the tables of an earlier run")
+    parser.add_argument(
+        "--show",
+        metavar="JSON[,JSON...]",
+        help="print the tables of an earlier run; of several, the medians of all their runs",
+    )
     args = parser.parse_args()
     if args.show:
-        print_tables(json.loads(Path(args.show).read_text())["summary"])
+        shown = [json.loads(Path(p).read_text()) for p in args.show.split(",")]
+        if len(shown) == 1:
+            print_tables(shown[0]["summary"], shown[0].get("offline"))
+            return
+        runs = [run for s in shown for run in s["runs"]]
+        sizes = {k: v for s in shown for k, v in s["pulled_bytes"].items()}
+        offline = {k: v for s in shown for k, v in (s.get("offline") or {}).items()}
+        print_tables(summarise(runs, sizes), offline)
+        console.print(f"{len(runs)} runs of {len(shown)} files: {args.show}")
         return
     rates = args.rates.split(",")
     unknown = [r for r in rates if r not in LINKS]
     if unknown:
         sys.exit(f"--rates {args.rates}: unknown {unknown}; give some of {', '.join(LINKS)}")
+    try:
+        variants: list[Variant] = parse_variants(args.variants)
+    except ValueError as e:
+        sys.exit(f"--variants: {e}")
     if os.geteuid() != 0:
         sys.exit("run this as root: it shapes a link and removes images from the node")
     if not localkube.is_up():
         sys.exit("the local Kubernetes is not up: python3 tools/localkube/localkube.py up")
-    refs = {"ours": ours_image()}
-    refs["conventional"], built = conventional_image(args.rebuild_conventional)
-    sizes = {which: pulled_size(ref) for which, ref in refs.items()}
+    base = ours_image()
+    pushed = {}
+    for variant in variants:
+        if variant.name != "gzip":
+            console.print(f"variant {variant.name}: made from {base} (pushed once)")
+        pushed[f"ours-{variant.name}"] = make_variant(base, variant)
+    console.print("decompressing each variant's layers offline ...")
+    go = go_decompressor()
+    offline = {label: decompression(ref, args.offline_repeat, go) for label, ref in pushed.items()}
+    if args.offline_only:
+        print_tables({}, offline)
+        write_results(Path(args.json), {"images": pushed, "offline": offline})
+        return
+    refs = {label: pod_name(ref) for label, ref in pushed.items()}
+    built = None
+    if args.no_conventional:
+        console.print("the conventional image is skipped (--no-conventional)")
+    else:
+        refs[CONVENTIONAL], built = conventional_image(args.rebuild_conventional)
+    sizes = {label: pulled_size(ref) for label, ref in refs.items()}
     console.print(
         "images: "
         + ", ".join(f"{w} {r} ({sizes[w] / 1e6:.1f} MB to pull)" for w, r in refs.items())
@@ -565,16 +733,17 @@ def main() -> None:
             shaped_refs = {w: shaped.reference(r) for w, r in refs.items()}
             pulled.update(shaped_refs.values())
             for i in range(args.repeat):
-                for which in ("ours", "conventional"):
-                    name = f"cs-{run_id}-{rate[:-4]}-{which[0]}{i}"
-                    run = one_run(args, args.namespace, which, shaped_refs, name)
-                    run.update(rate=rate, cold=run["link_bytes"] >= COLD_SHARE * sizes[which])
+                for n, label in enumerate(refs):
+                    name = f"cs-{run_id}-{rate[:-4]}-{n}{i}"
+                    run = one_run(args, args.namespace, label, shaped_refs, name)
+                    run.update(rate=rate, cold=run["link_bytes"] >= COLD_SHARE * sizes[label])
                     runs.append(run)
+                    tl = run["timeline"]
                     console.print(
-                        f"{rate} {which} run {i + 1}: 3 connected at "
-                        f"{fmt(run['timeline']['workers_connected'])} s, returned "
-                        f"{fmt(run['returned'])} s, pull {fmt(run['timeline']['pull_start'])}"
-                        f"..{fmt(run['timeline']['pull_end'])} s, "
+                        f"{rate} {label} run {i + 1}: 3 connected at "
+                        f"{fmt(tl['workers_connected'])} s, returned "
+                        f"{fmt(run['returned'])} s, pull {fmt(tl['pull_start'])}"
+                        f"..{fmt(tl['pull_end'])} s (transfer done {fmt(tl['transfer_end'])}), "
                         f"{run['link_bytes'] / 1e6:.1f} MB over the link, "
                         f"load average {run['load_average']:.0f}"
                         + ("" if run["cold"] else " (NOT COLD: the image was partly on the node)")
@@ -585,13 +754,15 @@ def main() -> None:
             localkube.remove_image(ref)
         localkube.kubectl("delete", "namespace", args.namespace, "--timeout=180s", timeout=200)
     summary = summarise(runs, sizes)
-    print_tables(summary)
+    print_tables(summary, offline)
     out = Path(args.json)
     write_results(
         out,
         {
             "images": refs,
+            "variants": [v.name for v in variants],
             "pulled_bytes": sizes,
+            "offline": offline,
             "conventional_build": built,
             "links": {r: LINKS[r] for r in rates},
             "settings": {k: v for k, v in vars(args).items() if k != "json"},
