@@ -113,6 +113,19 @@ def started_at(namespace: str, name: str, arch: str) -> float:
     return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
 
 
+def print_logs(namespace: str, name: str) -> None:
+    """The logs of every container of the cluster, on stderr: why a run failed."""
+    pods = kubectl(
+        "get", "pods", "-n", namespace, "-o", "name", "-l", contract.label_selector(name)
+    )
+    for pod in pods.split():
+        logs = subprocess.run(
+            ["kubectl", "logs", "-n", namespace, pod, "--all-containers", "--timestamps"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        print(f"---- {pod}\n{logs.stdout}{logs.stderr}", file=sys.stderr)
+
+
 def main(namespace: str, name: str, images: dict[str, str], out: dict) -> None:
     """Run the example on three platforms; fill ``out`` with what ran where and the timings."""
     article = runpy.run_path(str(ROOT / "examples" / "article.py"))
@@ -173,6 +186,9 @@ def main(namespace: str, name: str, images: dict[str, str], out: dict) -> None:
             out["shape"] = list(result.shape)
             out["max_abs_error"] = float(np.max(np.abs(result - expected)))
             out["mean"] = float(result.mean())
+    except BaseException:
+        print_logs(namespace, name)
+        raise
     finally:
         start = time.monotonic()
         delete_dask_cluster(namespace=namespace, name=name)
