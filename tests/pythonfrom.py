@@ -75,3 +75,22 @@ def standalone_archive(version="3.12"):
 def _is_elf(path):
     with open(path, "rb") as f:
         return f.read(4) == b"\x7fELF"
+
+
+def client_venv(version, root):
+    """A virtual environment of pyenv's Python ``version`` with the checkout ``root`` installed
+    (editable); returns its interpreter. Cached beside CACHE, keyed by the interpreter,
+    pyproject.toml and the checkout's path."""
+    python = pyenv_prefix(version) / "bin" / f"python{version}"
+    key = hashlib.sha256(
+        python.read_bytes() + (root / "pyproject.toml").read_bytes() + str(root).encode()
+    ).hexdigest()[:16]
+    venv = CACHE.parent / "test-venvs" / f"py{version.replace('.', '')}-{key}"
+    if not (venv / "done").exists():
+        subprocess.run([str(python), "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
+        subprocess.run(
+            [str(venv / "bin/python"), "-m", "pip", "install", "-q", "-e", str(root)],
+            check=True, timeout=1200,
+        )  # fmt: skip
+        (venv / "done").write_text("")
+    return venv / "bin" / "python"

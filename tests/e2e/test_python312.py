@@ -10,7 +10,6 @@ by the interpreter and pyproject.toml.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 import dask
 import pytest
 
-from pythonfrom import CACHE, pyenv_prefix, standalone_archive
+from pythonfrom import client_venv, standalone_archive
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -29,19 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def venv312():
     """A Python 3.12 virtual environment with this checkout of minimaldask installed (editable)."""
-    python = pyenv_prefix("3.12") / "bin" / "python3.12"
-    key = hashlib.sha256(
-        python.read_bytes() + (ROOT / "pyproject.toml").read_bytes() + str(ROOT).encode()
-    ).hexdigest()[:16]
-    venv = CACHE.parent / "test-venvs" / f"py312-{key}"
-    if not (venv / "done").exists():
-        subprocess.run([str(python), "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
-        subprocess.run(
-            [str(venv / "bin/python"), "-m", "pip", "install", "-q", "-e", str(ROOT)],
-            check=True, timeout=1200,
-        )  # fmt: skip
-        (venv / "done").write_text("")
-    return venv / "bin" / "python"
+    return client_venv("3.12", ROOT)
 
 
 @pytest.fixture(scope="module")
