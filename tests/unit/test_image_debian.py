@@ -308,3 +308,27 @@ def test_the_pod_side_install_path_loads_only_the_standard_library():
         check=True,
     )
     assert json.loads(result.stdout) == []
+
+
+def test_the_parsed_index_is_cached_under_the_packages_digest(loopback_archive, tmp_path):
+    url, keyring = loopback_archive(
+        {"Suite": "test", "Valid-Until": "Sat, 16 Jan 2027 08:00:00 UTC"}
+    )
+    cache = tmp_path / "cache"
+    first = Archive(url, "test", "arm64", str(cache), keyring=keyring, now=NOW).load()
+    parsed = list((cache / "parsed").iterdir())
+    assert len(parsed) == 1
+    digest = hashlib.sha256(lzma.compress(PACKAGES.encode())).hexdigest()
+    assert parsed[0].name.startswith(digest)
+    # The second load takes the parsed form: the Packages file is not read again.
+    for blob in (cache / "sha256").iterdir():
+        blob.unlink()
+    second = Archive(url, "test", "arm64", str(cache), keyring=keyring, now=NOW)
+    second._cached = None  # would raise TypeError if called
+    second.load()
+    assert second.packages == first.packages
+    assert second.providers == first.providers
+    # A damaged entry is parsed again, not trusted.
+    parsed[0].write_text("{not json")
+    third = Archive(url, "test", "arm64", str(cache), keyring=keyring, now=NOW).load()
+    assert third.packages == first.packages

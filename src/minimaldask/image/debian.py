@@ -9,7 +9,10 @@ keyring nothing is fetched. An ``InRelease`` past its ``Valid-Until`` is
 refused (a replayed old index). Then the digest chain: ``InRelease`` ->
 ``Packages`` (SHA256 and size) -> each ``.deb`` (SHA256 and size). The
 archive URL comes from an explicit setting or from the machine's apt
-sources; it is never built in.
+sources; it is never built in. With a cache directory, the parsed index is
+kept under the ``Packages`` file's digest (from the signed ``InRelease``),
+trusted as the builder's bytecode cache is: the cache directory is the
+user's own.
 """
 
 from __future__ import annotations
@@ -305,6 +308,10 @@ def check_valid_until(release: Mapping[str, str], what: str, now: float | None =
         )
 
 
+#: The version of the parsed-index cache's format: change it when Package's fields change.
+_PARSED_FORMAT = "1"
+
+
 @dataclass
 class Archive:
     """One suite and architecture of a Debian archive, with its verified index.
@@ -360,10 +367,56 @@ class Archive:
                 f"the Debian archive {self.url} has no index for {self.suite}/{self.arch}"
             )
         sha256, size = entries[path]
+        if self._load_parsed(sha256):
+            return self
         data = self._cached(sha256, size, f"{self.url}/dists/{self.suite}/{path}", path)
         raw = lzma.decompress(data) if name.endswith(".xz") else data
         self._index(raw.decode("utf-8"))
+        self._store_parsed(sha256)
         return self
+
+    def _parsed_path(self, sha256: str) -> str | None:
+        # The parse depends on the Packages file (its digest, from the signed
+        # InRelease) and on the fields kept: both are in the name.
+        if not self.cache_dir:
+            return None
+        return os.path.join(self.cache_dir, "parsed", f"{sha256}-{_PARSED_FORMAT}.json")
+
+    def _load_parsed(self, sha256: str) -> bool:
+        """Take the index parsed before from the same ``Packages`` file, if it is cached.
+
+        Decompressing and parsing an index of 70,000 packages costs about 2.5 s
+        of CPU per suite and architecture; the parsed form loads in a tenth.
+        """
+        path = self._parsed_path(sha256)
+        if not path or not os.path.exists(path):
+            return False
+        try:
+            with open(path, encoding="utf-8") as f:
+                stored = json.load(f)
+            packages = {row[0]: Package(*row) for row in stored["packages"]}
+            providers = {k: list(v) for k, v in stored["providers"].items()}
+        except (OSError, ValueError, KeyError, TypeError):
+            return False  # a damaged cache entry: parse the index again
+        self.packages.update(packages)
+        for name, names in providers.items():
+            self.providers.setdefault(name, []).extend(names)
+        return True
+
+    def _store_parsed(self, sha256: str) -> None:
+        path = self._parsed_path(sha256)
+        if not path:
+            return
+        rows = [
+            [p.name, p.version, p.architecture, p.filename, p.sha256, p.size,
+             p.depends, p.pre_depends, p.provides, p.source]
+            for p in self.packages.values()
+        ]  # fmt: skip
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"packages": rows, "providers": self.providers}, f, separators=(",", ":"))
+        os.replace(tmp, path)
 
     def _verify_signature(self, inrelease: str, keyring: str) -> str:
         with open(keyring, "rb") as f:
