@@ -262,6 +262,7 @@ def main():
     for i in range(args.runs):
         print(f"three platforms, run {i + 1}", file=sys.stderr)
         result, seconds = run_build(options(ALL, "3.13"))
+        print(f"three platforms, run {i + 1}: {seconds:.1f} s", file=sys.stderr)
         runs.append({"seconds": round(seconds, 1), "platforms": rows_of(result)})
     rows = list(runs[-1]["platforms"])
     print("import times (amd64, 3.13)", file=sys.stderr)

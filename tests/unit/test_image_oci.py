@@ -65,6 +65,41 @@ def test_unknown_compression():
         oci.compress(b"", "brotli")
 
 
+def test_compression_levels():
+    data = bytes(range(256)) * 400 + b"x" * 50_000
+    fast, best = oci.compress(data, "gzip", 1), oci.compress(data, "gzip")
+    assert gzip.decompress(fast) == gzip.decompress(best) == data
+    assert len(best) < len(fast)  # the default is level 9
+    assert best == oci.compress(data, "gzip", 9)
+    zstandard = pytest.importorskip("zstandard")
+    z9, z19 = oci.compress(data, "zstd"), oci.compress(data, "zstd", 19)
+    assert zstandard.ZstdDecompressor().decompress(z9) == data
+    assert zstandard.ZstdDecompressor().decompress(z19) == data
+    assert z9 == oci.compress(data, "zstd", 9) != z19  # the default is level 9
+
+
+@pytest.mark.parametrize(
+    ("compression", "level", "message"),
+    [("gzip", 0, "1 to 9 \\(default 9\\)"), ("gzip", 10, "out of range for gzip"),
+     ("zstd", 23, "1 to 22 \\(default 9\\)")],
+)  # fmt: skip
+def test_a_level_out_of_range_says_the_range(compression, level, message):
+    with pytest.raises(oci.OCIError, match=message):
+        oci.compress(b"", compression, level)
+
+
+def test_a_bad_level_stops_the_build_before_anything_is_fetched(tmp_path):
+    from minimaldask.image.builder import BuildError, BuildOptions, build
+
+    opts = BuildOptions(
+        platforms=["linux/amd64"], python="3.13", dask="2026.8.0", compression="zstd",
+        compression_level=30, debian_mirror="http://127.0.0.1:9/debian", cache_dir=str(tmp_path),
+    )  # fmt: skip
+    with pytest.raises(BuildError, match="level 30 is out of range for zstd"):
+        build(opts)
+    assert list(tmp_path.iterdir()) == []
+
+
 def image(platform="linux/arm/v7"):
     layer = oci.Blob(oci.LAYER["gzip"], oci.compress(b"tar", "gzip"))
     config = oci.Blob(oci.CONFIG, oci.canonical_json({"architecture": "arm"}))

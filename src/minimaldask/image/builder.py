@@ -111,6 +111,7 @@ class BuildOptions:
     whose wheels are downloaded with pip's ``--require-hashes`` instead of
     resolving the requirements again. ``keyring``: the Debian archive keyring
     (default: :func:`minimaldask.image.debian.find_keyring`).
+    ``compression_level``: None for the compression's default (gzip 9, zstd 9).
     """
 
     platforms: Sequence[str]
@@ -120,6 +121,7 @@ class BuildOptions:
     pip: Sequence[str] = ()
     deb: Sequence[str] = ()
     compression: str = "gzip"
+    compression_level: int | None = None
     debian_mirror: str | None = None
     source_date_epoch: int = 0
     source: str | None = None
@@ -643,7 +645,8 @@ class _Platform:
                 if not any(os.scandir(stage)):
                     continue
                 tar = oci.layer_tar(stage, opts.source_date_epoch, owner)
-                pending.append((name, tar, pool.submit(oci.compress, tar, opts.compression)))
+                level = opts.compression_level
+                pending.append((name, tar, pool.submit(oci.compress, tar, opts.compression, level)))
             for name, tar, compressed in pending:
                 layers.append(oci.Blob(oci.LAYER[opts.compression], compressed.result()))
                 names.append(name)
@@ -808,6 +811,10 @@ def build(opts: BuildOptions, log: Callable[[str], None] = _log) -> BuildResult:
     """
     if opts.flavor not in FLAVORS:
         raise BuildError(f"unknown flavor {opts.flavor!r}: choose from {', '.join(FLAVORS)}")
+    try:
+        oci.check_level(opts.compression, opts.compression_level)
+    except oci.OCIError as e:
+        raise BuildError(str(e)) from e
     opts, standalone = _pythons_from(opts, log)
     targets = []
     for name in opts.platforms:

@@ -90,6 +90,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--pip", nargs="+", default=[], metavar="PKG", help="extra Python packages")
     p.add_argument("--deb", nargs="+", default=[], metavar="PKG", help="extra Debian packages")
     p.add_argument("--compression", choices=["gzip", "zstd"], default="gzip")
+    p.add_argument(
+        "--compression-level",
+        type=int,
+        metavar="N",
+        help="gzip 1 to 9 (default 9), zstd 1 to 22 (default 9; 19 is 13%% smaller and"
+        " takes 20 times the CPU)",
+    )
     p.add_argument("--output", metavar="DIR", help="write an OCI image layout to DIR")
     p.add_argument("--docker-archive", metavar="FILE", help="write a tar for 'docker load'")
     p.add_argument(
@@ -173,6 +180,7 @@ def run_build(args: argparse.Namespace) -> int:
             pip=args.pip,
             deb=args.deb,
             compression=args.compression,
+            compression_level=args.compression_level,
             debian_mirror=args.debian_mirror or _mirror_setting(),
             source_date_epoch=int(os.environ.get("SOURCE_DATE_EPOCH", "0")),
             source=args.source,

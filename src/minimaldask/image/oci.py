@@ -125,23 +125,46 @@ def _walk(root: str) -> list[str]:
     return sorted(out)
 
 
-def compress(data: bytes, compression: str) -> bytes:
-    """Compress a layer: gzip (no name, no time stamp) or zstd."""
+#: Each compression's levels and its default level.
+LEVELS = {"gzip": (range(1, 10), 9), "zstd": (range(1, 23), 9)}
+
+
+def check_level(compression: str, level: int | None) -> int:
+    """The level to compress with: ``level``, or the compression's default; an error if out of range."""
+    if compression not in LEVELS:
+        raise OCIError(f"unknown compression {compression!r}: choose gzip or zstd")
+    levels, default = LEVELS[compression]
+    if level is None:
+        return default
+    if level not in levels:
+        raise OCIError(
+            f"compression level {level} is out of range for {compression}: choose"
+            f" {levels.start} to {levels.stop - 1} (default {default})"
+        )
+    return level
+
+
+def compress(data: bytes, compression: str, level: int | None = None) -> bytes:
+    """Compress a layer: gzip (no name, no time stamp) or zstd, at ``level`` (None: the default).
+
+    The defaults: gzip 9; zstd 9, whose layers of the default image are 13 % larger
+    than zstd 19's, made in a twentieth of the CPU time (4.6 s against 92 s), and
+    pull as fast (docs/performance.md).
+    """
+    level = check_level(compression, level)
     if compression == "gzip":
         buf = io.BytesIO()
-        with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=9, mtime=0, filename="") as gz:
+        with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=level, mtime=0, filename="") as gz:
             gz.write(data)
         return buf.getvalue()
-    if compression == "zstd":
-        try:
-            import zstandard
-        except ImportError as e:
-            raise OCIError(
-                "--compression zstd needs the zstandard package: pip install 'minimaldask[image]'"
-            ) from e
-        # Several workers give the same bytes whatever their number.
-        return bytes(zstandard.ZstdCompressor(level=19, threads=-1).compress(data))
-    raise OCIError(f"unknown compression {compression!r}: choose gzip or zstd")
+    try:
+        import zstandard
+    except ImportError as e:
+        raise OCIError(
+            "--compression zstd needs the zstandard package: pip install 'minimaldask[image]'"
+        ) from e
+    # Several workers give the same bytes whatever their number.
+    return bytes(zstandard.ZstdCompressor(level=level, threads=-1).compress(data))
 
 
 @dataclass
