@@ -50,7 +50,17 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in _PUBLIC:
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        try:
+            module = importlib.import_module(_PUBLIC[name])
+        except ModuleNotFoundError as e:
+            if e.name != _PUBLIC[name]:
+                raise
+            raise ImportError(
+                f"minimaldask.{name} is not in this installation: it is the pod side of"
+                " minimaldask (an image's copy holds only what its scheduler and workers run)."
+                " Start and end clusters from a client, where `pip install minimaldask` ran"
+            ) from e
+        value = getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'minimaldask' has no attribute {name!r}")

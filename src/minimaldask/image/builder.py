@@ -408,18 +408,19 @@ class _Platform:
         return self.archive.resolve(self.opts.deb, satisfied=have)
 
     def _minimaldask(self) -> None:
-        """Copy this minimaldask package, with metadata, into its layer."""
+        """Copy the pod side of this minimaldask package (:func:`pod_side`), with metadata.
+
+        The client (cluster, Kubernetes client, CLI) and this builder stay out: no pod
+        imports them, and they would cost 0.1 MB of the image.
+        """
         import minimaldask
 
         stage = self.stages["minimaldask"]
         site = os.path.join(stage, SITE)
         source = os.path.dirname(minimaldask.__file__)
-        shutil.copytree(
-            source,
-            os.path.join(site, "minimaldask"),
-            # The recorded imports are the builder's input, not the image's.
-            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "recorded-imports.txt"),
-        )
+        for rel in pod_side(source):
+            os.makedirs(os.path.join(site, "minimaldask", os.path.dirname(rel)), exist_ok=True)
+            shutil.copyfile(os.path.join(source, rel), os.path.join(site, "minimaldask", rel))
         info = os.path.join(site, f"minimaldask-{minimaldask.__version__}.dist-info")
         os.makedirs(info)
         with open(os.path.join(info, "METADATA"), "w") as f:
@@ -701,6 +702,73 @@ class _Platform:
 
 
 @functools.cache
+def _imports(path: str, module: str) -> set[str]:
+    """The minimaldask modules a file imports, anywhere in it (lazy imports too).
+
+    Not those under ``if TYPE_CHECKING:``.
+    """
+    import ast
+
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
+    out: set[str] = set()
+    nodes: list[ast.AST] = [tree]
+    while nodes:
+        node = nodes.pop()
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            nodes += node.orelse  # the type checker's imports are not made
+            continue
+        nodes += ast.iter_child_nodes(node)
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parent = ".".join(parts[: len(parts) - node.level + 1])
+                base = f"{parent}.{base}" if base else parent
+            out.add(base)
+            # ``from minimaldask import contract``: a module, or a name of the package.
+            out.update(f"{base}.{a.name}" for a in node.names)
+    return {m for m in out if m == "minimaldask" or m.startswith("minimaldask.")}
+
+
+def pod_side(source: str) -> list[str]:
+    """The files of minimaldask (relative to its directory ``source``) that a pod needs.
+
+    Every module of :mod:`minimaldask.pod` (its entrypoint names some of them by
+    string: preloads, plugins), and what they import, transitively, with the
+    ``__init__.py`` of each package on the way.
+    """
+
+    def path_of(module: str) -> str | None:
+        rel = module.split(".")[1:]
+        for candidate in (os.path.join(*rel, "__init__.py") if rel else "__init__.py",
+                          os.path.join(*rel) + ".py" if rel else ""):  # fmt: skip
+            if candidate and os.path.isfile(os.path.join(source, candidate)):
+                return candidate
+        return None  # a name imported from a package, not a module
+
+    todo = ["minimaldask"] + [
+        "minimaldask.pod." + name[:-3]
+        for name in sorted(os.listdir(os.path.join(source, "pod")))
+        if name.endswith(".py")
+    ]
+    seen: dict[str, str] = {}
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        rel = path_of(module)
+        if rel is None:
+            continue
+        seen[module] = rel
+        parents = [".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)]
+        todo += parents + sorted(_imports(os.path.join(source, rel), module))
+    return sorted(set(seen.values()))
+
+
 def _file_sha256(path: str) -> str:
     return file_sha256(os.path.realpath(path))
 
