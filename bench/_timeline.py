@@ -1,9 +1,11 @@
-"""Where the seconds of a start go: one timeline from the client, the API server and the pods.
+"""Where the seconds of a start (and of a close) go: one timeline from the client, the API server
+and the pods.
 
 Three sources, all on this machine's clock (the node is this machine):
 
 - the pods, watched from the API server while the start runs (each milestone
-  is when the watch saw it: created, scheduled, container running, Ready);
+  is when the watch saw it: created, scheduled, container running, Ready), and
+  while the close runs (deleting, container ended, pod gone);
 - the containers' own logs, with the runtime's timestamps (first line printed,
   scheduler listening, each worker registered);
 - the client's requests, from the API server's audit log when it has one (first
@@ -65,10 +67,14 @@ class PodWatch:
         api = await kr8s.asyncio.api()
         selector = contract.label_selector(self.cluster)
         self._ready.set()
-        async for _, pod in api.watch("pods", namespace=self.namespace, label_selector=selector):
+        async for event, pod in api.watch(
+            "pods", namespace=self.namespace, label_selector=selector
+        ):
             if self._stop:
                 return
             self._record(pod.raw, time.time())
+            if event == "DELETED":
+                self.seen[pod.raw["metadata"]["name"]].setdefault("pod gone", time.time())
 
     def _record(self, pod: dict[str, Any], now: float) -> None:
         name = pod["metadata"]["name"]
@@ -82,7 +88,12 @@ class PodWatch:
                 seen.setdefault(
                     {"PodScheduled": "pod scheduled", "Ready": "pod Ready"}[cond["type"]], now
                 )
+        if pod["metadata"].get("deletionTimestamp"):
+            seen.setdefault("pod deleting", now)
         for c in status.get("containerStatuses") or []:
+            ended = (c.get("state") or {}).get("terminated")
+            if ended and seen.get("pod deleting"):
+                seen.setdefault(f"{c['name']} ended (watch)", now)
             if "running" in (c.get("state") or {}):
                 seen.setdefault(f"{c['name']} running (watch)", now)
                 started = c["state"]["running"].get("startedAt")
@@ -111,8 +122,17 @@ class PodWatch:
                         seen.setdefault(milestone, t)
 
 
-def timeline(t0: float, watch: PodWatch, client: list[tuple[float, str]]) -> list[dict[str, Any]]:
-    """Every milestone, seconds after ``t0``, in order; a worker milestone is the latest worker's."""
+#: The milestones of a pod's end.
+ENDING = ("pod deleting", "ended (watch)", "pod gone")
+
+
+def timeline(
+    t0: float, watch: PodWatch, client: list[tuple[float, str]], ending: bool = False
+) -> list[dict[str, Any]]:
+    """Every milestone, seconds after ``t0``, in order; a worker milestone is the latest worker's.
+
+    ``ending``: the milestones of the pods' end only; else those of their start only.
+    """
     rows: list[dict[str, Any]] = [
         {"t": t - t0, "who": "client", "what": what} for t, what in client
     ]
@@ -120,6 +140,8 @@ def timeline(t0: float, watch: PodWatch, client: list[tuple[float, str]]) -> lis
     for name, seen in watch.seen.items():
         component = watch.component.get(name, "")
         for what, t in seen.items():
+            if what.endswith(ENDING) != ending:
+                continue
             if component == contract.WORKER:
                 workers.setdefault(what, []).append(t)
             else:

@@ -10,8 +10,10 @@ reads the API server's audit log when there is one):
 
 Prints a table and writes JSON (``--json``, default bench/results/startup.json),
 with a timeline of every run (``--timeline N`` prints the one of the median start
-to N workers): the client's requests and log lines, each pod's milestones from a
-watch, and the containers' own log lines with the runtime's timestamps.
+to N workers, and of the median close): the client's requests and log lines, each
+pod's milestones from a watch, and the containers' own log lines with the
+runtime's timestamps; for the close, the client's deletes, and each pod's end
+(deleting, container ended, gone) from the watch.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def audit_marks(name: str, namespace: str, since: float) -> list[tuple[float, st
     marks = []
     for i, e in enumerate(events):
         ref = e.get("objectRef") or {}
-        if i == 0 or e["verb"] in ("create", "patch", "update"):
+        if i == 0 or e["verb"] in ("create", "patch", "update", "delete"):
             what = f"{e['verb']} {ref.get('resource', '')}/{ref.get('subresource') or ref.get('name', '')}"
             marks.append((localkube._timestamp(e["requestReceivedTimestamp"]), f"request: {what}"))
     return marks
@@ -84,28 +86,37 @@ def one_run(
     returned = time.time()
     connected = len(cluster.scheduler_info["workers"])
     watch.read_logs()
-    watch.stop()
     said = [(when.timestamp(), f"said: {line}") for when, line in cluster._cluster_manager_logs]
+    client = [*said, *audit_marks(name, namespace, wall0), (returned, "MinimalCluster() returned")]
+    start_timeline = timeline(wall0, watch, client, ending=False)
+    wall1 = time.time()
     t1 = time.perf_counter()
     cluster.close()  # as users end it: every object deleted, and gone
     deleted = time.perf_counter() - t1
-    client = [*said, *audit_marks(name, namespace, wall0), (returned, "MinimalCluster() returned")]
+    closed = time.time()
+    time.sleep(0.5)  # the watch's last events
+    watch.stop()
+    marks = [m for m in audit_marks(name, namespace, wall1) if m[0] >= wall1 and "delete" in m[1]]
+    close_timeline = timeline(wall1, watch, [*marks, (closed, "close() returned")], ending=True)
     return {
         "workers": workers,
         "connected": connected,
         "start_s": started,
         "delete_s": deleted,
-        "timeline": timeline(wall0, watch, client),
+        "timeline": start_timeline,
+        "close_timeline": close_timeline,
     }
 
 
-def print_timeline(console: Console, run: dict) -> None:
-    table = Table(
-        title=f"where the start to {run['workers']} workers went ({run['start_s']:.2f} s)"
-    )
+def print_timeline(console: Console, run: dict, close: bool = False) -> None:
+    if close:
+        title = f"where the close of {run['workers']} workers went ({run['delete_s']:.2f} s)"
+    else:
+        title = f"where the start to {run['workers']} workers went ({run['start_s']:.2f} s)"
+    table = Table(title=title)
     for col, justify in (("s", "right"), ("who", "left"), ("what", "left")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for row in run["timeline"]:
+    for row in run["close_timeline" if close else "timeline"]:
         table.add_row(f"{row['t']:.2f}", row["who"], row["what"][:90])
     console.print(table)
 
@@ -177,6 +188,8 @@ def main() -> None:
         mine = sorted((r for r in runs if r["workers"] == n), key=lambda r: r["start_s"])
         if mine:
             print_timeline(console, mine[len(mine) // 2])
+            by_close = sorted(mine, key=lambda r: r["delete_s"])
+            print_timeline(console, by_close[len(by_close) // 2], close=True)
     out = Path(args.json)
     write_results(
         out, {"image": args.image, "namespace": namespace, "summary": summary, "runs": runs}
