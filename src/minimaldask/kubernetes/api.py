@@ -75,6 +75,8 @@ P = ParamSpec("P")
 FIELD_MANAGER = "minimaldask"
 #: Seconds between two looks at the cluster while waiting.
 POLL = 0.5
+#: Seconds between two looks at a deleted cluster's objects (the kinds still there only).
+GONE_POLL = 0.25
 #: Lines of a crashed container's log shown in the error.
 LOG_TAIL = 20
 #: Bytes of a crashed container's log read to find its first error.
@@ -623,17 +625,30 @@ async def delete_cluster(
 ) -> bool:
     """Delete ``objects`` (kind, name, optional) and wait until no object of ``kinds`` is left.
 
+    The first object (the root) is deleted first, the others at once after it.
+
     An optional object (the janitor's, which a user without the rights to make
     it could not have made) may be forbidden to delete. Returns False when none
     of them existed.
     """
-    existed = False
-    for kind, name, optional in objects:
+
+    async def one(kind: Kind, name: str, optional: bool) -> bool:
         try:
-            existed |= await delete(api, kind, namespace, name)
+            return await delete(api, kind, namespace, name)
         except ForbiddenError:
             if not optional:
                 raise
+            return False
+
+    # The first (the root: what it owns goes with it), then the rest at once; the
+    # first failure in their order is told.
+    todo = list(objects)
+    existed = await one(*todo[0]) if todo else False
+    results = await asyncio.gather(*(one(*o) for o in todo[1:]), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+        existed |= result
     kinds = list(kinds)
     deadline = time.monotonic() + timeout
     # While objects linger (pods ending), only their kinds are listed again, not all a
@@ -653,7 +668,7 @@ async def delete_cluster(
                 f"{timeout:g}s these objects are still there: {', '.join(left)}"
             )
         look = [k for k in kinds if any(o.startswith(f"{k.name}/") for o in left)]
-        await asyncio.sleep(POLL)
+        await asyncio.sleep(GONE_POLL)
 
 
 async def set_replicas(

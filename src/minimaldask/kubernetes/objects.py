@@ -95,8 +95,10 @@ def cluster_kinds(parts: Iterable[Part]) -> list[Kind]:
 def delete_order(parts: Iterable[Part]) -> list[Part]:
     """The root first (what it owns goes with it), then every part in the order it was made.
 
-    The scheduler goes before the workers: a worker told to stop asks its scheduler
-    to move its data, and one whose scheduler is gone stops at once.
+    The delete sends the root's first and the others' at once
+    (:func:`minimaldask.kubernetes.api.delete_cluster`): the garbage collector
+    deletes the root's dependents meanwhile anyway. A scheduler that closes ends
+    its workers through their nannies (``Plugin.before_close``).
     """
     parts = list(parts)
     return [p for p in parts if p.stage == Stage.ROOT] + [p for p in parts if p.stage != Stage.ROOT]
