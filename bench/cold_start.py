@@ -88,6 +88,7 @@ sys.path.insert(0, str(ROOT / "tools" / "localkube"))
 sys.path.insert(0, str(ROOT / "tests"))
 import localkube  # noqa: E402
 from _machine import write_results  # noqa: E402
+from _timeline import _rfc3339  # noqa: E402  (the runtime's nanosecond timestamps)
 from image import conventional  # noqa: E402  (bench/image.py: the conventional image)
 from image_variants import (  # noqa: E402
     Variant,
@@ -321,11 +322,9 @@ def log_lines(namespace: str, pod: str, container: str) -> list[tuple[float, str
     for line in out.splitlines():
         stamp, _, text = line.partition(" ")
         try:
-            whole, _, frac = stamp.rstrip("Z").partition(".")
-            t = datetime.fromisoformat(f"{whole}.{(frac or '0')[:6]}+00:00").timestamp()
+            lines.append((_rfc3339(stamp), text))
         except ValueError:
             continue
-        lines.append((t, text))
     return lines
 
 
