@@ -5,7 +5,9 @@ A variant is named ``COMPRESSION`` or ``COMPRESSION-N``: ``gzip`` is the image a
 tars compressed with zstd (``oci.compress``, as ``image build --compression zstd``
 does, at its default level, 9: the same tar bytes, so the same diff_ids); ``zstd19``
 the same at level 19 (``--compression-level 19``; the tables of docs/performance.md
-made before the level knob name it ``zstd``); ``gzip-1`` / ``zstd-4`` the same
+made before the level knob name it ``zstd``); ``gzip-rev`` the builder's layers in
+the opposite order (the smallest first: containerd unpacks the layers in order, each
+once downloaded, up to 3 downloading at once); ``gzip-1`` / ``zstd-4`` the same
 files repacked into N layers of about equal unpacked size, in the order of the
 builder's layers.
 
@@ -42,6 +44,7 @@ from minimaldask.image import oci, registry
 
 VARIANT = re.compile(
     r"(?P<compression>gzip|zstd)(?P<level>[1-9][0-9]?)?(?:-(?P<layers>[1-9][0-9]?))?"
+    r"(?P<reverse>-rev)?"
 )
 
 
@@ -53,6 +56,7 @@ class Variant:
     compression: str
     layers: int | None
     level: int | None = None  # None: the builder's default (oci.compress)
+    reverse: bool = False  # the layers in the opposite order (the smallest first)
 
 
 def parse_variants(text: str) -> list[Variant]:
@@ -63,14 +67,14 @@ def parse_variants(text: str) -> list[Variant]:
         if not match:
             raise ValueError(
                 f"variant {name!r}: give gzip or zstd (level 9; zstdL for level L, 1 to 22), "
-                "optionally with -N for N layers of about equal size (1 to 99), e.g. "
-                "gzip,zstd,zstd19,zstd-1"
+                "optionally with -N for N layers of about equal size (1 to 99) and -rev for "
+                "the layers in the opposite order, e.g. gzip,zstd,zstd19,zstd-1,gzip-rev"
             )
         layers = int(match["layers"]) if match["layers"] else None
         level = int(match["level"]) if match["level"] else None
         if level is not None and (match["compression"] != "zstd" or level > 22):
             raise ValueError(f"variant {name!r}: a level is for zstd only, 1 to 22 (e.g. zstd19)")
-        out.append(Variant(name, match["compression"], layers, level))
+        out.append(Variant(name, match["compression"], layers, level, bool(match["reverse"])))
     if not out:
         raise ValueError("--variants is empty: give e.g. gzip,zstd")
     return out
@@ -167,6 +171,8 @@ def make_variant(base: str, variant: Variant) -> str:
     if variant.layers is not None:
         tars = repack(tars, variant.layers)
         names = [f"part{i + 1}of{len(tars)}" for i in range(len(tars))]
+    if variant.reverse:  # every layer carries its own directories: the files are the same
+        tars, names = tars[::-1], names[::-1]
     blobs = [oci.Blob(oci.LAYER[variant.compression], _compress(t, variant)) for t in tars]
     diff_ids = [oci.Blob("", t).digest for t in tars]
     config["rootfs"]["diff_ids"] = diff_ids
