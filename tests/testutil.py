@@ -44,6 +44,26 @@ def source_hash() -> str:
     return h.hexdigest()[:16]
 
 
+def why_recomputed(client, twice: dict, lines: int = 200) -> str:
+    """What the scheduler saw of keys computed twice: one key's story and its own log.
+
+    For an assertion's message: the first key's transitions (which worker held
+    it, and the stimulus that lost it), then the scheduler's last ``lines`` log
+    lines (the plugin's drains and retirements, workers leaving).
+    """
+    if not twice:
+        return ""
+    key = sorted(twice)[0]
+    story = client.run_on_scheduler(
+        lambda dask_scheduler, key=key: [str(t) for t in dask_scheduler.story(key)]
+    )
+    logs = [f"{level} {text}" for level, text in client.get_scheduler_logs(n=lines)]
+    return "\n".join(
+        [f"{len(twice)} keys computed twice; the story of {key}:", *story,
+         f"the scheduler's last {lines} log lines (newest first):", *logs]
+    )  # fmt: skip
+
+
 def computed_more_than_once(client, keys) -> dict:
     """Keys whose result the scheduler stored more than once: each time, a result was lost.
 

@@ -20,7 +20,7 @@ from distributed import Client
 
 from minimaldask import MinimalCluster, contract
 from minimaldask.pod import janitor as janitor_module
-from testutil import computed_more_than_once, wait_until
+from testutil import computed_more_than_once, wait_until, why_recomputed
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -279,7 +279,7 @@ def _scale_down_keeps_everything(client, cluster, kube, name, scale_to_one, how=
         f"{len(futures)} scattered and 200 computed keys gathered; {len(twice)} computed twice",
         "yes" if not twice else "no",
     )
-    assert twice == {}
+    assert twice == {}, why_recomputed(client, twice)
 
 
 def test_scaling_down_from_another_process_a_reattached_handle_and_adapt_loses_nothing(
@@ -373,7 +373,7 @@ def test_a_worker_pod_deleted_or_evicted_hands_its_data_over(namespace, kube, cl
             f"{len(futures)} scattered and 300 computed keys gathered; {len(twice)} computed twice",
             "yes" if not twice else "no",
         )
-        assert twice == {}
+        assert twice == {}, why_recomputed(client, twice)
         # The Deployment replaced them: three workers again.
         client.wait_for_workers(3, timeout=180)
     assert kube.objects_of(cluster_name) == []
