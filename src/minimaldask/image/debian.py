@@ -308,6 +308,15 @@ def check_valid_until(release: Mapping[str, str], what: str, now: float | None =
         )
 
 
+def _write_atomically(path: str, data: bytes) -> None:
+    """Write a cache file whole or not at all (builds of other platforms run beside)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 #: The version of the parsed-index cache's format: change it when Package's fields change.
 _PARSED_FORMAT = "1"
 
@@ -412,11 +421,8 @@ class Archive:
              p.depends, p.pre_depends, p.provides, p.source]
             for p in self.packages.values()
         ]  # fmt: skip
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"packages": rows, "providers": self.providers}, f, separators=(",", ":"))
-        os.replace(tmp, path)
+        stored = {"packages": rows, "providers": self.providers}
+        _write_atomically(path, json.dumps(stored, separators=(",", ":")).encode())
 
     def _verify_signature(self, inrelease: str, keyring: str) -> str:
         with open(keyring, "rb") as f:
@@ -440,11 +446,7 @@ class Archive:
         data = _fetch(url, timeout=300)
         _check(data, sha256, size, what)
         if path:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            _write_atomically(path, data)
         return data
 
     def _index(self, text: str) -> None:
