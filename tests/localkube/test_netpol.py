@@ -1,8 +1,12 @@
 """localkube enforces NetworkPolicy (kube-router's controller, iptables and ipset)."""
 
+import itertools
 import json
 import re
 import subprocess
+import threading
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -216,3 +220,117 @@ def test_the_controller_runs_with_its_own_identity_and_only_read_rights(localkub
         ["openssl", "x509", "-noout", "-subject", "-in", localkube.PKI / "netpol.crt"]
     ).stdout
     assert f"CN = {user}" in subject
+
+
+def test_rules_that_others_add_or_delete_while_the_controller_syncs_stay_as_they_left_them(
+    kube_namespace,
+):
+    """Docker's rules for a network it had just created went missing in a CI run (the
+    image suite's containers could not reach each other for 120 s), and rules of networks
+    it had removed came back: kube-router v2.1.0 saves the whole filter table, rebuilds
+    its chains in the copy and restores the whole table, undoing what others changed in
+    between; and when another program puts its jump above the controller's in FORWARD
+    (Docker does at each network it creates), the controller inserts its own at the top
+    again and deletes the old copy by its position, which by then may be another rule.
+
+    Here a program does what Docker does at each network, while NetworkPolicies change
+    all the while (the controller syncs at each change): it moves its jump to the top
+    of FORWARD and appends a rule there; then it deletes half of those rules."""
+    chain = f"LKTEST-{uuid.uuid4().hex[:8]}"
+    iptables = lambda *args, check=True: localkube.run(  # noqa: E731
+        ["iptables", "-w", "5", *args], check=check
+    )
+    rule = lambda i: ["-s", f"192.0.2.{i + 1}/32", "-j", chain]  # noqa: E731
+    jump = ["-j", chain]
+    stop = threading.Event()
+
+    def churn():
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            kube_namespace.apply(netpol(f"churn-{i % 2}"), as_user=False)
+            kube_namespace.kubectl(
+                "delete", "networkpolicy", f"churn-{(i + 1) % 2}", "--ignore-not-found",
+                as_user=False,
+            )  # fmt: skip
+
+    def ours() -> list[str]:
+        return [line for line in iptables("-S", "FORWARD").stdout.splitlines() if chain in line]
+
+    iptables("-N", chain)  # empty: its rules in FORWARD match nothing, and return
+    syncs_before = syncs_started()
+    churner = threading.Thread(target=churn, daemon=True)
+    churner.start()
+    try:
+        for i in range(40):
+            # a jump lost meanwhile cannot be deleted: counted below
+            iptables("-D", "FORWARD", *jump, check=False)
+            iptables("-I", "FORWARD", "1", *jump)
+            iptables("-A", "FORWARD", *rule(i))
+            time.sleep(0.05)
+        for i in range(0, 40, 2):
+            iptables("-D", "FORWARD", *rule(i), check=False)
+            time.sleep(0.05)
+        stop.set()
+        churner.join(timeout=60)
+        syncs = syncs_started() - syncs_before
+        # what the test stands on: the controller synced all the while (12 to 28 times here)
+        assert syncs >= 5, f"the controller synced {syncs} times while the rules changed"
+        print(f"{syncs} syncs while 40 jumps moved, 40 rules were added and 20 deleted")
+        wait_for_two_syncs(kube_namespace)
+        kept = ours()
+        expected = [f"-A FORWARD -j {chain}"]
+        expected += [f"-A FORWARD {' '.join(rule(i))}" for i in range(1, 40, 2)]
+        lost = sorted(set(expected) - set(kept))
+        back = sorted(set(kept) - set(expected))
+        twice = sorted({r for r in kept if kept.count(r) > 1})
+        assert not lost and not back and not twice, (
+            f"lost {len(lost)}: {lost}\ncame back {len(back)}: {back}\ntwice: {twice}"
+        )
+        # and the controller's own jump is first in FORWARD, once
+        forward = iptables("-S", "FORWARD").stdout.splitlines()
+        theirs = [r for r in forward if "-j KUBE-ROUTER-FORWARD" in r]
+        assert len(theirs) == 1 and forward[1] == theirs[0], forward
+    finally:
+        stop.set()
+        for line in ours():
+            iptables("-D", *line.split()[1:], check=False)
+        iptables("-X", chain)
+
+
+def netpol(name: str) -> dict:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+    }
+
+
+def syncs_started() -> int:
+    return (localkube.LOGS / "netpol.log").read_text().count("Starting sync of iptables")
+
+
+def controller_chains() -> set[str]:
+    """The controller's chains: their names carry the sync's version, so they change with each sync."""
+    dump = localkube.run(["iptables-save", "-t", "filter"]).stdout
+    return {
+        line[1:].split()[0]
+        for line in dump.splitlines()
+        if line.startswith((":KUBE-POD-FW-", ":KUBE-NWPLCY-"))
+    }
+
+
+def wait_for_two_syncs(namespace) -> None:
+    """Return once two syncs have restored after the call: the second one's save came
+    after the first one's restore (the controller syncs one at a time), so it holds
+    every change made before the call."""
+    for k in range(2):
+        before = controller_chains()
+        namespace.apply(netpol(f"marker-{k}"), as_user=False)
+        localkube.wait_for(
+            f"sync {k + 1} of 2 of the NetworkPolicy controller",
+            60,
+            lambda before=before: controller_chains() != before,
+            interval=0.1,
+        )

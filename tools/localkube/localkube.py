@@ -277,6 +277,29 @@ ARCH_BUILDS = [("arm64", "", "arm64"), ("arm", "7", "armv7")]
 ARCH_PLATFORMS = {"arm64": ("arm64", "v8"), "armv7": ("arm", "v7")}
 
 
+def netpol_shim_files() -> dict[str, bytes]:
+    """kube-router's PATH directory: its iptables-restore is netpol_shim.py, its iptables
+    sends a delete by position there and the rest to the real command (netpol_shim.py
+    says why)."""
+    source = (HERE / "netpol_shim.py").read_bytes()
+    files = {name: source for name in ("iptables-shim", "iptables-restore", "ip6tables-restore")}
+    for family in ("iptables", "ip6tables"):
+        files[family] = f"""#!/bin/sh
+# localkube: kube-router's {family}; a delete goes to iptables-shim (netpol_shim.py)
+case " $* " in *" -D "*) exec python3 "$(dirname "$0")/iptables-shim" {family} "$@" ;; esac
+exec "$LOCALKUBE_IPTABLES_DIR/{family}" "$@"
+""".encode()
+    return files
+
+
+def netpol_shim_dir() -> Path:
+    """netpol_shim_files() in the state directory (it outlives the checkout that ran up)."""
+    shim = STATE / "netpol-path"
+    for name, content in netpol_shim_files().items():
+        write(shim / name, content, mode=0o755)
+    return shim
+
+
 def go_version() -> str:
     return run(["go", "env", "GOVERSION"]).stdout.strip()
 
@@ -2358,7 +2381,9 @@ def up(timeout_scale: float = 1.0, audit: bool | None = None) -> None:
 
     with stage("NetworkPolicy (kube-router)", timings):
         # It reads this node's object at start, so it starts once the node is registered,
-        # and before the first pod (CoreDNS) runs.
+        # and before the first pod (CoreDNS) runs. Its iptables-restore and its deletes
+        # by position touch its own rules only (netpol_shim.py says why).
+        shim = netpol_shim_dir()
         start(
             "netpol",
             [
@@ -2377,7 +2402,11 @@ def up(timeout_scale: float = 1.0, audit: bool | None = None) -> None:
                 "--metrics-port=0",
                 "--v=1",
             ],
-            env={"NODE_NAME": NODE_NAME},
+            env={
+                "NODE_NAME": NODE_NAME,
+                "PATH": f"{shim}{os.pathsep}{local_env().get('PATH', os.defpath)}",
+                "LOCALKUBE_IPTABLES_DIR": str(Path(APT_PACKAGES["iptables"]).parent),
+            },
         )
         wait_for(
             "kube-router's chains in FORWARD",
