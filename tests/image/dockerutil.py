@@ -141,6 +141,14 @@ class Network:
         result = docker("logs", f"{self.name}-{name}", check=False)
         return result.stdout + result.stderr
 
+    def all_logs(self):
+        """Every detached container's log, each under its name: what a failure shows."""
+        prefix = f"{self.name}-"
+        return "".join(
+            f"\n--- {c.removeprefix(prefix)}\n{self.logs(c.removeprefix(prefix))}"
+            for c in self.containers
+        )
+
     def wait_log(self, name, text, timeout=180):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -42,7 +42,7 @@ def test_dockerfile_builds_and_computes(docker_engine):
             "client", entrypoint="/usr/bin/python3", args=["-c", COMPUTE, "tcp://master-node:8786"],
             detach=False,
         )  # fmt: skip
-        assert client.returncode == 0, client.stdout + client.stderr + net.logs("worker")
+        assert client.returncode == 0, client.stdout + client.stderr + net.all_logs()
         assert "computation ok" in client.stdout
     finally:
         net.close()

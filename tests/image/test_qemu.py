@@ -85,7 +85,7 @@ def test_image_imports_verifies_and_computes(platform, flavor, python, images, l
             "client", entrypoint="/usr/bin/python3", args=["-c", COMPUTE, "tcp://master-node:8786"],
             detach=False,
         )  # fmt: skip
-        assert client.returncode == 0, client.stdout + client.stderr + net.logs("worker")
+        assert client.returncode == 0, client.stdout + client.stderr + net.all_logs()
         assert "computation ok" in client.stdout
     finally:
         net.close()
