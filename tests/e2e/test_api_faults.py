@@ -14,7 +14,7 @@ import pytest
 import yaml
 from distributed import Client
 
-from minimaldask import MinimalCluster, delete_dask_cluster
+from minimaldask import MinimalCluster, contract, delete_dask_cluster
 from minimaldask.exceptions import KubernetesError
 from testutil import wait_until
 
@@ -30,7 +30,8 @@ class ApiProxy:
 
     ``blackhole()``: every connection, open or new, is accepted and never
     answered. ``drop(seconds)``: open connections are reset, and new ones for
-    ``seconds``. ``passthrough()``: back to normal.
+    ``seconds``. ``cut_answers(window, then_drop)``: a connection is reset when an
+    answer comes on it, then ``drop``. ``passthrough()``: back to normal.
     """
 
     def __init__(self, upstream: tuple[str, int]) -> None:
@@ -84,6 +85,17 @@ class ApiProxy:
 
         self._run(reset())
 
+    def cut_answers(self, window: float, then_drop: float) -> None:
+        """For ``window`` seconds, reset each connection when an answer comes on it (a
+        request in flight fails: a port-forwarded call, say); then ``drop(then_drop)``."""
+
+        async def cut() -> None:
+            self.mode = "cut"
+            await asyncio.sleep(window)
+
+        self._run(cut())
+        self.drop(then_drop)
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.mode == "drop":
             self.dropped += 1
@@ -99,7 +111,9 @@ class ApiProxy:
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
             self._open.add(up_writer)
             try:
-                await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+                await asyncio.gather(
+                    self._pipe(reader, up_writer), self._pipe(up_reader, writer, answers=True)
+                )
             finally:
                 self._open.discard(up_writer)
                 up_writer.transport.abort()
@@ -109,10 +123,15 @@ class ApiProxy:
             self._open.discard(writer)
             writer.transport.abort()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answers: bool = False
+    ) -> None:
         while data := await reader.read(65536):
             if self.mode == "blackhole":  # an open connection goes silent too
                 continue
+            if self.mode == "cut" and answers:
+                self.dropped += 1
+                break
             writer.write(data)
             await writer.drain()
         writer.transport.abort()
@@ -244,6 +263,57 @@ def test_a_handle_says_when_its_scheduler_stops_answering(proxy, namespace, kube
         assert wait_until(lambda: "answers again after" in logs(cluster), 120), logs(cluster)
         print(f"answering again {time.monotonic() - t:.0f}s after the API server came back")
         assert "a new one" not in logs(cluster)  # the same scheduler: nothing was lost
+        with Client(cluster) as client:
+            assert client.submit(sum, [1, 2]).result(timeout=60) == 3
+    assert kube.objects_of(cluster_name) == []
+
+
+def test_a_start_asks_again_when_its_scheduler_connection_drops_while_it_counts_workers(
+    proxy, namespace, kube, cluster_name, monkeypatch
+):
+    """The start counts the workers by asking the scheduler through the port-forward,
+    which goes through the API server. One dropped connection there failed the start at
+    once (a CPU-starved node showed it: CommClosedError from ncores_running). A
+    NetworkPolicy holds the workers back (no egress) while the start counts them; then
+    for 1 s each connection is reset as an answer comes on it (the counts' among them),
+    and for 5 s more every connection is refused; the workers are let go after."""
+    said: list[str] = []
+    log = MinimalCluster._log
+    monkeypatch.setattr(MinimalCluster, "_log", lambda self, m: (said.append(m), log(self, m))[1])
+    hold = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "hold-the-workers"},
+        "spec": {
+            "podSelector": {"matchLabels": contract.selector(cluster_name, contract.WORKER)},
+            "policyTypes": ["Egress"],
+        },
+    }
+    kube.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(hold))
+    faults: list[str] = []
+
+    def drop_while_counting():
+        if not wait_until(
+            lambda: any(m.startswith("Waiting for 1 worker") for m in said), 180, 0.1
+        ):
+            return
+        time.sleep(1)  # a count or more answered: the connection is there
+        faults.append(f"cut {time.monotonic() - t:.1f}s into the start")
+        proxy.cut_answers(1, then_drop=5)
+        time.sleep(3)  # a few counts unanswered after the API server is back
+        kube.kubectl("delete", "networkpolicy", "hold-the-workers", "-n", namespace)
+        faults.append(f"workers let go {time.monotonic() - t:.1f}s into the start")
+
+    dropper = threading.Thread(target=drop_while_counting, daemon=True)
+    t = time.monotonic()
+    dropper.start()
+    with MinimalCluster(name=cluster_name, workers=1, startup_timeout=180) as cluster:
+        print(f"started in {time.monotonic() - t:.0f}s; {'; '.join(faults)}")
+        dropper.join(10)
+        assert len(faults) == 2, f"no fault was injected: {said}"
+        unanswered = [m for m in said if "the scheduler did not answer" in m]
+        assert unanswered, f"the drop did not reach the count: {said}"
+        print(unanswered[0])
         with Client(cluster) as client:
             assert client.submit(sum, [1, 2]).result(timeout=60) == 3
     assert kube.objects_of(cluster_name) == []

@@ -597,8 +597,22 @@ class KubernetesBackend(Backend):
         selector = contract.label_selector(spec.name, contract.WORKER)
         scheduler_ready = math.inf
         looked = -math.inf
+        connected = 0
+        #: Why the scheduler did not answer the last count, if it did not: its connection goes
+        #: through the port-forward, which a busy node or API server may drop. Asked again
+        #: until the deadline; only a scheduler that stopped answering for good fails the start.
+        unanswered: OSError | None = None
         while True:
-            connected = await count()
+            try:
+                connected = await count()
+                unanswered = None
+            except OSError as e:  # CommClosedError is one
+                if unanswered is None:  # said at once: the next answer may come before a look
+                    self._say(
+                        f"{connected} of {n} workers connected; the scheduler did not answer "
+                        f"({e!r}), asking again"
+                    )
+                unanswered = e
             now = time.monotonic()
             # The scheduler's count decides; the pods are read less often, and once more at the end.
             if connected < n and now - looked < LOOK_EVERY and now <= deadline:
@@ -623,12 +637,23 @@ class KubernetesBackend(Backend):
                 states[pod_phase(p)] = states.get(pod_phase(p), 0) + 1
             summary = ", ".join(f"{v} {k}" for k, v in sorted(states.items())) or "no pod yet"
             waiting = waiting_for(live, "workers")
+            silent = ""
+            if unanswered is not None:
+                silent = f"; the scheduler did not answer ({unanswered!r}), asking again"
             self._say(
                 f"{connected} of {n} workers connected (pods: {summary})"
                 + (f"; {waiting}" if waiting else "")
+                + silent
             )
             if time.monotonic() > deadline:
                 await self._fail_on_transient(live)
+                if unanswered is not None:
+                    raise ClusterStartError(
+                        f"the scheduler of {spec.name!r} did not answer within "
+                        f"startup_timeout={spec.startup_timeout:g}s: {unanswered!r} "
+                        f"({connected} of {n} workers connected when it last did; worker pods: "
+                        f"{summary})"
+                    ) from unanswered
                 raise ClusterStartError(
                     f"{connected} of {n} workers connected to {spec.name!r} within "
                     f"startup_timeout={spec.startup_timeout:g}s (worker pods: {summary}); "
