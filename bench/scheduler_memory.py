@@ -98,7 +98,7 @@ def main() -> None:
             if n:
                 client.wait_for_workers(n, timeout=args.timeout)
             deadline = time.monotonic() + args.timeout
-            while len(client.scheduler_info()["workers"]) != n:
+            while len(client.nthreads()) != n:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"the cluster did not come to {n} workers in {args.timeout}s")
                 time.sleep(0.5)

@@ -27,9 +27,9 @@ def cells(backend: str, namespace: str, name: str, extra: str = "") -> list[str]
         "cluster.scale(1)\nclient.wait_for_workers(1)\n"
         "import time\n"
         "deadline = time.monotonic() + 60\n"
-        "while len(client.scheduler_info()['workers']) != 1 and time.monotonic() < deadline:\n"
+        "while len(client.nthreads()) != 1 and time.monotonic() < deadline:\n"
         "    time.sleep(0.5)\n"
-        "print(json.dumps({'workers': len(client.scheduler_info()['workers'])}))",
+        "print(json.dumps({'workers': len(client.nthreads())}))",
         f"client.close()\nprint(json.dumps({{'deleted': delete_dask_cluster({where})}}))",
         f"print(json.dumps({{'after': [c.name for c in list_clusters(namespace={namespace!r}, "
         f"backend={backend!r})]}}))",

@@ -24,6 +24,18 @@ def cluster_processes(name):
     return found
 
 
+def workers_of(client) -> dict:
+    """The scheduler's workers now, by address, asked of the scheduler itself.
+
+    Not ``client.scheduler_info()["workers"]``: distributed (2026.8.0) returns its
+    cache from that call, which the client's periodic poll (every 2 s, no per-worker
+    details) can overwrite between the fresh fetch and the return: now and then the
+    answer has no workers at all (tests/integration/test_local_backend.py counts how
+    often). A CI run once failed on it (a scale-down test's KeyError).
+    """
+    return client.sync(client.scheduler.identity, n_workers=-1)["workers"]
+
+
 def wait_until(predicate, timeout, interval=0.5):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

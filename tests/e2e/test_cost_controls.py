@@ -22,7 +22,7 @@ from distributed import Client
 from distributed.client import FutureCancelledError
 
 from minimaldask import MinimalCluster, list_clusters
-from testutil import computed_more_than_once, wait_until
+from testutil import computed_more_than_once, wait_until, workers_of
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -120,7 +120,7 @@ def test_adapt_scales_with_the_work_without_losing_data_and_without_the_client(
         def watch():
             nonlocal peak
             while not done.is_set():
-                peak = max(peak, len(client.scheduler_info()["workers"]))
+                peak = max(peak, len(workers_of(client)))
                 time.sleep(1)
 
         done = threading.Event()
@@ -133,7 +133,7 @@ def test_adapt_scales_with_the_work_without_losing_data_and_without_the_client(
         seen = set()
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
-            n = len(client.scheduler_info()["workers"])
+            n = len(workers_of(client))
             seen.add(n)
             assert client.gather(keys) == [i * 2 for i in range(1000)]
             if n == 1 and replicas(kube, cluster_name) == 1:

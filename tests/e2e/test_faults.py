@@ -20,7 +20,7 @@ from distributed import Client
 
 from minimaldask import MinimalCluster, contract
 from minimaldask.pod import janitor as janitor_module
-from testutil import computed_more_than_once, wait_until, why_recomputed
+from testutil import computed_more_than_once, wait_until, why_recomputed, workers_of
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -57,7 +57,7 @@ def unique_data_on_each_worker(client, size=200_000):
     import numpy as np
 
     futures = {}
-    for address, info in client.scheduler_info()["workers"].items():
+    for address, info in workers_of(client).items():
         (futures[info["name"]],) = client.scatter(
             [np.full(size, hash(info["name"]) % 1000, dtype="int64")],
             workers=[address],
@@ -267,7 +267,7 @@ def _scale_down_keeps_everything(client, cluster, kube, name, scale_to_one, how=
     computed = client.map(lambda i: i * 3, range(200), pure=False)
     distributed.wait(computed)
     scale_to_one()
-    assert wait_until(lambda: len(client.scheduler_info()["workers"]) == 1, 120)
+    assert wait_until(lambda: len(workers_of(client)) == 1, 120)
     assert wait_until(lambda: len(kube.pods(name, "worker")) == 1, 120)
     for worker, future in futures.items():
         assert int(future.result(timeout=60)[0]) == hash(worker) % 1000

@@ -15,7 +15,7 @@ from distributed import Client
 
 import localkube
 from minimaldask import MinimalCluster, contract
-from testutil import wait_until
+from testutil import wait_until, workers_of
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -200,7 +200,7 @@ def test_a_worker_that_fills_its_tmp_is_evicted_alone_and_its_work_redone(
         MinimalCluster(name=cluster_name, workers=2, tmp_size="64Mi") as cluster,
         Client(cluster) as client,
     ):
-        workers = client.scheduler_info()["workers"]
+        workers = workers_of(client)
         futures = client.map(lambda i: i * 7, range(100), pure=False)
         client.gather(futures)
         victim_address, victim = next((a, w["name"]) for a, w in workers.items())

@@ -22,7 +22,7 @@ from distributed import Client
 
 from minimaldask import contract
 from minimaldask.pod import drain
-from testutil import computed_more_than_once
+from testutil import computed_more_than_once, workers_of
 
 
 def _free_port() -> int:
@@ -191,7 +191,7 @@ def test_a_drain_waits_for_the_tasks_the_worker_is_computing(processes):
 
 
 def _address(client: Client, name: str) -> str:
-    for address, info in client.scheduler_info()["workers"].items():
+    for address, info in workers_of(client).items():
         if info["name"] == name:
             return address
     raise AssertionError(f"no worker named {name!r}")

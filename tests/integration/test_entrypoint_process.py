@@ -10,6 +10,8 @@ import time
 import pytest
 from distributed import Client
 
+from testutil import workers_of
+
 
 def run_entrypoint(env, timeout=120):
     return subprocess.run(
@@ -74,7 +76,7 @@ def test_scheduler_and_worker_exec_dask_and_sigterm_is_graceful(tmp_path):
             client.wait_for_workers(1, timeout=120)
             # The pip package installed at start is importable in the worker.
             assert client.submit(lambda: __import__("camelcase").__name__).result() == "camelcase"
-            assert next(iter(client.scheduler_info()["workers"].values()))["name"] == "w1"
+            assert next(iter(workers_of(client).values()))["name"] == "w1"
         # exec: the process we started *is* the dask worker, so it gets SIGTERM itself.
         worker.send_signal(signal.SIGTERM)
         t = time.monotonic()

@@ -23,7 +23,7 @@ from minimaldask import (
 from minimaldask.cli import article_computation
 from minimaldask.exceptions import ClusterNotFoundError, ClusterStartError
 from minimaldask.local.backend import state_root
-from testutil import cluster_processes, computed_more_than_once, wait_until
+from testutil import cluster_processes, computed_more_than_once, wait_until, workers_of
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -32,7 +32,7 @@ def test_article_computation_on_two_local_workers(cluster_name):
     z = article_computation()
     with MinimalCluster(name=cluster_name, backend="local", workers=2) as cluster:
         with Client(cluster) as client:
-            assert len(client.scheduler_info()["workers"]) == 2
+            assert len(workers_of(client)) == 2
             result = client.compute(z).result()
         assert cluster.dashboard_link.startswith("http://127.0.0.1:")
     np.testing.assert_allclose(result, z.compute(scheduler="sync"))
@@ -44,7 +44,7 @@ def test_scale_up_and_down_keeps_every_persisted_key(cluster_name):
         with Client(cluster) as client:
             cluster.scale(3)
             client.wait_for_workers(3, timeout=60)
-            addresses = sorted(client.scheduler_info()["workers"])
+            addresses = sorted(workers_of(client))
             # 200 keys, pinned round-robin so that every worker holds some.
             futures = [
                 client.submit(np.full, 1000, i, workers=[addresses[i % 3]], pure=False)
@@ -54,7 +54,7 @@ def test_scale_up_and_down_keeps_every_persisted_key(cluster_name):
             holders = {w for ws in client.who_has(futures).values() for w in ws}
             assert len(holders) == 3
             cluster.scale(1)
-            assert wait_until(lambda: len(client.scheduler_info()["workers"]) == 1, 30)
+            assert wait_until(lambda: len(workers_of(client)) == 1, 30)
             assert len(cluster.requested) == 1
             values = client.gather(futures)
             assert [int(v[0]) for v in values] == list(range(200))
