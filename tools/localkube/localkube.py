@@ -50,6 +50,8 @@ RECIPE = HERE / "recipe"
 CACHE_ROOT = Path(os.environ.get("LOCALKUBE_CACHE", "/var/cache/localkube"))
 STATE = Path(os.environ.get("LOCALKUBE_STATE", "/var/lib/localkube"))
 RUN = Path(os.environ.get("LOCALKUBE_RUN", "/run/localkube"))
+#: Present when up bound /run/netns onto itself (see share_netns_dir); down then undoes it.
+NETNS_BIND = STATE / "netns-bind"
 
 NODE_NAME = "localkube"
 NODE_IFACE = "localkube0"  # portless bridge carrying the node IP
@@ -1593,6 +1595,24 @@ def leak_counters() -> dict[str, dict]:
     return result
 
 
+def share_netns_dir() -> None:
+    """Make /run/netns a shared mount point of its own before any pod's namespace is in it.
+
+    `ip netns add` (the shaped link's namespace, tests/localkube/test_network.py) does
+    this when it is not yet: it binds /run/netns onto itself. Done while pods run, that
+    bind covers the pods' namespace mounts made before it: down could then neither
+    unmount them nor delete their files (EBUSY; a cold machine's CI run failed so).
+    Done here first, `ip netns add` only shares it again, and every mount goes on top.
+    down undoes the bind it made (NETNS_BIND names it).
+    """
+    netns = Path("/run/netns")
+    netns.mkdir(exist_ok=True)
+    if str(netns) not in mounts():
+        run(["mount", "--rbind", str(netns), str(netns)])
+        write(NETNS_BIND, "made by up\n")
+    run(["mount", "--make-rshared", str(netns)])
+
+
 def setup_host() -> None:
     saved = {k: read_sysctl(k) for k in SYSCTLS}
     write(STATE / "saved-sysctls.json", json.dumps(saved, indent=1))
@@ -1600,6 +1620,7 @@ def setup_host() -> None:
         STATE / "saved-dirs.json", json.dumps({d: Path(d).exists() for d in FOREIGN_DIRS}, indent=1)
     )
     write(STATE / "saved-ipsets.json", json.dumps(ipsets()))
+    share_netns_dir()
     if read_sysctl("net/bridge/bridge-nf-call-iptables") is None:
         run(["modprobe", "br_netfilter"], check=False)
         if read_sysctl("net/bridge/bridge-nf-call-iptables") is None:
@@ -2607,6 +2628,8 @@ def down() -> None:
             run(["umount", "-l", point], check=False)
     for ns in Path("/run/netns").glob("cni-*"):
         ns.unlink(missing_ok=True)
+    if NETNS_BIND.exists():
+        run(["umount", "/run/netns"], check=False)  # a namespace not ours holds it: kept
     for link in (BRIDGE, NODE_IFACE):
         if run(["ip", "link", "show", link], check=False).returncode == 0:
             run(["ip", "link", "delete", link])
