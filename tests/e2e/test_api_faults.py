@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 from urllib.parse import urlsplit
@@ -16,6 +17,7 @@ from distributed import Client
 
 from minimaldask import MinimalCluster, contract, delete_dask_cluster
 from minimaldask.exceptions import KubernetesError
+from minimaldask.kubernetes import api
 from testutil import wait_until
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
@@ -316,4 +318,51 @@ def test_a_start_asks_again_when_its_scheduler_connection_drops_while_it_counts_
         print(unanswered[0])
         with Client(cluster) as client:
             assert client.submit(sum, [1, 2]).result(timeout=60) == 3
+    assert kube.objects_of(cluster_name) == []
+
+
+def read_responses(sock: socket.socket, count: int, deadline: float) -> list[int]:
+    """Read ``count`` HTTP/1.1 responses from ``sock``; their status codes (the bodies are
+    read whole, by their Content-Length). A connection that ends early ends the list."""
+    buffer, codes = b"", []
+    while len(codes) < count and time.monotonic() < deadline:
+        head_end = buffer.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = buffer[:head_end].decode("latin-1").split("\r\n")
+            length = next(
+                int(line.split(":", 1)[1])
+                for line in head
+                if line.lower().startswith("content-length:")
+            )
+            if len(buffer) >= head_end + 4 + length:
+                codes.append(int(head[0].split()[1]))
+                buffer = buffer[head_end + 4 + length :]
+                continue
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        buffer += chunk
+    return codes
+
+
+def test_a_port_forwarded_reader_that_pauses_keeps_its_connection(
+    namespace, kube, cluster_name, monkeypatch
+):
+    # A dask client on a busy machine (or one taking a large result) reads slower than the
+    # pod sends: the forward's websocket queues the frames, and a pong waits behind them.
+    # That is no reason to end the connection (httpx-ws' own keepalive did).
+    monkeypatch.setattr(api, "WS_PING", 3.0)
+    with MinimalCluster(name=cluster_name, workers=0) as cluster:
+        dashboard = urlsplit(cluster.dashboard_link)
+        request = b"GET /static/js/bokeh.min.js HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        with socket.create_connection((dashboard.hostname, dashboard.port), timeout=30) as s:
+            s.sendall(request)
+            assert read_responses(s, 1, time.monotonic() + 60) == [200]
+            # 48 of them at once (about 60 MB), and nothing read for 4 pings' time.
+            s.sendall(request * 48)
+            time.sleep(4 * api.WS_PING)
+            t = time.monotonic()
+            codes = read_responses(s, 48, time.monotonic() + 120)
+            print(f"48 responses after the pause: {len(codes)} read in {time.monotonic() - t:.1f}s")
+            assert codes == [200] * 48
     assert kube.objects_of(cluster_name) == []

@@ -992,8 +992,11 @@ WAIT_FOR_POD = 30.0
 #: Seconds stopping a port-forward waits for its connections to end.
 STOP_WAIT = 5.0
 #: Seconds between the pings that keep a forwarded connection's websocket alive; one
-#: unanswered for as long ends it (a dead API server or node is noticed).
+#: unanswered for as long, while nothing else came either, ends it (a dead API server or
+#: node is noticed). See :class:`_Keepalive`.
 WS_PING = 15.0
+#: Seconds a ping's deadline waits for what arrived while the event loop was held.
+LATE_LOOK = 0.5
 #: Seconds between two looks for a Ready pod while a port-forward's connection waits for one.
 PICK_EVERY = 0.25
 
@@ -1013,7 +1016,7 @@ class Forward:
     Not a plain request: finding the pod has its own deadline (WAIT_FOR_POD),
     the websocket's upgrade has the client's connect and read timeouts, then it
     lives as long as its connection, and pings (WS_PING) end it when the other
-    side is gone.
+    side is gone (:class:`_Keepalive`: not when the local reader is the slow one).
     """
 
     def __init__(self, api: kr8s.asyncio.Api, namespace: str, selector: str, port: int) -> None:
@@ -1082,8 +1085,9 @@ class Forward:
                 namespace=self.namespace,
                 url=f"{POD.plural}/{pod}/portforward",
                 params={"ports": str(self.port)},
-                keepalive_ping_interval_seconds=WS_PING,
-                keepalive_ping_timeout_seconds=WS_PING,
+                # httpx-ws' own keepalive takes a pong queued behind data that the
+                # local reader has not taken yet for silence: ours does not.
+                keepalive_ping_interval_seconds=None,
             ) as ws:
                 await _relay(ws, reader, writer)
         except asyncio.CancelledError:
@@ -1097,12 +1101,56 @@ class Forward:
             writer.close()
 
 
+class _Keepalive:
+    """Whether a forwarded connection's other side is gone: pings, judged fairly.
+
+    httpx-ws takes a websocket's frames off the network in the background and
+    queues them (512 at most) until the relay takes them; while that queue is
+    full it reads nothing more, a pong included. Its own keepalive then ends a
+    connection whose API server answered at once, because the local reader
+    (a dask client on a busy or starved machine, a large result) is slower than
+    the pod: with a local websocket server and pings every second, a reader
+    taking 10 ms per 32 KiB frame lost its connection after 2.1 s
+    (tests/integration/test_forward_keepalive.py). Here a ping unanswered for
+    WS_PING ends the connection only if the relay has waited on an empty queue
+    for all that time: nothing at all came, so nothing hides the pong. And the
+    look at the deadline waits LATE_LOOK more, so that a pong that arrived while
+    the event loop was held (a long pause of the process) is counted first.
+    """
+
+    def __init__(self) -> None:
+        #: Since when the relay has waited for a frame (monotonic); None while it delivers one.
+        self.idle_since: float | None = time.monotonic()
+
+    def silent_for(self, seconds: float) -> bool:
+        """Whether the relay has waited on an empty queue for ``seconds`` at least."""
+        return self.idle_since is not None and time.monotonic() - self.idle_since >= seconds
+
+    async def run(self, ws: Any) -> None:
+        """Ping every WS_PING; raise ConnectionError when the other side is silent."""
+        while True:
+            await asyncio.sleep(WS_PING)
+            pong = await ws.ping()
+            while True:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(pong.wait(), WS_PING)
+                # What came while the loop was held is read first.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(pong.wait(), LATE_LOOK)
+                if pong.is_set():
+                    break
+                if self.silent_for(WS_PING):
+                    raise ConnectionError(f"no answer to a ping for {WS_PING:g}s")
+
+
 async def _relay(ws: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Copy bytes both ways until one side ends (Kubernetes' port-forward websocket protocol).
 
     Every frame starts with its channel: 0 carries the data, 1 the errors; the
-    first frame of each channel names the port.
+    first frame of each channel names the port. A silent other side ends it
+    (:class:`_Keepalive`).
     """
+    keepalive = _Keepalive()
 
     async def to_pod() -> None:
         while data := await reader.read(64 * 1024):
@@ -1111,7 +1159,9 @@ async def _relay(ws: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWr
     async def from_pod() -> None:
         seen: set[int] = set()
         while True:
+            keepalive.idle_since = time.monotonic()
             message = await ws.receive_bytes()
+            keepalive.idle_since = None
             channel, data = message[0], message[1:]
             if channel not in seen:
                 seen.add(channel)
@@ -1121,7 +1171,11 @@ async def _relay(ws: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWr
                 writer.write(data)
                 await writer.drain()
 
-    tasks = [asyncio.ensure_future(to_pod()), asyncio.ensure_future(from_pod())]
+    tasks = [
+        asyncio.ensure_future(to_pod()),
+        asyncio.ensure_future(from_pod()),
+        asyncio.ensure_future(keepalive.run(ws)),
+    ]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
