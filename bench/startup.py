@@ -14,6 +14,12 @@ to N workers, and of the median close): the client's requests and log lines, eac
 pod's milestones from a watch, and the containers' own log lines with the
 runtime's timestamps; for the close, the client's deletes, and each pod's end
 (deleting, container ended, gone) from the watch.
+
+``--variant LABEL:NAME=VALUE[,NAME=VALUE...]`` (repeatable) adds runs whose pods
+get those variables, alternating with the default's runs, and the table gives
+each variant's median over the default's, measured in the same run. For example
+``--variant spawn:DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD=spawn``
+measures distributed's way of starting a worker process against ours (fork).
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ def one_run(
     image: str,
     resources: dict,
     worker_options: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict:
     watch = PodWatch(namespace, name).start()
     wall0 = time.time()
@@ -80,6 +87,7 @@ def one_run(
         resources=resources,
         scheduler_resources={"cpu": "100m", "memory": "384Mi"},
         worker_options=worker_options or [],
+        env=env or {},
         quiet=True,
     )
     started = time.perf_counter() - t0
@@ -108,17 +116,31 @@ def one_run(
     }
 
 
-def print_timeline(console: Console, run: dict, close: bool = False) -> None:
+def print_timeline(console: Console, run: dict, close: bool = False, label: str = "") -> None:
     if close:
         title = f"where the close of {run['workers']} workers went ({run['delete_s']:.2f} s)"
     else:
         title = f"where the start to {run['workers']} workers went ({run['start_s']:.2f} s)"
+    if label and label != "default":
+        title += f", {label}"
     table = Table(title=title)
     for col, justify in (("s", "right"), ("who", "left"), ("what", "left")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for row in run["close_timeline" if close else "timeline"]:
         table.add_row(f"{row['t']:.2f}", row["who"], row["what"][:90])
     console.print(table)
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """``LABEL:NAME=VALUE,NAME=VALUE`` to the label and the variables."""
+    label, sep, assignments = text.partition(":")
+    env = dict(a.split("=", 1) for a in assignments.split(",") if "=" in a)
+    if not sep or not label or not env or label == "default":
+        raise argparse.ArgumentTypeError(
+            f"invalid --variant {text!r}: expected LABEL:NAME=VALUE[,NAME=VALUE...], "
+            "LABEL not 'default'"
+        )
+    return label, env
 
 
 def main() -> None:
@@ -138,7 +160,16 @@ def main() -> None:
     parser.add_argument(
         "--timeline", default="3", help="print the median run's timeline for these N (e.g. 1,3)"
     )
+    parser.add_argument(
+        "--variant",
+        type=parse_variant,
+        action="append",
+        default=[],
+        metavar="LABEL:NAME=VALUE[,NAME=VALUE]",
+        help="also run with these pod variables, alternating with the default",
+    )
     args = parser.parse_args()
+    variants: list[tuple[str, dict[str, str]]] = [("default", {}), *args.variant]
     if "KUBECONFIG" not in os.environ and LOCALKUBE_USER.exists():
         os.environ["KUBECONFIG"] = str(LOCALKUBE_USER)
     namespace = args.namespace or ("minimaldask-e2e" if LOCALKUBE_USER.exists() else "default")
@@ -156,43 +187,69 @@ def main() -> None:
     runs = []
     for n in [int(x) for x in args.workers.split(",")]:
         for i in range(args.repeat):
-            run = one_run(f"bench-{n}-{i}", namespace, n, args.image, resources, options)
-            console.print(
-                f"N={n} run {i + 1}: start {run['start_s']:.2f}s, delete {run['delete_s']:.2f}s"
-            )
-            runs.append(run)
+            for label, env in variants:  # alternating: the machine's noise falls on all
+                run = one_run(f"bench-{n}-{i}", namespace, n, args.image, resources, options, env)
+                run["variant"] = label
+                console.print(
+                    f"N={n} run {i + 1} ({label}): start {run['start_s']:.2f}s, "
+                    f"delete {run['delete_s']:.2f}s"
+                )
+                runs.append(run)
 
     summary = []
     table = Table(title=f"minimaldask start-up on Kubernetes ({args.image})")
-    for col in ("workers", "start median (s)", "start min (s)", "delete median (s)", "runs"):
+    columns = ["workers", "variant", "start median (s)", "start min (s)", "delete median (s)"]
+    if len(variants) > 1:
+        columns += ["start / default", "delete / default"]
+    for col in [*columns, "runs"]:
         table.add_column(col, justify="right")
     for n in sorted({r["workers"] for r in runs}):
-        mine = [r for r in runs if r["workers"] == n]
-        row = {
-            "workers": n,
-            "start_median_s": statistics.median(r["start_s"] for r in mine),
-            "start_min_s": min(r["start_s"] for r in mine),
-            "delete_median_s": statistics.median(r["delete_s"] for r in mine),
-            "runs": len(mine),
-        }
-        summary.append(row)
-        table.add_row(
-            str(n),
-            f"{row['start_median_s']:.2f}",
-            f"{row['start_min_s']:.2f}",
-            f"{row['delete_median_s']:.2f}",
-            str(row["runs"]),
-        )
+        base: dict = {}
+        for label, _ in variants:
+            mine = [r for r in runs if r["workers"] == n and r["variant"] == label]
+            row = {
+                "workers": n,
+                "variant": label,
+                "start_median_s": statistics.median(r["start_s"] for r in mine),
+                "start_min_s": min(r["start_s"] for r in mine),
+                "delete_median_s": statistics.median(r["delete_s"] for r in mine),
+                "runs": len(mine),
+            }
+            base = base or row
+            cells = [
+                str(n),
+                label,
+                f"{row['start_median_s']:.2f}",
+                f"{row['start_min_s']:.2f}",
+                f"{row['delete_median_s']:.2f}",
+            ]
+            if len(variants) > 1:
+                row["start_ratio"] = row["start_median_s"] / base["start_median_s"]
+                row["delete_ratio"] = row["delete_median_s"] / base["delete_median_s"]
+                cells += [f"{row['start_ratio']:.2f}", f"{row['delete_ratio']:.2f}"]
+            summary.append(row)
+            table.add_row(*cells, str(row["runs"]))
     console.print(table)
     for n in [int(x) for x in args.timeline.split(",") if x]:
-        mine = sorted((r for r in runs if r["workers"] == n), key=lambda r: r["start_s"])
-        if mine:
-            print_timeline(console, mine[len(mine) // 2])
-            by_close = sorted(mine, key=lambda r: r["delete_s"])
-            print_timeline(console, by_close[len(by_close) // 2], close=True)
+        for label, _ in variants:
+            mine = sorted(
+                (r for r in runs if r["workers"] == n and r["variant"] == label),
+                key=lambda r: r["start_s"],
+            )
+            if mine:
+                print_timeline(console, mine[len(mine) // 2], label=label)
+                by_close = sorted(mine, key=lambda r: r["delete_s"])
+                print_timeline(console, by_close[len(by_close) // 2], close=True, label=label)
     out = Path(args.json)
     write_results(
-        out, {"image": args.image, "namespace": namespace, "summary": summary, "runs": runs}
+        out,
+        {
+            "image": args.image,
+            "namespace": namespace,
+            "variants": dict(variants),
+            "summary": summary,
+            "runs": runs,
+        },
     )
 
 

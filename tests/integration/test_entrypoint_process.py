@@ -87,3 +87,103 @@ def test_scheduler_and_worker_exec_dask_and_sigterm_is_graceful(tmp_path):
         for p in (worker, scheduler):
             p.kill()
             p.wait()
+
+
+def test_a_worker_forks_its_process_and_keeps_what_a_spawned_one_has(tmp_path):
+    """Two workers started by the entrypoint: each worker process is forked from its
+    nanny, hashes as every other worker (a bag's groupby is right), and started with
+    distributed's trim threshold and thread counts."""
+
+    # Defined here: sent to the workers by value.
+    def _worker_process_facts():
+        import multiprocessing
+        import os
+        import sys
+
+        with open("/proc/self/environ", "rb") as f:
+            start_env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+        blas_threads = None
+        import ctypes
+
+        import numpy  # noqa: F401  (loads its BLAS)
+
+        with open("/proc/self/maps") as f:
+            libs = {line.split()[-1] for line in f if "openblas" in line.split()[-1]}
+        for lib in libs:
+            for symbol in (
+                "scipy_openblas_get_num_threads64_",
+                "openblas_get_num_threads64_",
+                "openblas_get_num_threads",
+            ):
+                get = getattr(ctypes.CDLL(lib), symbol, None)
+                if get is not None:
+                    blas_threads = get()
+        return {
+            "blas_threads": blas_threads,
+            "forked": multiprocessing.parent_process() is not None
+            and "spawn_main" not in open("/proc/self/cmdline").read(),
+            "hash": hash("minimaldask"),
+            "trim_at_start": start_env.get(b"MALLOC_TRIM_THRESHOLD_", b"").decode(),
+            "omp": os.environ.get("OMP_NUM_THREADS"),
+            "numpy_loaded": "numpy" in sys.modules,
+        }
+
+    port = _free_port()
+    env = {**os.environ, "PORT": str(port), "DASHBOARD_PORT": str(_free_port())}
+    for name in ("PYTHONHASHSEED", "MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS"):
+        env.pop(name, None)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "minimaldask.pod.entrypoint"],
+            env={**env, "ARGUMENTS": "--host 127.0.0.1"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    for i in range(2):
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "minimaldask.pod.entrypoint"],
+                env={
+                    **env,
+                    "WORKER": "1",
+                    "DASK_SCHEDULER_ADDRESS": f"tcp://127.0.0.1:{port}",
+                    "ARGUMENTS": f"--name w{i} --nthreads 1 --no-dashboard --host 127.0.0.1",
+                },
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    try:
+        with Client(f"tcp://127.0.0.1:{port}", timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+            facts = list(client.run(_worker_process_facts).values())
+            nanny_has_numpy = client.run(lambda: "numpy" in sys.modules, nanny=True)
+            seeded = subprocess.run(
+                [sys.executable, "-c", "print(hash('minimaldask'))"],
+                env={**env, "PYTHONHASHSEED": "6640"},
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            assert [f["forked"] for f in facts] == [True, True], facts
+            # Every worker hashes alike, with the seed a spawned worker gets from its nanny.
+            assert {str(f["hash"]) for f in facts} == {seeded}, facts
+            assert {f["trim_at_start"] for f in facts} == {"65536"}, facts
+            assert {f["omp"] for f in facts} == {"1"}, facts
+            # OpenBLAS read its thread count when the nanny loaded numpy (distributed
+            # imports it): the nanny started with distributed's value.
+            assert all(nanny_has_numpy.values()), nanny_has_numpy
+            assert {f["blas_threads"] for f in facts} == {1}, facts
+            import dask.bag as db
+
+            words = [f"key-{i % 37}" for i in range(2000)]
+            bag = db.from_sequence(words, npartitions=8)
+            groups = bag.groupby(lambda w: w, shuffle="tasks").map(lambda kv: (kv[0], len(kv[1])))
+            counted = groups.compute()
+            assert sorted(k for k, _ in counted) == sorted(set(words)), "a key in two groups"
+            assert dict(counted) == {w: words.count(w) for w in set(words)}
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

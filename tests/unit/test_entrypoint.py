@@ -92,3 +92,75 @@ def test_apk_packages_on_a_machine_without_apk_name_the_debian_alternative(monke
         prepare(p, {})
     assert "not Alpine" in str(info.value)
     assert "EXTRA_OS_PACKAGES" in str(info.value)
+
+
+FORK = {
+    "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD": "fork",
+    "PYTHONHASHSEED": "6640",
+    "MALLOC_TRIM_THRESHOLD_": "65536",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+}
+
+
+def test_a_worker_forks_its_process_and_its_nanny_starts_with_what_a_spawned_one_would_get():
+    assert plan({"WORKER": "1"}).env == FORK
+    # The scheduler has no nanny: nothing of this.
+    assert plan({}).env == {}
+
+
+@pytest.mark.parametrize(
+    ("given", "seed", "trim"),
+    [
+        ({"PYTHONHASHSEED": "42", "MALLOC_TRIM_THRESHOLD_": "0"}, "42", "0"),
+        # distributed's nanny replaces a seed of 0 (randomization off) with its own.
+        ({"PYTHONHASHSEED": "0"}, "6640", "65536"),
+        (
+            {
+                "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__PYTHONHASHSEED": "7",
+                "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__MALLOC_TRIM_THRESHOLD_": "1024",
+            },
+            "7",
+            "1024",
+        ),
+        # The variable itself wins over dask's setting, as in distributed.
+        (
+            {
+                "MALLOC_TRIM_THRESHOLD_": "1",
+                "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__MALLOC_TRIM_THRESHOLD_": "2",
+            },
+            "6640",
+            "1",
+        ),
+    ],
+)
+def test_the_pods_own_seed_and_trim_threshold_are_kept(given, seed, trim):
+    env = plan({"WORKER": "1", **given}).env
+    assert (env["PYTHONHASHSEED"], env["MALLOC_TRIM_THRESHOLD_"]) == (seed, trim)
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_pod_that_chose_its_start_method_is_left_as_it_is(method):
+    assert (
+        plan({"WORKER": "1", "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD": method}).env == {}
+    )
+
+
+def test_the_process_start_defaults_are_distributeds():
+    import inspect
+    from pathlib import Path
+
+    import distributed
+    import yaml
+    from distributed.nanny import Nanny
+
+    from minimaldask.pod.entrypoint import PROCESS_START_ENV
+
+    defaults = yaml.safe_load((Path(distributed.__file__).parent / "distributed.yaml").read_text())
+    pre_spawn = defaults["distributed"]["nanny"]["pre-spawn-environ"]
+    assert {k: v for k, v in PROCESS_START_ENV.items() if k != "PYTHONHASHSEED"} == {
+        k: str(v) for k, v in pre_spawn.items()
+    }
+    # The seed distributed's Nanny sets when pre-spawn-environ has none.
+    assert f'"PYTHONHASHSEED": "{PROCESS_START_ENV["PYTHONHASHSEED"]}"' in inspect.getsource(Nanny)

@@ -25,6 +25,9 @@ and docs/entrypoint.md):
 ``EXTRA_APK_PACKAGES``
     Alpine packages; only where ``apk`` exists.
 
+A worker's nanny forks its worker process (``fork``) rather than spawning a new
+interpreter that imports dask a second time (:func:`worker_env`).
+
 The process replaces itself with dask (``exec``), so SIGTERM reaches dask and
 shutdown is graceful. A bad value stops it with exit status 2 and one line
 naming the variable. It runs in every pod: it imports the standard library
@@ -43,6 +46,23 @@ from dataclasses import dataclass, field
 
 from minimaldask.contract import ContractError, Launch, tls_env
 
+#: The dask setting of how a nanny starts its worker process.
+START_METHOD = "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"
+#: Where a pod may set distributed's ``distributed.nanny.pre-spawn-environ`` values.
+PRE_SPAWN = "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__"
+#: Variables read once, as a process starts or loads numpy (which distributed
+#: imports): distributed's ``pre-spawn-environ`` defaults, set before it spawns a
+#: worker process, and the hash seed its nanny gives that process. A forked worker
+#: has its nanny's values: the nanny must start with them (a test compares them
+#: with the installed distributed's).
+PROCESS_START_ENV = {
+    "PYTHONHASHSEED": "6640",
+    "MALLOC_TRIM_THRESHOLD_": "65536",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+}
+
 
 class EntrypointError(Exception):
     """A bad environment: the message is the one line the user sees."""
@@ -58,7 +78,7 @@ class Plan:
     os_packages: list[str] = field(default_factory=list)
     apk_packages: list[str] = field(default_factory=list)
     prefix: str = ""
-    #: Variables dask reads (its TLS configuration).
+    #: Variables for the dask process (its TLS configuration; a worker's start method).
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -89,8 +109,36 @@ def plan(env: Mapping[str, str]) -> Plan:
         os_packages=list(launch.os_packages),
         apk_packages=list(launch.apk_packages),
         prefix=launch.prefix,
-        env=tls_env(launch.tls_dir) if launch.tls_dir else {},
+        env={
+            **(tls_env(launch.tls_dir) if launch.tls_dir else {}),
+            **(worker_env(env) if launch.worker else {}),
+        },
     )
+
+
+def worker_env(env: Mapping[str, str]) -> dict[str, str]:
+    """What a worker's nanny starts with so that it can fork its worker process.
+
+    distributed's default (``spawn``) starts a new interpreter that imports dask
+    again: about 1 s of CPU per worker, on a node whose other pods are importing
+    dask too, and 20 MiB more per pod (docs/performance.md). A forked worker
+    has its nanny's modules at once. What a spawned worker would have had is kept:
+    the hash seed (every worker must hash alike: ``dask.bag``'s groupby), glibc's
+    trim threshold and the BLAS thread counts are read as a process starts or
+    loads numpy, which the nanny has done, so the nanny starts with them
+    (:data:`PROCESS_START_ENV`: distributed's values unless the pod sets its own).
+    A pod that sets ``DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD`` is left
+    as it is.
+    """
+    if env.get(START_METHOD, "fork") != "fork":
+        return {}
+    out = {START_METHOD: "fork"}
+    for name, default in PROCESS_START_ENV.items():
+        given = env.get(name) or env.get(PRE_SPAWN + name)
+        if name == "PYTHONHASHSEED" and given == "0":  # as distributed's nanny does
+            given = None
+        out[name] = given or default
+    return out
 
 
 def _prepend(env: dict[str, str], name: str, path: str) -> None:
