@@ -123,7 +123,8 @@ def worker_env(env: Mapping[str, str]) -> dict[str, str]:
     again: about 1 s of CPU per worker, on a node whose other pods are importing
     dask too, and 20 MiB more per pod (docs/performance.md). A forked worker
     has its nanny's modules at once. What a spawned worker would have had is kept:
-    the hash seed (every worker must hash alike: ``dask.bag``'s groupby), glibc's
+    the hash seed (every worker hashes strings alike, as distributed's spawned
+    workers do), glibc's
     trim threshold and the BLAS thread counts are read as a process starts or
     loads numpy, which the nanny has done, so the nanny starts with them
     (:data:`PROCESS_START_ENV`: distributed's values unless the pod sets its own).
