@@ -402,3 +402,31 @@ def test_the_pods_mount_the_cluster_certificate_but_not_the_clients_key():
         assert {"name": "tls", "mountPath": "/etc/minimaldask/tls", "readOnly": True} in mounts
     with pytest.raises(ValueError, match="credentials"):
         manifests.tls_secret(s, None)
+
+
+def test_the_workers_find_the_scheduler_by_the_address_the_api_server_gave_its_service():
+    from minimaldask.kubernetes.manifests import pin_scheduler_address, worker_deployment
+
+    spec = ClusterSpec.from_options(name="demo", namespace="ns")
+    service = {"metadata": {"name": "demo-scheduler"}, "spec": {"clusterIP": "10.96.7.8"}}
+    pod = pin_scheduler_address(worker_deployment(spec), service)["spec"]["template"]["spec"]
+    assert pod["hostAliases"] == [{"ip": "10.96.7.8", "hostnames": ["demo-scheduler"]}]
+    # The name it pins is the one the workers connect to.
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["DASK_SCHEDULER_ADDRESS"].split("//")[-1] == "demo-scheduler:8786"
+    # Applied again: one entry, the Service's.
+    deployment = worker_deployment(spec)
+    deployment["spec"]["template"]["spec"]["hostAliases"] = [
+        {"ip": "10.96.7.8", "hostnames": ["demo-scheduler"]},
+        {"ip": "192.0.2.1", "hostnames": ["db"]},
+    ]
+    pinned = pin_scheduler_address(deployment, service)["spec"]["template"]["spec"]
+    assert pinned["hostAliases"] == [
+        {"ip": "192.0.2.1", "hostnames": ["db"]},
+        {"ip": "10.96.7.8", "hostnames": ["demo-scheduler"]},
+    ]
+    # No address to pin (a headless Service, or none yet): the name, as in printed manifests.
+    for ip in ("None", None):
+        headless = {"metadata": {"name": "demo-scheduler"}, "spec": {"clusterIP": ip}}
+        pod = pin_scheduler_address(worker_deployment(spec), headless)["spec"]["template"]["spec"]
+        assert "hostAliases" not in pod

@@ -45,6 +45,7 @@ from minimaldask.kubernetes.manifests import (
     cluster_parts,
     cluster_root,
     owned,
+    pin_scheduler_address,
     scheduler_hosts,
 )
 from minimaldask.kubernetes.objects import (
@@ -457,14 +458,25 @@ class KubernetesBackend(Backend):
         # scheduler pod made after the workers' started its container up to 2 s later,
         # and every connection waits for the scheduler).
         later = (ROLE_BINDING, DEPLOYMENT)
+        service: dict[str, Any] = {}
+
+        def build(part: Part) -> dict[str, Any]:
+            obj = owned(part.build(self.spec), root)
+            if part.kind == DEPLOYMENT and part.name is contract.worker_name and service:
+                # The workers reach the scheduler by its Service's address, not by a name
+                # the cluster's DNS may still resolve to a Service of that name just deleted.
+                obj = pin_scheduler_address(obj, service)
+            return obj
+
         for wave in (
             [p for p in parts if p.kind not in later],
             [p for p in parts if p.kind == ROLE_BINDING],
             *([p] for p in parts if p.kind == DEPLOYMENT),
         ):
-            await asyncio.gather(
-                *(kube.apply(self._api, p.kind, owned(p.build(self.spec), root)) for p in wave)
-            )
+            applied = await asyncio.gather(*(kube.apply(self._api, p.kind, build(p)) for p in wave))
+            for part, obj in zip(wave, applied, strict=True):
+                if part.kind == SERVICE and part.name is contract.scheduler_name:
+                    service = obj
 
     def _remaining(self) -> float:
         return self._deadline - time.monotonic()

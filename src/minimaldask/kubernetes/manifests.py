@@ -674,3 +674,25 @@ def apply_order(objects: list[Obj], spec: ClusterSpec) -> list[Obj]:
     """
     order = {(p.kind.name, p.name(spec.name)): i for i, p in enumerate(cluster_parts(spec))}
     return sorted(objects, key=lambda o: order.get((o["kind"], o["metadata"]["name"]), len(order)))
+
+
+def pin_scheduler_address(deployment: Obj, service: Obj) -> Obj:
+    """``deployment`` whose pods find the scheduler's Service by its address, not by DNS.
+
+    A cluster started again under the name of one just ended gets a new Service
+    of the same name and a new address, and the cluster's DNS answers with the
+    old one for as long as it caches it: 30 s in kubeadm's CoreDNS (``ttl 30``,
+    ``cache 30``), in which the new workers could not connect (measured: a start
+    of 2.6 s took 29 s). The pods' ``/etc/hosts`` (``hostAliases``) holds the
+    address the API server gave the Service, which is the Service's for its whole
+    life. Manifests printed for ``kubectl apply`` have no address to pin and
+    keep the name.
+    """
+    ip = (service.get("spec") or {}).get("clusterIP")
+    if not ip or ip == "None":
+        return deployment
+    pod = deployment["spec"]["template"]["spec"]
+    name = service["metadata"]["name"]
+    aliases = [a for a in pod.get("hostAliases", []) if a.get("ip") != ip]
+    pod["hostAliases"] = [*aliases, {"ip": ip, "hostnames": [name]}]
+    return deployment
