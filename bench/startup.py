@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import time
@@ -135,10 +136,10 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
     """``LABEL:NAME=VALUE,NAME=VALUE`` to the label and the variables."""
     label, sep, assignments = text.partition(":")
     env = dict(a.split("=", 1) for a in assignments.split(",") if "=" in a)
-    if not sep or not label or not env or label == "default":
+    if not sep or not re.fullmatch(r"[a-z0-9]{1,12}", label) or not env or label == "default":
         raise argparse.ArgumentTypeError(
             f"invalid --variant {text!r}: expected LABEL:NAME=VALUE[,NAME=VALUE...], "
-            "LABEL not 'default'"
+            "LABEL of 1 to 12 lowercase letters and digits, not 'default'"
         )
     return label, env
 
@@ -188,7 +189,10 @@ def main() -> None:
     for n in [int(x) for x in args.workers.split(",")]:
         for i in range(args.repeat):
             for label, env in variants:  # alternating: the machine's noise falls on all
-                run = one_run(f"bench-{n}-{i}", namespace, n, args.image, resources, options, env)
+                # A name of its own: a name used again within the cluster DNS's cache
+                # time (30 s) costs the new workers that long (docs/performance.md).
+                name = f"bench-{n}-{i}" + ("" if label == "default" else f"-{label}")
+                run = one_run(name, namespace, n, args.image, resources, options, env)
                 run["variant"] = label
                 console.print(
                     f"N={n} run {i + 1} ({label}): start {run['start_s']:.2f}s, "
