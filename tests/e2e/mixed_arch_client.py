@@ -12,6 +12,7 @@ that deleting the cluster deletes it. Prints one JSON line: what ran where, and 
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import runpy
 import subprocess
@@ -197,6 +198,10 @@ def main(namespace: str, name: str, images: dict[str, str], out: dict) -> None:
 
 
 if __name__ == "__main__":
+    # The port-forward says on stderr why each forwarded connection ended (shown when the
+    # test fails: a connection cut mid-call was once this test's failure).
+    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("minimaldask.kubernetes").setLevel(logging.DEBUG)
     namespace, name, arm64, armv7 = sys.argv[1:]
     measured: dict = {}
     try:

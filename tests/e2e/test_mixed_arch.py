@@ -121,6 +121,8 @@ def test_the_article_example_computes_on_amd64_arm64_and_armv7_workers(images, n
     assert run.returncode == 0, run.stdout + run.stderr
     out = json.loads(run.stdout.splitlines()[-1])
     print(json.dumps(out, indent=1))
+    # Why each forwarded connection ended (the client logs it at DEBUG): shown with -s.
+    print("\n".join(line for line in run.stderr.splitlines() if "port-forward" in line))
 
     assert out["python"].startswith("3.13")
     assert sorted(out["machines"].values()) == ["aarch64", "armv7l", "x86_64"]

@@ -153,6 +153,10 @@ async def api_errors(action: str, api: Any = None) -> AsyncIterator[None]:
 
 
 def _describe(e: BaseException) -> str:
+    """``Type: message``; a group (httpx-ws' task group) by what is in it."""
+    inner = getattr(e, "exceptions", None)  # an ExceptionGroup (a backport's on 3.10)
+    if isinstance(inner, tuple) and inner:
+        return "; ".join(_describe(x) for x in inner)
     text = str(e)
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
