@@ -96,19 +96,19 @@ def test_a_worker_forks_its_process_and_keeps_what_a_spawned_one_has(tmp_path):
 
     # Defined here: sent to the workers by value.
     def _worker_process_facts():
+        import ctypes
         import multiprocessing
         import os
-        import sys
-
-        with open("/proc/self/environ", "rb") as f:
-            start_env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
-        blas_threads = None
-        import ctypes
 
         import numpy  # noqa: F401  (loads its BLAS)
 
+        with open("/proc/self/environ", "rb") as f:
+            start_env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+        with open("/proc/self/cmdline") as f:
+            cmdline = f.read()
         with open("/proc/self/maps") as f:
             libs = {line.split()[-1] for line in f if "openblas" in line.split()[-1]}
+        blas_threads = None
         for lib in libs:
             for symbol in (
                 "scipy_openblas_get_num_threads64_",
@@ -120,12 +120,10 @@ def test_a_worker_forks_its_process_and_keeps_what_a_spawned_one_has(tmp_path):
                     blas_threads = get()
         return {
             "blas_threads": blas_threads,
-            "forked": multiprocessing.parent_process() is not None
-            and "spawn_main" not in open("/proc/self/cmdline").read(),
+            "forked": multiprocessing.parent_process() is not None and "spawn_main" not in cmdline,
             "hash": hash("minimaldask"),
             "trim_at_start": start_env.get(b"MALLOC_TRIM_THRESHOLD_", b"").decode(),
             "omp": os.environ.get("OMP_NUM_THREADS"),
-            "numpy_loaded": "numpy" in sys.modules,
         }
 
     port = _free_port()
