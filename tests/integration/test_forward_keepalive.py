@@ -1,6 +1,7 @@
-"""The port-forward's keepalive (kubernetes/api.py: _relay, _Keepalive) against a real
+"""The port-forward's relay (kubernetes/api.py: _relay, _Keepalive, _Flight) against a real
 websocket server in a process of its own, speaking Kubernetes' port-forward framing: a local
-reader slower than the server keeps its connection; a server that goes silent ends it.
+reader slower than the server keeps its connection; a server that goes silent ends it; a
+refused dial is told from an error after the pod answered.
 
 The same with the real API server: tests/e2e/test_kubernetes.py (a slow reader of the
 scheduler's dashboard through the port-forward).
@@ -31,11 +32,27 @@ SERVER = textwrap.dedent(
     import asyncio, sys
     import tornado.web, tornado.websocket
 
-    FLOOD = sys.argv[2] == "flood"
+    MODE = sys.argv[2]
+    FLOOD = MODE == "flood"
+    REFUSED = (
+        b"\\x01error forwarding port 80 to pod p, uid : failed to connect to localhost:80 inside"
+        b" namespace n: dial tcp 127.0.0.1:80: connect: connection refused"
+    )
 
     class Forward(tornado.websocket.WebSocketHandler):
         def open(self):
-            asyncio.ensure_future(self.pump())
+            if MODE not in ("refuse", "answer-then-fail"):
+                asyncio.ensure_future(self.pump())
+
+        async def on_message(self, message):
+            # The client's first bytes: refused as a node refuses a dial nothing listens
+            # to, or answered first (a server that took the connection) and then failed.
+            await self.write_message(b"\\x00\\x50\\x00", binary=True)
+            await self.write_message(b"\\x01\\x50\\x00", binary=True)
+            if MODE == "answer-then-fail":
+                await self.write_message(b"\\x00got " + message[1:], binary=True)
+            await self.write_message(REFUSED, binary=True)
+            self.close()
 
         async def pump(self):
             try:
@@ -137,3 +154,73 @@ def test_a_server_that_goes_silent_ends_the_connection(server, monkeypatch):
     print(f"{outcome} after {elapsed:.1f}s")
     assert outcome.startswith("ConnectionError: no answer to a ping"), outcome
     assert elapsed < 2 * 1.0 + 3  # a ping after WS_PING, unanswered for WS_PING, a margin
+
+
+async def send_and_relay(url: str, first: bytes, flight: api._Flight) -> tuple[str, bytes]:
+    """A client that sends ``first`` through a relay to ``url``: how the relay ended, what it got."""
+    got = b""
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal got
+        writer.write(first)
+        await writer.drain()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            while chunk := await reader.read(1024):
+                got += chunk
+
+    local = await asyncio.start_server(client, "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection(*local.sockets[0].getsockname())
+    try:
+        async with (
+            httpx.AsyncClient() as http,
+            aconnect_ws(url, http, keepalive_ping_interval_seconds=None) as ws,
+        ):
+            try:
+                await asyncio.wait_for(api._relay(ws, reader, writer, flight), 20)
+                outcome = "ended"
+            except api._Refused as e:
+                outcome = f"refused: {e}"
+            except ConnectionError as e:
+                outcome = f"ConnectionError: {e}"
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        return outcome, got
+    finally:
+        writer.close()
+        local.close()
+
+
+@pytest.mark.parametrize("server", ["refuse"], indirect=True)
+def test_a_refused_dial_keeps_what_the_client_sent_to_send_it_again(server):
+    _, url = server
+    flight = api._Flight()
+    outcome, got = asyncio.run(send_and_relay(url, b"hello", flight))
+    print(outcome)
+    assert outcome.startswith("refused: ") and outcome.endswith("connect: connection refused")
+    assert flight.data == b"hello" and got == b""
+    # Dialled again, it goes first (and the client's next bytes after it).
+    again = api._Flight()
+    again.sent(b"hello")
+    outcome, _ = asyncio.run(send_and_relay(url, b" again", again))
+    assert outcome.startswith("refused: ")
+    assert again.data == b"hello again"
+
+
+@pytest.mark.parametrize("server", ["answer-then-fail"], indirect=True)
+def test_an_error_after_the_pod_answered_is_never_a_refusal_to_replay(server):
+    _, url = server
+    flight = api._Flight()
+    outcome, got = asyncio.run(send_and_relay(url, b"hello", flight))
+    print(outcome)
+    assert outcome.startswith("ConnectionError: ") and "connection refused" in outcome
+    assert got == b"got hello"
+    assert flight.data is None  # answered: nothing of it may go twice
+
+
+def test_a_flight_longer_than_the_limit_is_not_replayed(monkeypatch):
+    monkeypatch.setattr(api, "REPLAY_LIMIT", 8)
+    flight = api._Flight()
+    flight.sent(b"12345678")
+    assert flight.data == b"12345678"
+    flight.sent(b"9")
+    assert flight.data is None

@@ -288,12 +288,18 @@ def serving(name, created, ready=True, phase="Running", deleting=False):
     return p
 
 
-def test_the_serving_pod_is_the_newest_ready_one_never_one_being_deleted():
+def test_the_serving_pod_is_the_newest_ready_else_running_one_never_one_being_deleted():
     old = serving("s-old", "2026-11-29T10:00:00Z", deleting=True)
     assert kube.serving_pod([old]) is None
+    pending = serving("s-pending", "2026-11-29T10:04:30Z", ready=False, phase="Pending")
+    assert kube.serving_pod([old, pending]) is None  # no container runs: nothing to dial
     starting = serving("s-new", "2026-11-29T10:04:00Z", ready=False)
-    assert kube.serving_pod([old, starting]) is None  # it would drop the connection
+    # Running, not Ready yet: reached (its forward dials again while it refuses)...
+    assert kube.serving_pod([old, pending, starting]) == "s-new"
+    # ...unless a Ready one serves: newer or not, it answers now.
     ready = serving("s-ready", "2026-11-29T10:03:00Z")
     newer = serving("s-newer", "2026-11-29T10:05:00Z")
     assert kube.serving_pod([old, starting, ready]) == "s-ready"
     assert kube.serving_pod([ready, newer, starting]) == "s-newer"
+    leaving = serving("s-leaving", "2026-11-29T10:06:00Z", ready=False, deleting=True)
+    assert kube.serving_pod([starting, leaving]) == "s-new"

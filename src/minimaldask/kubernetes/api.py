@@ -1001,8 +1001,13 @@ STOP_WAIT = 5.0
 WS_PING = 15.0
 #: Seconds a ping's deadline waits for what arrived while the event loop was held.
 LATE_LOOK = 0.5
-#: Seconds between two looks for a Ready pod while a port-forward's connection waits for one.
+#: Seconds between two looks for a running pod while a port-forward's connection waits for one.
 PICK_EVERY = 0.25
+#: Seconds between two dials of a pod that refused a forwarded connection (its server not
+#: listening yet); the client's first bytes go again.
+REDIAL_EVERY = 0.1
+#: Bytes of a connection's first flight kept to send again; a longer one is not replayed.
+REPLAY_LIMIT = 1 << 20
 
 
 class Forward:
@@ -1011,11 +1016,16 @@ class Forward:
     Each new connection asks which pod of ``selector`` serves
     (:func:`~minimaldask.kubernetes.status.serving_pod`): after a pod is
     replaced (killed, evicted, out of memory), the next connection reaches the
-    new one. While none is Ready, a new connection waits for one (up to
+    new one. While none runs, a new connection waits for one (up to
     WAIT_FOR_POD), as for a server that restarts: closed at once, a TLS
-    handshake would fail for good. kr8s' PortForward does not do this: aimed at
-    a Pod it keeps trying the old pod's name; aimed at a Service it keeps the
-    first pod it picked until that one is gone, a terminating one included.
+    handshake would fail for good. A pod that runs but does not listen yet
+    refuses the dial, which the pod's node reports on the error channel before
+    anything reached the server: the connection is dialled again every
+    REDIAL_EVERY with the bytes its client sent so far (:class:`_Flight`), so a
+    start reaches its scheduler as soon as it listens rather than a readiness
+    probe later. kr8s' PortForward does none of this: aimed at a Pod it keeps
+    trying the old pod's name; aimed at a Service it keeps the first pod it
+    picked until that one is gone, a terminating one included.
 
     Not a plain request: finding the pod has its own deadline (WAIT_FOR_POD),
     the websocket's upgrade has the client's connect and read timeouts, then it
@@ -1057,14 +1067,14 @@ class Forward:
         self._server = None
 
     async def _pick(self) -> str | None:
-        """The pod to reach, once one is Ready; None if none is by the deadline."""
+        """The pod to reach, once one runs; None if none does by the deadline."""
         while True:
             pods = await list_objects(self.api, POD, self.namespace, self.selector)
             pod = serving_pod(pods)
             limit = _DEADLINE.get()
             if pod or limit is None or limit.remaining() < PICK_EVERY:
                 break
-            # Often: a start waits here for its scheduler to be Ready.
+            # Often: a start waits here for its scheduler's container.
             await asyncio.sleep(PICK_EVERY)
         if pod and pod != self.pod:
             logger.info("port-forward of port %d reaches pod %s/%s", self.port, self.namespace, pod)
@@ -1079,21 +1089,39 @@ class Forward:
         # deadline of a start long over. Its own, then.
         _DEADLINE.set(Deadline(time.monotonic() + WAIT_FOR_POD, f"{WAIT_FOR_POD:g}s"))
         pod = None
+        flight = _Flight()
         try:
-            pod = await self._pick()
-            if pod is None:
-                logger.debug("port-forward of port %d: no pod is Ready", self.port)
-                return
-            async with self.api.open_websocket(
-                version=POD.api_version,
-                namespace=self.namespace,
-                url=f"{POD.plural}/{pod}/portforward",
-                params={"ports": str(self.port)},
-                # httpx-ws' own keepalive takes a pong queued behind data that the
-                # local reader has not taken yet for silence: ours does not.
-                keepalive_ping_interval_seconds=None,
-            ) as ws:
-                await _relay(ws, reader, writer)
+            while True:
+                pod = await self._pick()
+                if pod is None:
+                    logger.debug("port-forward of port %d: no pod runs", self.port)
+                    return
+                flight.refused = None
+                try:
+                    await self._dial(pod, reader, writer, flight)
+                    return
+                except Exception:
+                    # Raised through httpx-ws' task group: the flight says what it was.
+                    limit = _DEADLINE.get()
+                    if (
+                        flight.refused is None
+                        or flight.data is None  # not replayable
+                        or reader.at_eof()  # its client is gone
+                        or limit is None
+                        or limit.remaining() < REDIAL_EVERY
+                    ):
+                        raise
+                    if flight.refusals == 0:
+                        logger.debug(
+                            "port-forward to %s:%d refused (not listening yet?): dialling "
+                            "again every %gs: %s",
+                            pod,
+                            self.port,
+                            REDIAL_EVERY,
+                            flight.refused,
+                        )
+                    flight.refusals += 1
+                    await asyncio.sleep(REDIAL_EVERY)
         except asyncio.CancelledError:
             # stop() ends this connection. Not re-raised: asyncio's stream server reports
             # a cancelled connection task as an error.
@@ -1103,6 +1131,66 @@ class Forward:
         finally:
             self._connections.discard(task)
             writer.close()
+
+    async def _dial(
+        self,
+        pod: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        flight: _Flight,
+    ) -> None:
+        async with self.api.open_websocket(
+            version=POD.api_version,
+            namespace=self.namespace,
+            url=f"{POD.plural}/{pod}/portforward",
+            params={"ports": str(self.port)},
+            # httpx-ws' own keepalive takes a pong queued behind data that the
+            # local reader has not taken yet for silence: ours does not.
+            keepalive_ping_interval_seconds=None,
+        ) as ws:
+            await _relay(ws, reader, writer, flight)
+
+
+class _Refused(ConnectionError):
+    """The pod refused a forwarded connection: nothing reached a server."""
+
+
+def _refusal(message: str) -> bool:
+    """Whether the error channel says the pod-side dial was refused (nothing listens).
+
+    The node's runtime dials the port inside the pod's network namespace when the
+    stream opens, and reports a failed dial with Go's error text, e.g. containerd:
+    ``error forwarding port 8786 to pod ...: failed to connect to localhost:8786
+    inside namespace ...: dial tcp 127.0.0.1:8786: connect: connection refused``.
+    """
+    return "connect: connection refused" in message
+
+
+class _Flight:
+    """What a forwarded connection's client sent while its pod had not answered yet.
+
+    Sent again when the pod refused the dial: no byte of it reached a server
+    then. None once the pod answered (nothing is replayed after that) or once it
+    grew past REPLAY_LIMIT.
+    """
+
+    def __init__(self) -> None:
+        self.data: bytearray | None = bytearray()
+        #: Dials refused so far.
+        self.refusals = 0
+        #: Why the last dial was refused (the node's words); None if it was not.
+        self.refused: str | None = None
+
+    def sent(self, chunk: bytes) -> None:
+        """The client sent ``chunk`` towards the pod."""
+        if self.data is not None:
+            self.data += chunk
+            if len(self.data) > REPLAY_LIMIT:
+                self.data = None
+
+    def answered(self) -> None:
+        """The pod's server sent its first bytes: it took the connection."""
+        self.data = None
 
 
 class _Keepalive:
@@ -1147,17 +1235,27 @@ class _Keepalive:
                     raise ConnectionError(f"no answer to a ping for {WS_PING:g}s")
 
 
-async def _relay(ws: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _relay(
+    ws: Any,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    flight: _Flight | None = None,
+) -> None:
     """Copy bytes both ways until one side ends (Kubernetes' port-forward websocket protocol).
 
     Every frame starts with its channel: 0 carries the data, 1 the errors; the
     first frame of each channel names the port. A silent other side ends it
-    (:class:`_Keepalive`).
+    (:class:`_Keepalive`). With a ``flight``, what it holds goes first, and a
+    refused dial raises :class:`_Refused`.
     """
     keepalive = _Keepalive()
+    flight = flight or _Flight()
 
     async def to_pod() -> None:
+        if flight.data:
+            await ws.send_bytes(b"\x00" + bytes(flight.data))
         while data := await reader.read(64 * 1024):
+            flight.sent(data)
             await ws.send_bytes(b"\x00" + data)
 
     async def from_pod() -> None:
@@ -1170,8 +1268,13 @@ async def _relay(ws: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWr
             if channel not in seen:
                 seen.add(channel)
             elif channel == 1:
-                raise ConnectionError(data.decode(errors="replace"))
+                error = data.decode(errors="replace")
+                if flight.data is not None and _refusal(error):
+                    flight.refused = error
+                    raise _Refused(error)
+                raise ConnectionError(error)
             elif data:
+                flight.answered()
                 writer.write(data)
                 await writer.drain()
 
@@ -1182,14 +1285,18 @@ async def _relay(ws: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWr
     ]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if tasks[1] not in done and flight.data is not None:
+            # A refusal may come just after the send that it made fail: read it first.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait({tasks[1]}, timeout=LATE_LOOK)
+            done = {t for t in tasks if t.done()}
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    for task in done:
-        error = None if task.cancelled() else task.exception()
-        if error is not None:
-            raise error
+    errors = [e for t in done if not t.cancelled() and (e := t.exception()) is not None]
+    for error in sorted(errors, key=lambda e: not isinstance(e, _Refused)):
+        raise error
 
 
 async def port_forward(api: kr8s.asyncio.Api, namespace: str, selector: str, port: int) -> Forward:

@@ -156,16 +156,21 @@ def transient_problems(pods: Sequence[Mapping[str, Any]]) -> list[PodProblem]:
 
 
 def serving_pod(pods: Sequence[Mapping[str, Any]]) -> str | None:
-    """The pod a new connection to the scheduler should reach now: None if none is Ready.
+    """The pod a new connection to the scheduler should reach now: None if none runs.
 
-    Of the pods not being deleted and Ready, the newest: after a scheduler pod
-    is replaced, the new one, once it listens. A pod that is not Ready (not yet
-    listening, its container restarting) would take the connection and drop it.
+    Of the pods not being deleted, the newest Ready one: after a scheduler pod is
+    replaced, the new one once it listens. While none is Ready, the newest Running
+    one: a start reaches its scheduler as soon as it listens, not a readiness
+    probe later. Its port-forward sends the connection's first bytes again while
+    that pod refuses it (:class:`~minimaldask.kubernetes.api.Forward`).
     """
-    ready = [p for p in pods if pod_ready(p)]
-    if not ready:
+    live = [p for p in pods if not p.get("metadata", {}).get("deletionTimestamp")]
+    ready = [p for p in live if pod_ready(p)]
+    running = [p for p in live if (p.get("status") or {}).get("phase") == "Running"]
+    candidates = ready or running
+    if not candidates:
         return None
-    newest = max(ready, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    newest = max(candidates, key=lambda p: p["metadata"].get("creationTimestamp") or "")
     return str(newest["metadata"]["name"])
 
 
