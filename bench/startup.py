@@ -20,14 +20,21 @@ get those variables, alternating with the default's runs, and the table gives
 each variant's median over the default's, measured in the same run. For example
 ``--variant spawn:DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD=spawn``
 measures distributed's way of starting a worker process against ours (fork).
+
+``--client LABEL:PATH`` (repeatable) adds runs whose client is the minimaldask of
+another checkout (``git worktree add /tmp/before HEAD~1``), same image: a change of
+the client measured against the code before it, alternating in one run. Every run
+is then made in a Python process of its own, the default's included.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -144,7 +151,46 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
     return label, env
 
 
+def parse_client(text: str) -> tuple[str, str]:
+    """``LABEL:PATH`` to the label and the checkout whose client those runs use."""
+    label, sep, path = text.partition(":")
+    if not sep or not re.fullmatch(r"[a-z0-9]{1,12}", label) or label == "default":
+        raise argparse.ArgumentTypeError(
+            f"invalid --client {text!r}: expected LABEL:PATH, LABEL of 1 to 12 lowercase "
+            "letters and digits, not 'default'"
+        )
+    if not (Path(path) / "src" / "minimaldask" / "__init__.py").exists():
+        raise argparse.ArgumentTypeError(
+            f"invalid --client {text!r}: {path} is not a checkout of minimaldask (no "
+            "src/minimaldask); make one with: git worktree add PATH COMMIT"
+        )
+    return label, str(Path(path).resolve())
+
+
+def run_elsewhere(client: str, **run: object) -> dict:
+    """:func:`one_run` in a process of its own whose minimaldask is the checkout ``client``."""
+    path = [str(Path(client) / "src"), str(ROOT / "bench"), str(ROOT / "tools" / "localkube")]
+    proc = subprocess.run(
+        [sys.executable, __file__, "--one-run", json.dumps(run)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(path)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if proc.returncode:
+        raise SystemExit(f"a run with the client of {client} failed:\n{proc.stderr[-4000:]}")
+    result: dict = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--one-run"]:  # a run for run_elsewhere: its result on the last line
+        import minimaldask
+
+        result = one_run(**json.loads(sys.argv[2]))
+        result["client"] = str(Path(minimaldask.__file__).parents[2])
+        print(json.dumps(result))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--namespace", default=None)
     parser.add_argument(
@@ -169,8 +215,22 @@ def main() -> None:
         metavar="LABEL:NAME=VALUE[,NAME=VALUE]",
         help="also run with these pod variables, alternating with the default",
     )
+    parser.add_argument(
+        "--client",
+        type=parse_client,
+        action="append",
+        default=[],
+        metavar="LABEL:PATH",
+        help="also run with the client of the checkout at PATH, alternating with the default",
+    )
     args = parser.parse_args()
     variants: list[tuple[str, dict[str, str]]] = [("default", {}), *args.variant]
+    clients = dict(args.client)
+    variants += [(label, {}) for label in clients]
+    if len({label for label, _ in variants}) < len(variants):
+        parser.error("each --variant and --client needs a label of its own")
+    if clients:
+        clients["default"] = str(ROOT)
     if "KUBECONFIG" not in os.environ and LOCALKUBE_USER.exists():
         os.environ["KUBECONFIG"] = str(LOCALKUBE_USER)
     namespace = args.namespace or ("minimaldask-e2e" if LOCALKUBE_USER.exists() else "default")
@@ -192,7 +252,19 @@ def main() -> None:
                 # A name of its own: a name used again within the cluster DNS's cache
                 # time (30 s) costs the new workers that long (docs/performance.md).
                 name = f"bench-{n}-{i}" + ("" if label == "default" else f"-{label}")
-                run = one_run(name, namespace, n, args.image, resources, options, env)
+                if clients:
+                    run = run_elsewhere(
+                        clients[label],
+                        name=name,
+                        namespace=namespace,
+                        workers=n,
+                        image=args.image,
+                        resources=resources,
+                        worker_options=options,
+                        env=env,
+                    )
+                else:
+                    run = one_run(name, namespace, n, args.image, resources, options, env)
                 run["variant"] = label
                 console.print(
                     f"N={n} run {i + 1} ({label}): start {run['start_s']:.2f}s, "
@@ -251,6 +323,7 @@ def main() -> None:
             "image": args.image,
             "namespace": namespace,
             "variants": dict(variants),
+            "clients": clients,
             "summary": summary,
             "runs": runs,
         },

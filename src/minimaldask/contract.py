@@ -97,6 +97,8 @@ ENTRYPOINT_MODULE = "minimaldask.pod.entrypoint"
 PLUGIN_MODULE = "minimaldask.pod.plugin"
 #: The worker preload: readiness, the retired flag, the drain before a pod stops.
 WORKER_MODULE = "minimaldask.pod.worker"
+#: The nanny preload: the nanny registers as soon as its scheduler answers.
+NANNY_MODULE = "minimaldask.pod.nanny"
 #: The janitor, beside the scheduler in its pod: ends the cluster, holds its rights.
 JANITOR_MODULE = "minimaldask.pod.janitor"
 #: The worker pod's preStop hook.
@@ -462,16 +464,19 @@ def worker_arguments(
     memory_limit: int | None,
     extra: Sequence[str] = (),
 ) -> list[str]:
-    """Options of ``dask worker``: name, threads, memory, patience, and our preload.
+    """Options of ``dask worker``: name, threads, memory, patience, and our preloads.
 
-    The preload answers the readiness probe, takes the retired flag and drains
-    the worker before its pod stops (:mod:`minimaldask.pod.worker`).
+    The worker's preload answers the readiness probe, takes the retired flag and
+    drains the worker before its pod stops (:mod:`minimaldask.pod.worker`); the
+    nanny's registers it as soon as its scheduler answers
+    (:mod:`minimaldask.pod.nanny`; ignored by ``--no-nanny``).
     """
     arguments = [
         "--name", name,
         "--nthreads", str(nthreads),
         "--death-timeout", f"{death_timeout:g}s",
         "--preload", WORKER_MODULE,
+        "--preload-nanny", NANNY_MODULE,
     ]  # fmt: skip
     if memory_limit:
         arguments += ["--memory-limit", str(memory_limit)]

@@ -28,6 +28,7 @@ from typing import Any
 from tornado.web import RequestHandler
 
 from minimaldask import contract
+from minimaldask.pod import nanny
 
 logger = logging.getLogger("distributed.minimaldask.worker")
 
@@ -114,6 +115,13 @@ class _Drain(RequestHandler):
 
 async def dask_setup(worker: Any) -> None:
     """Entry point of ``--preload minimaldask.pod.worker``."""
+    if worker.nanny is None:
+        # Its own registration comes after its preloads: as a nanny's does (pod/nanny.py).
+        await nanny.wait_for_scheduler(
+            worker.scheduler.address,
+            worker.security.get_connection_args("worker"),
+            nanny.connect_timeout(),
+        )
     state = _State(worker)
 
     def retired() -> None:
