@@ -21,6 +21,11 @@ each variant's median over the default's, measured in the same run. For example
 ``--variant spawn:DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD=spawn``
 measures distributed's way of starting a worker process against ours (fork).
 
+``--close-after SECONDS`` closes each cluster that long after its start returned,
+as a cluster used for a while: a kubelet that has just started a pod handles its
+deletion only after the syncs queued by the start, each waiting for its next look
+at the containers (every second), and a close at once measures that too.
+
 ``--client LABEL:PATH`` (repeatable) adds runs whose client is the minimaldask of
 another checkout (``git worktree add /tmp/before HEAD~1``), same image: a change of
 the client measured against the code before it, alternating in one run. Every run
@@ -83,6 +88,7 @@ def one_run(
     resources: dict,
     worker_options: list[str] | None = None,
     env: dict[str, str] | None = None,
+    close_after: float = 0.0,
 ) -> dict:
     watch = PodWatch(namespace, name).start()
     wall0 = time.time()
@@ -105,6 +111,8 @@ def one_run(
     said = [(when.timestamp(), f"said: {line}") for when, line in cluster._cluster_manager_logs]
     client = [*said, *audit_marks(name, namespace, wall0), (returned, "MinimalCluster() returned")]
     start_timeline = timeline(wall0, watch, client, ending=False)
+    # A cluster used for a while: its node is done with the start (see --close-after).
+    time.sleep(max(close_after - (time.perf_counter() - t0 - started), 0))
     wall1 = time.time()
     t1 = time.perf_counter()
     cluster.close()  # as users end it: every object deleted, and gone
@@ -208,6 +216,13 @@ def main() -> None:
         "--timeline", default="3", help="print the median run's timeline for these N (e.g. 1,3)"
     )
     parser.add_argument(
+        "--close-after",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="close each cluster this long after its start returned (default: at once)",
+    )
+    parser.add_argument(
         "--variant",
         type=parse_variant,
         action="append",
@@ -262,9 +277,12 @@ def main() -> None:
                         resources=resources,
                         worker_options=options,
                         env=env,
+                        close_after=args.close_after,
                     )
                 else:
-                    run = one_run(name, namespace, n, args.image, resources, options, env)
+                    run = one_run(
+                        name, namespace, n, args.image, resources, options, env, args.close_after
+                    )
                 run["variant"] = label
                 console.print(
                     f"N={n} run {i + 1} ({label}): start {run['start_s']:.2f}s, "
@@ -324,6 +342,7 @@ def main() -> None:
             "namespace": namespace,
             "variants": dict(variants),
             "clients": clients,
+            "close_after_s": args.close_after,
             "summary": summary,
             "runs": runs,
         },
