@@ -464,19 +464,17 @@ def worker_arguments(
     memory_limit: int | None,
     extra: Sequence[str] = (),
 ) -> list[str]:
-    """Options of ``dask worker``: name, threads, memory, patience, and our preloads.
+    """Options of ``dask worker``: name, threads, memory, patience, and our preload.
 
-    The worker's preload answers the readiness probe, takes the retired flag and
-    drains the worker before its pod stops (:mod:`minimaldask.pod.worker`); the
-    nanny's registers it as soon as its scheduler answers
-    (:mod:`minimaldask.pod.nanny`; ignored by ``--no-nanny``).
+    The preload answers the readiness probe, takes the retired flag and drains
+    the worker before its pod stops (:mod:`minimaldask.pod.worker`). The nanny's
+    preload (:data:`NANNY_MODULE`) is the image's entrypoint's to add.
     """
     arguments = [
         "--name", name,
         "--nthreads", str(nthreads),
         "--death-timeout", f"{death_timeout:g}s",
         "--preload", WORKER_MODULE,
-        "--preload-nanny", NANNY_MODULE,
     ]  # fmt: skip
     if memory_limit:
         arguments += ["--memory-limit", str(memory_limit)]

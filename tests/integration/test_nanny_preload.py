@@ -2,7 +2,7 @@
 (minimaldask.pod.nanny, as a nanny's preload; minimaldask.pod.worker without a nanny).
 
 Real ``dask worker`` and ``dask scheduler`` processes, with the options the pods get
-(contract.worker_arguments); the scheduler starts after the worker has been refused
+(the entrypoint's nanny preload and contract.worker_arguments); the scheduler starts after the worker has been refused
 for a while, as in a pod whose scheduler is not routed to yet.
 """
 
@@ -39,7 +39,12 @@ def stamp(line: str) -> float:
 
 
 def start_worker(port: int, extra: list[str], env: dict[str, str] | None = None):
-    arguments = contract.worker_arguments("w1", 1, 60, None, ["--no-dashboard", *extra])
+    # As the image's entrypoint starts a worker: its nanny preload, then the client's options.
+    arguments = [
+        "--preload-nanny",
+        contract.NANNY_MODULE,
+        *contract.worker_arguments("w1", 1, 60, None, ["--no-dashboard", *extra]),
+    ]
     return subprocess.Popen(
         [sys.executable, "-m", "distributed.cli.dask_worker", f"tcp://127.0.0.1:{port}",
          "--host", "127.0.0.1", *arguments],

@@ -6,6 +6,8 @@ from minimaldask.pod.entrypoint import EntrypointError, plan, prepare, site_pack
 
 SCHEDULER = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
 WORKER = [sys.executable, "-m", "distributed.cli.dask_worker"]
+#: Added by the entrypoint after the scheduler's address (and TLS), before the arguments.
+NANNY = ["--preload-nanny", "minimaldask.pod.nanny"]
 
 
 def test_scheduler_by_default_on_the_article_ports():
@@ -31,7 +33,7 @@ def test_scheduler_port_dashboard_port_and_arguments():
 def test_worker_when_worker_is_set(value):
     p = plan({"WORKER": value})
     assert p.role == "worker"
-    assert p.argv == [*WORKER, "master-node:8786"]
+    assert p.argv == [*WORKER, "master-node:8786", *NANNY]
 
 
 @pytest.mark.parametrize("value", ["", "0", "false", "no", "off"])
@@ -40,7 +42,7 @@ def test_worker_set_to_false_means_scheduler(value):
 
 
 def test_worker_follows_port_and_scheduler_address_and_arguments():
-    assert plan({"WORKER": "1", "PORT": "9000"}).argv == [*WORKER, "master-node:9000"]
+    assert plan({"WORKER": "1", "PORT": "9000"}).argv == [*WORKER, "master-node:9000", *NANNY]
     p = plan(
         {
             "WORKER": "1",
@@ -51,6 +53,7 @@ def test_worker_follows_port_and_scheduler_address_and_arguments():
     assert p.argv == [
         *WORKER,
         "tcp://dask-scheduler.ns.svc.cluster.local:8786",
+        *NANNY,
         "--nthreads",
         "2",
         "--memory-limit",

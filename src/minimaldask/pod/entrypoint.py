@@ -44,7 +44,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from minimaldask.contract import ContractError, Launch, tls_env
+from minimaldask.contract import NANNY_MODULE, ContractError, Launch, tls_env
 
 #: The dask setting of how a nanny starts its worker process.
 START_METHOD = "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"
@@ -91,7 +91,11 @@ def plan(env: Mapping[str, str]) -> Plan:
     python = [sys.executable, "-m"]
     tls = ["--protocol", "tls"] if launch.tls_dir else []
     if launch.worker:
-        argv = [*python, "distributed.cli.dask_worker", launch.scheduler_address, *tls]
+        # The nanny registers as soon as its scheduler answers (pod/nanny.py). Added here,
+        # in the image that has the module, not by the client: a newer client with an
+        # older image of the same dask would name a module the image lacks.
+        nanny = ["--preload-nanny", NANNY_MODULE]
+        argv = [*python, "distributed.cli.dask_worker", launch.scheduler_address, *tls, *nanny]
     else:
         argv = [
             *python,
