@@ -49,6 +49,12 @@ FLAG_TIMEOUT = 10.0
 POLL = 0.2
 #: Seconds the scheduler's close waits for the nannies to end their workers.
 END_WORKERS_WITHIN = 5.0
+#: Seconds between two reports until the janitor has heard from this scheduler once: a
+#: scheduler that never reported is waited for as one that still starts (the janitor's
+#: FIRST_REPORT_WITHIN), not ended as one that stopped answering (GONE_AFTER).
+FIRST_REPORT_EVERY = 0.2
+#: Seconds without a first report after which a janitor out of reach is a warning.
+QUIET_UNTIL_REPORTED = 10.0
 
 
 @dataclass
@@ -213,6 +219,10 @@ class Plugin(SchedulerPlugin):
         #: What the janitor last said it could not do (a delete refused, say).
         self.janitor_error: str | None = None
         self.janitor_status: dict[str, Any] = {}
+        #: The janitor has taken a report of this scheduler (the first one, often in the
+        #: first second: sent at once, then every FIRST_REPORT_EVERY until it lands).
+        self.reported = False
+        self._since = time.monotonic()
         self.handles: dict[str, float] = {}
         self.policy: AdaptivePolicy | None = None
         self.joined: dict[str, float] = {}
@@ -623,12 +633,16 @@ class Plugin(SchedulerPlugin):
         )
 
     async def _watch(self) -> None:
+        # The first look at once, and looks every FIRST_REPORT_EVERY until the janitor has
+        # heard from us: a scheduler that crashes seconds after its start (a package that
+        # breaks it later) has reported by then, and its janitor ends it GONE_AFTER later.
         while True:
-            await asyncio.sleep(self.settings.interval)
             try:
                 await self._look()
             except Exception:  # one bad look must not stop the next
                 logger.exception("minimaldask: a look at the cluster failed")
+            first = self.link is not None and not self.reported
+            await asyncio.sleep(FIRST_REPORT_EVERY if first else self.settings.interval)
 
     async def _look(self) -> None:
         facts = self.facts()
@@ -643,8 +657,12 @@ class Plugin(SchedulerPlugin):
             try:
                 answer = await self.link.call("POST", "/report", {"facts": facts.to_json()})
             except (OSError, urllib.error.URLError, ValueError) as e:
-                logger.warning("minimaldask: cannot reach the janitor: %s", e)
+                # Its janitor starts beside it: out of reach for a moment at first.
+                starting = time.monotonic() - self._since < QUIET_UNTIL_REPORTED
+                say = logger.debug if not self.reported and starting else logger.warning
+                say("minimaldask: cannot reach the janitor: %s", e)
                 return
+            self.reported = True
             self.janitor_error = answer.get("error")
             self.janitor_status = answer.get("status") or {}
             if answer.get("end") and self.shutdown_reason is None:
