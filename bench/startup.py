@@ -267,22 +267,17 @@ def main() -> None:
                 # A name of its own: a name used again within the cluster DNS's cache
                 # time (30 s) costs the new workers that long (docs/performance.md).
                 name = f"bench-{n}-{i}" + ("" if label == "default" else f"-{label}")
-                if clients:
-                    run = run_elsewhere(
-                        clients[label],
-                        name=name,
-                        namespace=namespace,
-                        workers=n,
-                        image=args.image,
-                        resources=resources,
-                        worker_options=options,
-                        env=env,
-                        close_after=args.close_after,
-                    )
-                else:
-                    run = one_run(
-                        name, namespace, n, args.image, resources, options, env, args.close_after
-                    )
+                run_args: dict = {
+                    "name": name,
+                    "namespace": namespace,
+                    "workers": n,
+                    "image": args.image,
+                    "resources": resources,
+                    "worker_options": options,
+                    "env": env,
+                    "close_after": args.close_after,
+                }
+                run = run_elsewhere(clients[label], **run_args) if clients else one_run(**run_args)
                 run["variant"] = label
                 console.print(
                     f"N={n} run {i + 1} ({label}): start {run['start_s']:.2f}s, "

@@ -870,20 +870,37 @@ async def server_version(api: kr8s.asyncio.Api) -> str:
     return str(r.json().get("gitVersion", ""))
 
 
+async def _review(
+    api: kr8s.asyncio.Api,
+    group: str,
+    kind: str,
+    spec: Mapping[str, Any],
+    action: str,
+    answers: frozenset[int] = frozenset(),
+) -> httpx.Response:
+    """POST one of the user's reviews of itself (``group``.k8s.io/v1): it changes nothing."""
+    version = f"{group}.k8s.io/v1"
+    body: dict[str, Any] = {"apiVersion": version, "kind": kind}
+    if spec:  # a SelfSubjectReview has none
+        body["spec"] = dict(spec)
+    r = await _request(
+        api,
+        "POST",
+        action=action,
+        idempotent=True,
+        answers=answers,
+        version=version,
+        url=kind.lower() + "s",
+        content=json.dumps(body),
+    )
+    assert r is not None
+    return r
+
+
 async def whoami(api: kr8s.asyncio.Api) -> str:
     """The user name the API server sees, or "your user" when it will not say."""
-    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
     try:
-        r = await _request(
-            api,
-            "POST",
-            action="asking who this user is",
-            idempotent=True,
-            version="authentication.k8s.io/v1",
-            url="selfsubjectreviews",
-            content=json.dumps(body),
-        )
-        assert r is not None
+        r = await _review(api, "authentication", "SelfSubjectReview", {}, "asking who this user is")
         return str(r.json()["status"]["userInfo"]["username"])
     except (KubernetesError, KeyError):
         return "your user"
@@ -899,21 +916,8 @@ async def can(api: kr8s.asyncio.Api, namespace: str, access: Access) -> bool:
     }
     if access.subresource:
         attributes["subresource"] = access.subresource
-    body = {
-        "apiVersion": "authorization.k8s.io/v1",
-        "kind": "SelfSubjectAccessReview",
-        "spec": {"resourceAttributes": attributes},
-    }
-    r = await _request(
-        api,
-        "POST",
-        action="checking permissions",
-        idempotent=True,
-        version="authorization.k8s.io/v1",
-        url="selfsubjectaccessreviews",
-        content=json.dumps(body),
-    )
-    assert r is not None
+    spec = {"resourceAttributes": attributes}
+    r = await _review(api, "authorization", "SelfSubjectAccessReview", spec, "checking permissions")
     return bool(r.json().get("status", {}).get("allowed"))
 
 
@@ -923,22 +927,15 @@ async def rules(api: kr8s.asyncio.Api, namespace: str) -> list[dict[str, Any]]:
     What they grant is granted; what they do not may still be (another authorizer than
     RBAC, a list the server marked incomplete): see :func:`missing_access`.
     """
-    body = {
-        "apiVersion": "authorization.k8s.io/v1",
-        "kind": "SelfSubjectRulesReview",
-        "spec": {"namespace": namespace},
-    }
-    r = await _request(
+    r = await _review(
         api,
-        "POST",
-        action="checking permissions",
-        idempotent=True,
+        "authorization",
+        "SelfSubjectRulesReview",
+        {"namespace": namespace},
+        "checking permissions",
         answers=frozenset({403, 404}),  # a server that does not offer it: ask one by one
-        version="authorization.k8s.io/v1",
-        url="selfsubjectrulesreviews",
-        content=json.dumps(body),
     )
-    if r is None or r.status_code in (403, 404):
+    if r.status_code in (403, 404):
         return []
     return list((r.json().get("status") or {}).get("resourceRules") or [])
 
@@ -970,25 +967,34 @@ def granted(rules: Iterable[Mapping[str, Any]], access: Access) -> bool:
 
 
 async def missing_access(
-    api: kr8s.asyncio.Api, namespace: str, needed: Iterable[Access]
+    api: kr8s.asyncio.Api,
+    namespace: str,
+    needed: Iterable[Access],
+    known: Awaitable[list[dict[str, Any]]] | None = None,
 ) -> list[Access]:
     """Those of ``needed`` that this user does not have in ``namespace``.
 
     One SelfSubjectRulesReview grants most (an RBAC Role: all of them in one request,
     not one each); each right it does not grant is asked on its own
-    (SelfSubjectAccessReview), which every authorizer answers.
+    (SelfSubjectAccessReview), which every authorizer answers. ``known``: the rules
+    already asked for (a Future, which several checks may await).
     """
     needed = list(dict.fromkeys(needed))
-    mine = await rules(api, namespace)
+    mine = await (known if known is not None else rules(api, namespace))
     unknown = [n for n in needed if not granted(mine, n)]
     answers = await asyncio.gather(*(can(api, namespace, n) for n in unknown))
     return [n for n, ok in zip(unknown, answers, strict=True) if not ok]
 
 
-async def check_access(api: kr8s.asyncio.Api, namespace: str, needed: Iterable[Access]) -> None:
+async def check_access(
+    api: kr8s.asyncio.Api,
+    namespace: str,
+    needed: Iterable[Access],
+    known: Awaitable[list[dict[str, Any]]] | None = None,
+) -> None:
     """Raise :class:`ForbiddenError` naming every right of ``needed`` the user lacks."""
     needed = list(dict.fromkeys(needed))
-    missing = await missing_access(api, namespace, needed)
+    missing = await missing_access(api, namespace, needed, known)
     if not missing:
         return
     user = await whoami(api)

@@ -216,14 +216,16 @@ class KubernetesBackend(Backend):
         api = await self._connect()
         # All at once (each is a few requests); the first failure in this order is told.
         namespace = asyncio.ensure_future(kube.check_namespace(api, spec.namespace))
+        # The user's rules, asked once for both checks of rights.
+        known = asyncio.ensure_future(kube.rules(api, spec.namespace))
         access = asyncio.ensure_future(
-            kube.check_access(api, spec.namespace, self.required_access())
+            kube.check_access(api, spec.namespace, self.required_access(), known)
         )
         janitor = asyncio.ensure_future(
-            kube.missing_access(api, spec.namespace, self.janitor_access())
+            kube.missing_access(api, spec.namespace, self.janitor_access(), known)
         )
         image = asyncio.ensure_future(self._check_image(api))
-        checks: list[asyncio.Future[Any]] = [namespace, access, janitor, image]
+        checks: list[asyncio.Future[Any]] = [namespace, known, access, janitor, image]
         try:
             await namespace
             await access
