@@ -92,6 +92,25 @@ def server(request):
         proc.wait()
 
 
+@contextlib.asynccontextmanager
+async def forwarded(url: str, local_side):
+    """A websocket to ``url``, and a local connection whose other end ``local_side`` serves.
+
+    Yields what ``api._relay`` takes: the websocket, and the connection's reader and writer.
+    """
+    local = await asyncio.start_server(local_side, "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection(*local.sockets[0].getsockname())
+    try:
+        async with (
+            httpx.AsyncClient() as http,
+            aconnect_ws(url, http, keepalive_ping_interval_seconds=None) as ws,
+        ):
+            yield ws, reader, writer
+    finally:
+        writer.close()
+        local.close()
+
+
 async def relay(url: str, seconds: float, read_every: float, on_start=None) -> tuple[str, int]:
     """Relay ``url`` to a local reader that takes 32 KiB per ``read_every`` seconds.
 
@@ -107,25 +126,16 @@ async def relay(url: str, seconds: float, read_every: float, on_start=None) -> t
                 got += len(chunk)
                 await asyncio.sleep(read_every)
 
-    local = await asyncio.start_server(slow_reader, "127.0.0.1", 0)
-    reader, writer = await asyncio.open_connection(*local.sockets[0].getsockname())
-    try:
-        async with (
-            httpx.AsyncClient() as client,
-            aconnect_ws(url, client, keepalive_ping_interval_seconds=None) as ws,
-        ):
-            if on_start:
-                on_start()
-            try:
-                await asyncio.wait_for(api._relay(ws, reader, writer), seconds)
-                return "ended", got
-            except asyncio.TimeoutError:
-                return "running", got
-            except ConnectionError as e:
-                return f"ConnectionError: {e}", got
-    finally:
-        writer.close()
-        local.close()
+    async with forwarded(url, slow_reader) as (ws, reader, writer):
+        if on_start:
+            on_start()
+        try:
+            await asyncio.wait_for(api._relay(ws, reader, writer), seconds)
+            return "ended", got
+        except asyncio.TimeoutError:
+            return "running", got
+        except ConnectionError as e:
+            return f"ConnectionError: {e}", got
 
 
 @pytest.mark.parametrize("server", ["flood"], indirect=True)
@@ -168,26 +178,17 @@ async def send_and_relay(url: str, first: bytes, flight: api._Flight) -> tuple[s
             while chunk := await reader.read(1024):
                 got += chunk
 
-    local = await asyncio.start_server(client, "127.0.0.1", 0)
-    reader, writer = await asyncio.open_connection(*local.sockets[0].getsockname())
-    try:
-        async with (
-            httpx.AsyncClient() as http,
-            aconnect_ws(url, http, keepalive_ping_interval_seconds=None) as ws,
-        ):
-            try:
-                await asyncio.wait_for(api._relay(ws, reader, writer, flight), 20)
-                outcome = "ended"
-            except api._Refused as e:
-                outcome = f"refused: {e}"
-            except ConnectionError as e:
-                outcome = f"ConnectionError: {e}"
+    async with forwarded(url, client) as (ws, reader, writer):
+        try:
+            await asyncio.wait_for(api._relay(ws, reader, writer, flight), 20)
+            outcome = "ended"
+        except api._Refused as e:
+            outcome = f"refused: {e}"
+        except ConnectionError as e:
+            outcome = f"ConnectionError: {e}"
         await writer.drain()
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # what the relay wrote last reaches the client
         return outcome, got
-    finally:
-        writer.close()
-        local.close()
 
 
 @pytest.mark.parametrize("server", ["refuse"], indirect=True)
