@@ -22,6 +22,16 @@ if TYPE_CHECKING:
 
 #: Counts the workers the scheduler has connected and running.
 WorkerCounter = Callable[[], Awaitable[int]]
+#: Waits until the scheduler told of a worker added or removed since the last call, or for
+#: the given seconds at most: a wait for workers counts again when there is news, not later.
+WorkerNews = Callable[[float], Awaitable[None]]
+
+
+async def until_news(news: WorkerNews | None, seconds: float) -> None:
+    """Wait for ``news`` of the workers, ``seconds`` at most (all of them without news)."""
+    await (asyncio.sleep(seconds) if news is None else news(seconds))
+
+
 #: Reports progress to the user (one line per call).
 Logger = Callable[[str], None]
 
@@ -81,8 +91,14 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def wait_for_workers(self, n: int, count: WorkerCounter, timeout: float) -> None:
-        """Wait until ``count()`` reaches ``n``; fail fast when a worker cannot start."""
+    async def wait_for_workers(
+        self, n: int, count: WorkerCounter, timeout: float, news: WorkerNews | None = None
+    ) -> None:
+        """Wait until ``count()`` reaches ``n``; fail fast when a worker cannot start.
+
+        ``count()`` is asked again when ``news`` (if given) returns, or after a
+        pause of the backend's own.
+        """
 
     @abc.abstractmethod
     async def scale(self, n: int, scheduler: Any) -> None:

@@ -30,6 +30,9 @@ from minimaldask.spec import ClusterSpec
 HEARTBEAT_SILENCE = 5.0
 #: Seconds close() waits for the heartbeat to stop (one answer's wait, 10 s, and its pause).
 HEARTBEAT_STOP = 12.0
+#: Seconds to the first count after news of a worker that the scheduler did not run yet (it
+#: learns so from the worker milliseconds after its registration); doubling after.
+NEWS_SETTLE = 0.02
 
 
 class MinimalCluster(Cluster):
@@ -89,6 +92,10 @@ class MinimalCluster(Cluster):
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._heartbeat_stopped = False
         self._adapting = False
+        #: Set when the scheduler tells of a worker added or removed; cleared when read.
+        self._worker_news = asyncio.Event()
+        #: The next wait for news while a new worker may not run yet (0: no news of late).
+        self._settle = 0.0
         super().__init__(asynchronous=asynchronous, loop=loop, quiet=quiet, name=self.spec.name)
         #: How clients connect: plain TCP until the cluster's TLS credentials are known.
         self.security = Security()
@@ -144,9 +151,7 @@ class MinimalCluster(Cluster):
                 if not self._backend.created:  # attached: bring its workers to this number
                     await self._backend.scale(spec.workers, self._scheduler)
                 self._log(f"Waiting for {spec.workers} worker(s) to connect")
-                await self._backend.wait_for_workers(
-                    spec.workers, self._count_workers, spec.startup_timeout
-                )
+                await self._await_workers(spec.workers, spec.startup_timeout)
         except BaseException:
             await self._abort()
             raise
@@ -189,6 +194,30 @@ class MinimalCluster(Cluster):
     async def _count_workers(self) -> int:
         # A few bytes per worker (identity() sends each worker's metrics): asked often.
         return len(await self._scheduler.ncores_running())
+
+    async def _news_of_workers(self, within: float) -> None:
+        """Wait until the scheduler told of a worker added or removed, ``within`` seconds at most.
+
+        The scheduler tells this handle at once (distributed's worker-status
+        subscription, started with the handle), so a wait for workers counts
+        again when one registered, not at its next pause. A worker counts once it
+        runs, which its scheduler learns from it just after telling of it: after
+        news, the waits are short (NEWS_SETTLE, doubling) until they reach ``within``.
+        """
+        wait = min(self._settle, within) if self._settle else within
+        try:
+            await asyncio.wait_for(self._worker_news.wait(), wait)
+        except asyncio.TimeoutError:
+            self._settle = self._settle * 2 if self._settle and self._settle < within else 0.0
+        else:
+            self._worker_news.clear()
+            self._settle = NEWS_SETTLE
+
+    async def _await_workers(self, n: int, timeout: float) -> None:
+        """Wait until the scheduler runs ``n`` workers (the backend's checks on the way)."""
+        await self._backend.wait_for_workers(
+            n, self._count_workers, timeout, news=self._news_of_workers
+        )
 
     def _tell(self, message: str) -> None:
         """Say ``message`` even when quiet: in this handle's log, and as a warning."""
@@ -319,6 +348,7 @@ class MinimalCluster(Cluster):
         # The scheduler may report the removal of a worker this handle never saw added
         # (it connected and left while the handle refreshed its view, after a scale to 0):
         # distributed's own handler raised a KeyError then, out of close().
+        self._worker_news.set()
         if op == "remove":
             self.scheduler_info.get("workers", {}).pop(msg, None)
             return

@@ -159,3 +159,15 @@ def test_demo_command_runs_and_checks_the_result():
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"matches in-process\s+│ yes", result.stdout), result.stdout
     assert re.search(r"backend\s+│ local", result.stdout)
+
+
+def test_the_start_sees_its_worker_when_the_scheduler_tells_not_at_its_next_count(
+    cluster_name, monkeypatch
+):
+    # The wait counts at once (no worker yet), then pauses COUNT_EVERY unless the scheduler
+    # tells of a worker (distributed's worker-status stream): with a pause of 10 minutes,
+    # only that news ends the start within the test's timeout.
+    monkeypatch.setattr("minimaldask.local.backend.COUNT_EVERY", 600)
+    with MinimalCluster(name=cluster_name, backend="local", workers=2) as cluster:
+        with Client(cluster) as client:
+            assert len(workers_of(client)) == 2

@@ -219,12 +219,7 @@ def scale(args: argparse.Namespace) -> int:
     with MinimalCluster.from_name(args.name, namespace=args.namespace, quiet=True) as cluster:
         with console.status(f"Scaling {args.name} to {args.workers} workers"):
             cluster.scale(args.workers)
-            cluster.sync(
-                cluster._backend.wait_for_workers,
-                args.workers,
-                cluster._count_workers,
-                args.timeout,
-            )
+            cluster.sync(cluster._await_workers, args.workers, args.timeout)
         console.print(f"Cluster {args.name} has {args.workers} workers")
     return 0
 

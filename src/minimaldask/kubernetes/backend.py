@@ -29,7 +29,9 @@ from minimaldask.backend import (
     ClusterInfo,
     Logger,
     WorkerCounter,
+    WorkerNews,
     scheduler_answers,
+    until_news,
 )
 from minimaldask.exceptions import (
     ClusterNotFoundError,
@@ -571,7 +573,9 @@ class KubernetesBackend(Backend):
                 )
             )
 
-    async def wait_for_workers(self, n: int, count: WorkerCounter, timeout: float) -> None:
+    async def wait_for_workers(
+        self, n: int, count: WorkerCounter, timeout: float, news: WorkerNews | None = None
+    ) -> None:
         """Wait until the scheduler counts ``n`` workers; fail fast when a worker pod cannot run.
 
         A pod that waits for a node (a node pool scaling up) or for a registry that
@@ -582,7 +586,7 @@ class KubernetesBackend(Backend):
         try:
             with kube.deadline(deadline, limit):
                 await asyncio.wait_for(
-                    self._wait_for_workers(n, count, deadline),
+                    self._wait_for_workers(n, count, deadline, news),
                     deadline - time.monotonic() + API_GRACE,
                 )
         except asyncio.TimeoutError:
@@ -606,7 +610,9 @@ class KubernetesBackend(Backend):
         times = [t for p in pods if (t := ready_since(p)) is not None]
         return max(times) if times else math.inf
 
-    async def _wait_for_workers(self, n: int, count: WorkerCounter, deadline: float) -> None:
+    async def _wait_for_workers(
+        self, n: int, count: WorkerCounter, deadline: float, news: WorkerNews | None
+    ) -> None:
         spec = self.spec
         selector = contract.label_selector(spec.name, contract.WORKER)
         scheduler_ready = math.inf
@@ -630,7 +636,7 @@ class KubernetesBackend(Backend):
             now = time.monotonic()
             # The scheduler's count decides; the pods are read less often, and once more at the end.
             if connected < n and now - looked < LOOK_EVERY and now <= deadline:
-                await asyncio.sleep(COUNT_EVERY)
+                await until_news(news, COUNT_EVERY)
                 continue
             looked = now
             if scheduler_ready == math.inf:

@@ -36,12 +36,17 @@ from minimaldask.backend import (
     ClusterInfo,
     Logger,
     WorkerCounter,
+    WorkerNews,
     scheduler_answers,
+    until_news,
 )
 from minimaldask.exceptions import ClusterNotFoundError, ClusterStartError
 from minimaldask.spec import ClusterSpec
 
 _LOG_TAIL_LINES = 20
+#: Seconds between two counts of the workers while waiting for them, unless the scheduler
+#: tells of one sooner.
+COUNT_EVERY = 0.2
 
 
 def state_root() -> Path:
@@ -293,7 +298,9 @@ class LocalBackend(Backend):
         self._save()
         return self.address
 
-    async def wait_for_workers(self, n: int, count: WorkerCounter, timeout: float) -> None:
+    async def wait_for_workers(
+        self, n: int, count: WorkerCounter, timeout: float, news: WorkerNews | None = None
+    ) -> None:
         """Wait for ``n`` connected workers; a worker process that exits fails the wait."""
         deadline = time.monotonic() + timeout
         while (connected := await count()) < n:
@@ -305,7 +312,7 @@ class LocalBackend(Backend):
                     f"{connected} of {n} workers connected within {timeout:g}s. "
                     f"Worker logs are in {self.dir}"
                 )
-            await asyncio.sleep(0.2)
+            await until_news(news, COUNT_EVERY)
 
     async def scale(self, n: int, scheduler: Any) -> None:
         """Start or stop worker processes; those that stop are retired first (their data moves).
