@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import socket
@@ -24,7 +25,10 @@ from distributed.utils import Logs
 
 from minimaldask import contract
 from minimaldask.backend import backend_class
+from minimaldask.pod import tlsfix
 from minimaldask.spec import ClusterSpec
+
+logger = logging.getLogger("minimaldask")
 
 #: Seconds the scheduler may go without answering a heartbeat before the handle says so.
 HEARTBEAT_SILENCE = 5.0
@@ -142,6 +146,8 @@ class MinimalCluster(Cluster):
             if self._backend.security is not None:
                 # Client(cluster) takes it from here: TLS with the cluster's client certificate.
                 self.security = self._backend.security
+                # This process speaks TLS to the cluster now: see minimaldask.pod.tlsfix.
+                tlsfix.install(say=logger.info)
             self.scheduler_comm = rpc(
                 address, connection_args=self.security.get_connection_args("client")
             )

@@ -33,7 +33,12 @@ from dask.utils import parse_timedelta
 from distributed.comm.addressing import parse_address
 from distributed.comm.registry import get_backend
 
+from minimaldask.pod import tlsfix
+
 logger = logging.getLogger("distributed.minimaldask.nanny")
+
+# Before this process opens any connection: one TLS connection's error must not end another.
+tlsfix.install()
 
 #: Seconds between two tries while the scheduler does not answer.
 RETRY = 0.05

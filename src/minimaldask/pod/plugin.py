@@ -35,11 +35,14 @@ from typing import Any
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from minimaldask import contract
-from minimaldask.pod import scaling
+from minimaldask.pod import scaling, tlsfix
 from minimaldask.pod.clocks import Clocks, Facts
 
 # Under "distributed": the scheduler's own log handler and level apply.
 logger = logging.getLogger("distributed.minimaldask.plugin")
+
+# Before this process opens any connection: one TLS connection's error must not end another.
+tlsfix.install()
 
 #: Seconds a retirement may take in an adaptive step before it is undone.
 ADAPT_RETIRE_TIMEOUT = 120.0

@@ -28,9 +28,12 @@ from typing import Any
 from tornado.web import RequestHandler
 
 from minimaldask import contract
-from minimaldask.pod import nanny
+from minimaldask.pod import nanny, tlsfix
 
 logger = logging.getLogger("distributed.minimaldask.worker")
+
+# Before this process opens any connection: one TLS connection's error must not end another.
+tlsfix.install()
 
 
 #: Worker statuses before it has joined its scheduler: a drain waits for it.
