@@ -633,9 +633,14 @@ class KubernetesBackend(Backend):
                         f"({e!r}), asking again"
                     )
                 unanswered = e
+            if connected >= n:
+                # The scheduler's count decides. Read once more for the pods' names: one
+                # request, no judgement of pods that all connected.
+                self.requested = {p["metadata"]["name"] for p in await self._live_workers()}
+                break
             now = time.monotonic()
-            # The scheduler's count decides; the pods are read less often, and once more at the end.
-            if connected < n and now - looked < LOOK_EVERY and now <= deadline:
+            # The pods are read less often than the scheduler is asked.
+            if now - looked < LOOK_EVERY and now <= deadline:
                 await until_news(news, COUNT_EVERY)
                 continue
             looked = now
@@ -650,8 +655,6 @@ class KubernetesBackend(Backend):
             )
             live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
             self.requested = {p["metadata"]["name"] for p in live}
-            if connected >= n:
-                break
             states: dict[str, int] = {}
             for p in live:
                 states[pod_phase(p)] = states.get(pod_phase(p), 0) + 1
@@ -679,7 +682,7 @@ class KubernetesBackend(Backend):
                     f"startup_timeout={spec.startup_timeout:g}s (worker pods: {summary}); "
                     "raise startup_timeout=... if the cluster is merely slow"
                 )
-            await asyncio.sleep(kube.POLL)
+            await until_news(news, COUNT_EVERY)
         self.state = Start.READY
         self._deadline = 0.0
         self._say(f"{connected} of {n} workers connected")
