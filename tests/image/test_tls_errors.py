@@ -1,6 +1,6 @@
 """One TLS connection's error must not end another, in the images' own Python and OpenSSL.
 
-Found as tests/e2e/test_mixed_arch.py's failure (1 run in 4): a scheduler dropped its
+Found as tests/e2e/test_mixed_arch.py's failure (3 of 23 runs): a scheduler dropped its
 clients' and workers' healthy connections just after a worker registered. Cause: in one
 thread, a failed write to a peer that went away leaves its error in OpenSSL's error
 queue, and the next read of another connection raises it (see minimaldask.pod.tlsfix).
